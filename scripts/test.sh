@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian 12 machine, builds the
+# tests once, and runs the whole suite. The README's test command.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -- NAME    # only tests matching NAME (passed to cargo test)
+#
+# With CI=true every privileged capability is required: a test that would skip
+# fails instead (see tests/common/mod.rs, FLANNEL_TEST_REQUIRE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+need() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
+need etcd etcd-server
+need etcdctl etcd-client
+need protoc protobuf-compiler
+need ip iproute2
+need openssl openssl
+need iptables iptables
+need nft nftables
+need iperf3 iperf3
+need ping iputils-ping
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "==> installing: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if [ "${CI:-}" = "true" ]; then
+    export FLANNEL_TEST_REQUIRE="${FLANNEL_TEST_REQUIRE:-all}"
+fi
+
+echo "==> building tests"
+cargo build --all-targets --locked 2>&1 | tail -3
+if [ -d fuzz ]; then
+    echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz.sh)"
+    cargo build --manifest-path fuzz/Cargo.toml 2>&1 | tail -3
+fi
+
+echo "==> running tests"
+log=$(mktemp)
+set +e
+cargo test --all-targets --locked "${@}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+skips=$(grep -c '^SKIP ' "$log" || true)
+echo "==> skipped tests: $skips"
+grep '^SKIP ' "$log" || true
+rm -f "$log"
+exit "$status"

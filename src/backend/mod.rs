@@ -1,0 +1,102 @@
+//! Backends: what each one does with the network once this host holds a lease.
+//!
+//! Every backend implements [`Backend`]. The daemon drives it in a fixed order:
+//! [`Backend::prepare`] (before the lease: say what to publish),
+//! [`Backend::start`] (with the lease: create devices, start forwarding), then
+//! [`Backend::apply`] for every batch of lease events about *other* hosts.
+//! Backends that program the kernel keep planning (pure) apart from doing
+//! (`crate::exec`), so the planning is testable without root.
+
+pub mod alloc;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::config::NetworkConfig;
+use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
+
+/// The external interface flanneld talks to other hosts through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    /// The interface's own IPv4 address.
+    pub iface_addr: Ipv4Addr,
+    /// The interface's own IPv6 address, when IPv6 is enabled.
+    pub iface_addr_v6: Option<Ipv6Addr>,
+    /// The address published in the lease (`--public-ip`, else `iface_addr`).
+    pub public_ip: Ipv4Addr,
+    /// `--public-ipv6`, else `iface_addr_v6`.
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+/// The backend-specific part of this host's lease value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendAttrs {
+    /// `BackendType` (absent for udp and alloc, as upstream writes them).
+    pub backend_type: Option<String>,
+    pub backend_data: Option<RawJson>,
+    pub backend_v6_data: Option<RawJson>,
+}
+
+/// What every backend implements.
+pub trait Backend: Send {
+    /// MTU for pods (written to subnet.env as `FLANNEL_MTU`).
+    fn mtu(&self) -> u32;
+
+    /// Runs before the lease is acquired; returns what to publish in it.
+    fn prepare(&mut self) -> impl Future<Output = anyhow::Result<BackendAttrs>> + Send;
+
+    /// Runs once this host holds `own`: set up devices and forwarding.
+    fn start(&mut self, own: &Lease) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Handles a batch of events about other hosts' leases. Errors are the
+    /// backend's to log and retry; the control plane keeps going.
+    fn apply(&mut self, events: &[LeaseEvent]) -> impl Future<Output = ()> + Send;
+}
+
+/// The backend types flannel-rs knows, by `Backend.Type` (lower-cased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Udp,
+    Vxlan,
+    HostGw,
+    AwsVpc,
+    Alloc,
+    Extension,
+}
+
+impl BackendKind {
+    /// Parses `Backend.Type`. Upstream lower-cases the name before the lookup.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "udp" => BackendKind::Udp,
+            "vxlan" => BackendKind::Vxlan,
+            "host-gw" => BackendKind::HostGw,
+            "aws-vpc" => BackendKind::AwsVpc,
+            "alloc" => BackendKind::Alloc,
+            "extension" => BackendKind::Extension,
+            _ => return None,
+        })
+    }
+
+    /// The name as configs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Udp => "udp",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::AwsVpc => "aws-vpc",
+            BackendKind::Alloc => "alloc",
+            BackendKind::Extension => "extension",
+        }
+    }
+}
+
+/// Everything a backend may need when it is built.
+#[derive(Debug, Clone)]
+pub struct BackendContext {
+    pub config: NetworkConfig,
+    pub iface: ExternalInterface,
+}
