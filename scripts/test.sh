@@ -35,7 +35,7 @@ fi
 
 echo "==> building tests"
 cargo build --all-targets --locked 2>&1 | tail -3
-if [ -d fuzz ]; then
+if [ -f fuzz/Cargo.toml ]; then
     echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz.sh)"
     cargo build --manifest-path fuzz/Cargo.toml 2>&1 | tail -3
 fi

@@ -14,6 +14,9 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cli;
 pub mod compat;
 pub mod config;
+pub mod daemon;
+pub mod exec;
 pub mod subnet;

@@ -1,1 +1,63 @@
-fn main() {}
+//! `flanneld`: flags → config → `daemon::run` → exit status.
+//!
+//! Exit status as upstream: 0 after a stop signal, 1 for a bad flag, a bad
+//! network config, no usable interface or a backend that cannot start.
+
+use std::process::ExitCode;
+
+use flannel_rs::cli::Cli;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse_go(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help prints to stdout and exits 0; real errors exit 1 (Go's flag exits 2).
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    if cli.version {
+        // Upstream prints the version to stderr.
+        eprintln!("{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    init_logging(cli.v);
+    if let Err(e) = cli.validate() {
+        tracing::error!("{e}");
+        eprintln!("flanneld: {e}");
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flanneld: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(flannel_rs::daemon::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flanneld: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// klog-style verbosity: 0 info, 1–3 debug, 4+ trace; `RUST_LOG` overrides.
+fn init_logging(v: u32) {
+    let level = match v {
+        0 => "info",
+        1..=3 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info,tonic=info")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}

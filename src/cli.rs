@@ -1,0 +1,373 @@
+//! `flanneld` flags with upstream's Go `flag` semantics.
+//!
+//! Go accepts `-flag` as well as `--flag`, `-flag=value` and `-flag value`,
+//! treats `-boolflag` as true (only `-boolflag=false` turns it off), and
+//! upstream reads `FLANNELD_<NAME>` for every flag not given on the command
+//! line. clap does the parsing; [`normalize_go_flags`] rewrites single-dash long
+//! names first, and each flag carries its `FLANNELD_*` variable.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use clap::{ArgAction, CommandFactory, Parser};
+
+use crate::compat;
+use crate::subnet::env::parse_go_bool;
+
+/// How the udp backend does its I/O (`--udp-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UdpIo {
+    /// io_uring where the kernel allows it, else recvmmsg/sendmsg.
+    Auto,
+    /// io_uring only; start-up fails where it is unavailable.
+    Uring,
+    /// recvmmsg/sendmsg and plain TUN reads/writes.
+    Mmsg,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flanneld",
+    about = "flannel-rs: a drop-in flanneld. Flags may be spelled -flag or --flag; \
+             every flag not given is read from FLANNELD_<FLAG> (e.g. FLANNELD_ETCD_ENDPOINTS).",
+    disable_version_flag = true
+)]
+pub struct Cli {
+    /// A comma-delimited list of etcd endpoints.
+    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", default_value = compat::DEFAULT_ETCD_ENDPOINTS)]
+    pub etcd_endpoints: String,
+
+    /// etcd prefix under which the network config and the leases live.
+    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = compat::DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE", default_value = "")]
+    pub etcd_keyfile: String,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE", default_value = "")]
+    pub etcd_certfile: String,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE", default_value = "")]
+    pub etcd_cafile: String,
+
+    /// Username for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME", default_value = "")]
+    pub etcd_username: String,
+
+    /// Password for BasicAuth to etcd.
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", default_value = "", hide_env_values = true)]
+    pub etcd_password: String,
+
+    /// Interface to use (IP or name) for inter-host communication. May be repeated; the first that exists wins.
+    #[arg(long, env = "FLANNELD_IFACE", action = ArgAction::Append)]
+    pub iface: Vec<String>,
+
+    /// Regex of the interface to use (matched against IPs, then names). May be repeated; checked after --iface.
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", action = ArgAction::Append)]
+    pub iface_regex: Vec<String>,
+
+    /// Use the interface the kernel would use to reach this IP.
+    #[arg(long, env = "FLANNELD_IFACE_CAN_REACH", default_value = "")]
+    pub iface_can_reach: String,
+
+    /// IP accessible by other nodes for inter-host communication (default: the interface's address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP", default_value = "")]
+    pub public_ip: String,
+
+    /// IPv6 accessible by other nodes for inter-host communication (default: the interface's address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6", default_value = "")]
+    pub public_ipv6: String,
+
+    /// Filename where env variables (subnet, MTU, ...) will be written to.
+    #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = compat::DEFAULT_SUBNET_FILE)]
+    pub subnet_file: PathBuf,
+
+    /// Subnet lease renewal margin, in minutes (1 to 1439): the lease is renewed this long before it expires.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = compat::DEFAULT_RENEW_MARGIN_MINUTES)]
+    pub subnet_lease_renew_margin: u32,
+
+    /// Setup IP masquerade rule for traffic destined outside of overlay network.
+    #[arg(long, env = "FLANNELD_IP_MASQ", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub ip_masq: bool,
+
+    /// Don't use --random-fully in the masquerade rules.
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// The IP address on which the /healthz and /readyz server listens.
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+
+    /// The port on which the health server listens (0 disables it).
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+
+    /// Resync period of the iptables rules, in seconds.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = compat::DEFAULT_IPTABLES_RESYNC_SECS)]
+    pub iptables_resync: u32,
+
+    /// Add default accept rules to the FORWARD chain of iptables.
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub iptables_forward_rules: bool,
+
+    /// Path to the network configuration file. When given, the config is read from this file instead of etcd.
+    #[arg(long, env = "FLANNELD_NET_CONFIG_PATH")]
+    pub net_config_path: Option<PathBuf>,
+
+    /// Contact the Kubernetes API for subnet assignment instead of etcd (not supported by flannel-rs).
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub kube_subnet_mgr: bool,
+
+    /// Log level verbosity (klog style: 0 info, 1-3 debug, 4+ trace).
+    #[arg(long = "v", env = "FLANNELD_V", default_value_t = 0)]
+    pub v: u32,
+
+    /// Print the version and exit.
+    #[arg(long, env = "FLANNELD_VERSION", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub version: bool,
+
+    /// udp backend: number of worker threads, one TUN queue each (default: one per CPU).
+    #[arg(long, env = "FLANNELD_UDP_WORKERS")]
+    pub udp_workers: Option<usize>,
+
+    /// udp backend: I/O method.
+    #[arg(long, env = "FLANNELD_UDP_IO", value_enum, default_value_t = UdpIo::Auto)]
+    pub udp_io: UdpIo,
+}
+
+/// A flag combination that upstream also refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl Cli {
+    /// Parses Go-style arguments (argv[0] first).
+    pub fn parse_go<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Cli::try_parse_from(normalize_go_flags(args))
+    }
+
+    /// The etcd endpoints, split and trimmed.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// Checks what clap cannot: ranges and cross-flag rules.
+    pub fn validate(&self) -> Result<(), FlagError> {
+        if !(1..=1439).contains(&self.subnet_lease_renew_margin) {
+            return Err(FlagError {
+                flag: "subnet-lease-renew-margin",
+                reason: "must be between 1 and 1439 (minutes)".into(),
+            });
+        }
+        if self.endpoints().is_empty() {
+            return Err(FlagError { flag: "etcd-endpoints", reason: "no endpoint given".into() });
+        }
+        if self.kube_subnet_mgr {
+            return Err(FlagError {
+                flag: "kube-subnet-mgr",
+                reason: "the Kubernetes subnet manager is not supported by flannel-rs; use etcd".into(),
+            });
+        }
+        if self.etcd_keyfile.is_empty() != self.etcd_certfile.is_empty() {
+            return Err(FlagError {
+                flag: "etcd-certfile",
+                reason: "--etcd-certfile and --etcd-keyfile must be given together".into(),
+            });
+        }
+        self.public_ip()?;
+        self.public_ipv6()?;
+        for re in &self.iface_regex {
+            regex::Regex::new(re).map_err(|e| FlagError { flag: "iface-regex", reason: format!("{re:?}: {e}") })?;
+        }
+        if !self.iface_can_reach.is_empty() && self.iface_can_reach.parse::<IpAddr>().is_err() {
+            return Err(FlagError {
+                flag: "iface-can-reach",
+                reason: format!("{:?} is not an IP address", self.iface_can_reach),
+            });
+        }
+        if self.udp_workers == Some(0) {
+            return Err(FlagError { flag: "udp-workers", reason: "must be at least 1".into() });
+        }
+        Ok(())
+    }
+
+    /// `--public-ip`, parsed.
+    pub fn public_ip(&self) -> Result<Option<Ipv4Addr>, FlagError> {
+        parse_opt(&self.public_ip, "public-ip")
+    }
+
+    /// `--public-ipv6`, parsed.
+    pub fn public_ipv6(&self) -> Result<Option<Ipv6Addr>, FlagError> {
+        parse_opt(&self.public_ipv6, "public-ipv6")
+    }
+
+    /// The flags as upstream logs them at start-up (password hidden).
+    pub fn summary(&self) -> String {
+        let mut c = self.clone();
+        if !c.etcd_password.is_empty() {
+            c.etcd_password = "******".into();
+        }
+        format!("{c:?}")
+    }
+}
+
+fn parse_opt<T: std::str::FromStr>(text: &str, flag: &'static str) -> Result<Option<T>, FlagError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| FlagError { flag, reason: format!("{text:?} is not a valid address") })
+}
+
+/// Go's boolean syntax for flags and `FLANNELD_*` values.
+fn go_bool(v: &str) -> Result<bool, String> {
+    parse_go_bool(v).ok_or_else(|| format!("{v:?} is not a boolean (use true or false)"))
+}
+
+/// Rewrites Go-style single-dash long flags (`-etcd-prefix=/x`, `-v 2`) into
+/// clap's double-dash form. Unknown names, `-h` and everything after `--` are
+/// left alone.
+pub fn normalize_go_flags<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let cmd = Cli::command();
+    let longs: Vec<String> =
+        cmd.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+    let mut out = Vec::new();
+    let mut done = false;
+    for (i, arg) in args.into_iter().map(Into::into).enumerate() {
+        if i == 0 || done {
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            done = true;
+            out.push(arg);
+            continue;
+        }
+        match text.strip_prefix('-') {
+            Some(rest) if !rest.starts_with('-') => {
+                let name = rest.split('=').next().unwrap_or(rest);
+                if longs.iter().any(|l| l == name) {
+                    out.push(format!("--{rest}").into());
+                } else {
+                    out.push(arg);
+                }
+            }
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["flanneld"];
+        argv.extend_from_slice(args);
+        Cli::parse_go(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let c = parse(&[]);
+        assert_eq!(c.etcd_endpoints, "http://127.0.0.1:4001,http://127.0.0.1:2379");
+        assert_eq!(c.endpoints().len(), 2);
+        assert_eq!(c.etcd_prefix, "/coreos.com/network");
+        assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
+        assert_eq!(c.subnet_lease_renew_margin, 60);
+        assert!(!c.ip_masq);
+        assert!(c.iptables_forward_rules);
+        assert_eq!(c.iptables_resync, 5);
+        assert_eq!(c.healthz_ip, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.healthz_port, 0);
+        assert_eq!(c.v, 0);
+        assert!(c.net_config_path.is_none());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn single_and_double_dash_both_work() {
+        let c = parse(&["-etcd-prefix=/a", "--iface", "eth0", "-iface=10.0.0.1", "-v", "3", "-healthz-port", "8080"]);
+        assert_eq!(c.etcd_prefix, "/a");
+        assert_eq!(c.iface, vec!["eth0", "10.0.0.1"]);
+        assert_eq!(c.v, 3);
+        assert_eq!(c.healthz_port, 8080);
+        assert_eq!(parse(&["--v=2"]).v, 2);
+        assert_eq!(parse(&["-v=4"]).v, 4);
+    }
+
+    #[test]
+    fn bool_flags_follow_go_rules() {
+        assert!(parse(&["-ip-masq"]).ip_masq);
+        assert!(parse(&["--ip-masq=true"]).ip_masq);
+        assert!(!parse(&["-ip-masq=false"]).ip_masq);
+        assert!(parse(&["-ip-masq=1"]).ip_masq);
+        assert!(!parse(&["--iptables-forward-rules=f"]).iptables_forward_rules);
+        assert!(Cli::parse_go(["flanneld", "--ip-masq=maybe"]).is_err());
+    }
+
+    #[test]
+    fn margin_is_range_checked() {
+        for bad in ["0", "1440"] {
+            let c = parse(&["--subnet-lease-renew-margin", bad]);
+            assert_eq!(c.validate().unwrap_err().flag, "subnet-lease-renew-margin");
+        }
+        assert!(parse(&["--subnet-lease-renew-margin=1439"]).validate().is_ok());
+    }
+
+    #[test]
+    fn cross_flag_rules() {
+        assert_eq!(parse(&["--public-ip=nope"]).validate().unwrap_err().flag, "public-ip");
+        assert_eq!(parse(&["--etcd-keyfile=/k"]).validate().unwrap_err().flag, "etcd-certfile");
+        assert_eq!(parse(&["--iface-regex=("]).validate().unwrap_err().flag, "iface-regex");
+        assert_eq!(parse(&["-kube-subnet-mgr"]).validate().unwrap_err().flag, "kube-subnet-mgr");
+        assert_eq!(parse(&["--etcd-endpoints=,"]).validate().unwrap_err().flag, "etcd-endpoints");
+        assert_eq!(parse(&["--public-ip=192.0.2.7"]).public_ip().unwrap(), Some(Ipv4Addr::new(192, 0, 2, 7)));
+    }
+
+    #[test]
+    fn normalizer_leaves_unknown_and_positional_args_alone() {
+        let out = normalize_go_flags(["flanneld", "-h", "-unknown", "--", "-iface"]);
+        assert_eq!(out, vec!["flanneld", "-h", "-unknown", "--", "-iface"]);
+    }
+
+    #[test]
+    fn every_flag_has_its_flanneld_env_var() {
+        let cmd = Cli::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let want = format!("FLANNELD_{}", long.to_uppercase().replace('-', "_"));
+            let got = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            if long == "help" {
+                continue;
+            }
+            assert_eq!(got.as_deref(), Some(want.as_str()), "--{long}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The health server: `GET /healthz` (the process is running) and
+//! `GET /readyz` (subnet.env written and the backend started), with
+//! upstream's status codes and bodies.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use super::cancel::CancelToken;
+
+use crate::compat;
+
+/// Shared readiness flag, set once the daemon is fully up.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The response for one request (pure, for tests).
+pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'static str) {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    match path {
+        "/healthz" => (StatusCode::OK, compat::HEALTHZ_BODY),
+        "/readyz" if ready => (StatusCode::OK, compat::READYZ_OK_BODY),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, compat::READYZ_WAIT_BODY),
+        _ => (StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Binds the listener (so a busy port fails start-up) and serves until `stop`.
+pub async fn serve(addr: SocketAddr, ready: Readiness, stop: CancelToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "health server listening (/healthz, /readyz)");
+    Ok(tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (code, body) = respond(req.method(), req.uri().path(), ready.is_ready());
+                    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *resp.status_mut() = code;
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_match_upstream() {
+        assert_eq!(respond(&Method::GET, "/healthz", false), (StatusCode::OK, "flanneld is running"));
+        assert_eq!(respond(&Method::GET, "/readyz", false), (StatusCode::SERVICE_UNAVAILABLE, "flanneld is not ready yet"));
+        assert_eq!(respond(&Method::GET, "/readyz", true), (StatusCode::OK, "flanneld is ready"));
+        assert_eq!(respond(&Method::GET, "/nope", true).0, StatusCode::NOT_FOUND);
+        assert_eq!(respond(&Method::POST, "/healthz", true).0, StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

@@ -1,0 +1,423 @@
+//! Wiring: the start-up order of upstream flanneld, then one loop that keeps
+//! the lease, feeds lease events to the backend and stops on a signal.
+//!
+//! Start-up: flags → etcd → network config → external interface → backend
+//! `prepare` → lease → backend `start` → subnet.env → ready (`/readyz`,
+//! `READY=1` to systemd) → watch. etcd going away later never stops the
+//! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
+
+pub mod cancel;
+pub mod health;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, Instant};
+
+use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
+use crate::cli::Cli;
+use crate::config::NetworkConfig;
+use crate::exec::iface::{self, IfaceRequest};
+use crate::subnet::env::SubnetEnv;
+use crate::subnet::keeper::{judge_own_change, renew_delay, renew_retry, OwnVerdict};
+use crate::subnet::lease::{LeaseAttrs, LeaseEvent, SubnetKey};
+use crate::subnet::net::{first_host_v4, first_host_v6};
+use crate::subnet::registry::{raw_events, AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError, Renewal};
+use crate::subnet::watch::{LeaseSet, OwnChange};
+use cancel::{cancel_pair, CancelToken};
+use health::Readiness;
+
+/// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing::info!("CLI flags config: {}", cli.summary());
+    let (stop_src, stop) = cancel_pair();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("received a stop signal; exiting cleanly (the lease stays in etcd)");
+        stop_src.cancel();
+    });
+
+    let ready = Readiness::default();
+    if cli.healthz_port > 0 {
+        let addr = SocketAddr::new(cli.healthz_ip, cli.healthz_port);
+        health::serve(addr, ready.clone(), stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
+    }
+
+    let Some(registry) = until_stopped(&stop, connect(&cli)).await else { return Ok(()) };
+    let Some(config) = until_stopped(&stop, load_config(&cli, &registry)).await else { return Ok(()) };
+    let config = config?;
+    if config.ipv4.is_none() {
+        bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
+    }
+    if cli.ip_masq {
+        bail!("--ip-masq: masquerade rules are not implemented in this build yet; run without --ip-masq");
+    }
+
+    let req = IfaceRequest {
+        ifaces: cli.iface.clone(),
+        regexes: cli.iface_regex.clone(),
+        can_reach: cli.iface_can_reach.parse().ok(),
+        public_ip: cli.public_ip()?,
+        public_ipv6: cli.public_ipv6()?,
+        want_ipv6: config.ipv6.is_some(),
+    };
+    let ext = iface::discover(&req).await.context("choosing the external interface")?;
+    tracing::info!(
+        iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu,
+        "using external interface"
+    );
+
+    let ctx = BackendContext { config: config.clone(), iface: ext };
+    let daemon = Daemon { cli: &cli, registry, ready, stop };
+    match config.backend.kind {
+        BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
+        other => bail!(
+            "invalid network config: Backend.Type: backend type {:?} is not supported by this build yet",
+            other.name()
+        ),
+    }
+}
+
+/// What the main loop needs besides the backend.
+struct Daemon<'a> {
+    cli: &'a Cli,
+    registry: Registry,
+    ready: Readiness,
+    stop: CancelToken,
+}
+
+/// A message from the watcher task.
+#[derive(Debug)]
+struct WatchMsg {
+    events: Vec<LeaseEvent>,
+    own: Option<OwnChange>,
+}
+
+impl Daemon<'_> {
+    async fn run_backend<B: Backend>(self, mut backend: B, ctx: &BackendContext) -> anyhow::Result<()> {
+        let battrs = backend.prepare().await.context("preparing the backend")?;
+        let attrs = LeaseAttrs {
+            public_ip: ctx.iface.public_ip,
+            public_ipv6: ctx.iface.public_ipv6,
+            backend_type: battrs.backend_type,
+            backend_data: battrs.backend_data,
+            backend_v6_data: battrs.backend_v6_data,
+        };
+        let mut acquire = AcquireRequest {
+            attrs,
+            ipv4: ctx.config.ipv4.ok_or_else(|| anyhow!("IPv4 network missing"))?,
+            ipv6: ctx.config.ipv6,
+            preferred: previous_subnet(&self.cli.subnet_file),
+        };
+        let Some(held) = until_stopped(&self.stop, self.acquire(&acquire)).await else { return Ok(()) };
+        let mut held = held?;
+        tracing::info!(subnet = %held.lease.key, "acquired lease");
+
+        backend.start(&held.lease).await.context("starting the backend")?;
+        self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
+        self.ready.set_ready();
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("could not notify systemd: {e}");
+        }
+
+        let (own_tx, own_rx) = watch::channel(Some(held.lease.key));
+        let (tx, mut rx) = mpsc::channel::<WatchMsg>(64);
+        let watcher = tokio::spawn(watch_leases(self.registry.clone(), own_rx, tx, self.stop.clone()));
+
+        let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
+        let mut renew_at = next_renewal(&held, margin);
+        loop {
+            let lost = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if !msg.events.is_empty() {
+                        backend.apply(&msg.events).await;
+                    }
+                    match msg.own.map(|c| judge_own_change(&held.lease, &c)) {
+                        Some(OwnVerdict::Lost) => true,
+                        Some(OwnVerdict::Adopt(rev)) => {
+                            held.lease.mod_revision = rev;
+                            false
+                        }
+                        _ => false,
+                    }
+                }
+                _ = sleep_until_opt(renew_at) => match self.registry.renew(&held).await {
+                    Ok(Renewal::Renewed(h)) => {
+                        tracing::info!(subnet = %h.lease.key, "renewed lease");
+                        held = h;
+                        renew_at = next_renewal(&held, margin);
+                        false
+                    }
+                    Ok(Renewal::Lost) => true,
+                    Err(e) => {
+                        let retry = renew_retry(held.ttl.unwrap_or(Duration::from_secs(600)));
+                        tracing::warn!("lease renewal failed, retrying in {retry:?}: {e}");
+                        renew_at = Some(Instant::now() + retry);
+                        false
+                    }
+                },
+            };
+            if lost {
+                tracing::warn!(subnet = %held.lease.key, "our lease was deleted or taken over; re-acquiring");
+                acquire.preferred = Some(held.lease.key);
+                let Some(again) = until_stopped(&self.stop, self.acquire(&acquire)).await else { break };
+                let again = again?;
+                if again.lease.key != held.lease.key {
+                    tracing::error!(
+                        old = %held.lease.key, new = %again.lease.key,
+                        "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
+                    );
+                    self.write_subnet_env(&ctx.config, &again, backend.mtu())?;
+                    let _ = own_tx.send(Some(again.lease.key));
+                } else {
+                    tracing::info!(subnet = %again.lease.key, "re-acquired our subnet");
+                }
+                held = again;
+                renew_at = next_renewal(&held, margin);
+            }
+        }
+        watcher.abort();
+        tracing::info!("Exiting cleanly...");
+        Ok(())
+    }
+
+    /// Acquires a lease, retrying while etcd is unreachable. Running out of
+    /// subnets is final.
+    async fn acquire(&self, req: &AcquireRequest) -> anyhow::Result<HeldLease> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.registry.acquire(req).await {
+                Ok(h) => return Ok(h),
+                Err(e @ (RegistryError::OutOfSubnets(_) | RegistryError::TooManyConflicts(_))) => {
+                    return Err(anyhow!(e).context("acquiring a subnet lease"))
+                }
+                Err(e) => {
+                    let d = backoff.next();
+                    tracing::warn!("acquiring a lease failed, retrying in {d:?}: {e}");
+                    sleep(d).await;
+                }
+            }
+        }
+    }
+
+    fn write_subnet_env(&self, config: &NetworkConfig, held: &HeldLease, mtu: u32) -> anyhow::Result<()> {
+        let env = SubnetEnv {
+            network: config.network_v4(),
+            subnet: Some(first_host_v4(held.lease.key.ipv4)),
+            ipv6_network: config.network_v6(),
+            ipv6_subnet: held.lease.key.ipv6.map(first_host_v6),
+            mtu: Some(mtu),
+            ipmasq: Some(self.cli.ip_masq),
+        };
+        env.write_atomic(&self.cli.subnet_file)
+            .with_context(|| format!("writing {}", self.cli.subnet_file.display()))
+    }
+}
+
+/// The subnet recorded in a previous subnet.env, in network form.
+fn previous_subnet(path: &Path) -> Option<SubnetKey> {
+    let env = match SubnetEnv::read(path) {
+        Ok(env) => env?,
+        Err(e) => {
+            tracing::warn!("ignoring unreadable previous subnet file: {e}");
+            return None;
+        }
+    };
+    Some(SubnetKey { ipv4: env.subnet?.trunc(), ipv6: env.ipv6_subnet.map(|n| n.trunc()) })
+}
+
+fn next_renewal(held: &HeldLease, margin: Duration) -> Option<Instant> {
+    held.ttl.map(|ttl| Instant::now() + renew_delay(ttl, margin))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `fut` unless the daemon is told to stop first.
+async fn until_stopped<T>(stop: &CancelToken, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        v = fut => Some(v),
+        _ = stop.cancelled() => None,
+    }
+}
+
+/// Connects to etcd, retrying with backoff (and saying so) until it answers.
+async fn connect(cli: &Cli) -> Registry {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let opts = EtcdOptions {
+        endpoints: cli.endpoints(),
+        prefix: cli.etcd_prefix.clone(),
+        cafile: non_empty(&cli.etcd_cafile).map(PathBuf::from),
+        certfile: non_empty(&cli.etcd_certfile).map(PathBuf::from),
+        keyfile: non_empty(&cli.etcd_keyfile).map(PathBuf::from),
+        username: non_empty(&cli.etcd_username),
+        password: non_empty(&cli.etcd_password).or_else(|| non_empty(&cli.etcd_username).map(|_| String::new())),
+    };
+    if opts.certfile.is_none() {
+        tracing::warn!("connecting to etcd without a client certificate; use --etcd-certfile/--etcd-keyfile for mutual TLS");
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = async {
+            let r = Registry::connect(&opts).await?;
+            r.ping().await?;
+            Ok::<_, RegistryError>(r)
+        };
+        match attempt.await {
+            Ok(r) => {
+                tracing::info!(endpoints = %cli.etcd_endpoints, "connected to etcd");
+                return r;
+            }
+            Err(e) => {
+                let d = backoff.next();
+                tracing::warn!("etcd is not reachable yet, retrying in {d:?}: {e}");
+                sleep(d).await;
+            }
+        }
+    }
+}
+
+/// Reads the network config from `--net-config-path` or etcd, waiting while
+/// the etcd key is missing. A config that does not validate is final.
+async fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<NetworkConfig> {
+    if let Some(path) = &cli.net_config_path {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading --net-config-path {}", path.display()))?;
+        return Ok(NetworkConfig::parse(&text)?);
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match registry.get_config().await {
+            Ok(Some(text)) => return Ok(NetworkConfig::parse(&text)?),
+            Ok(None) => {
+                let d = backoff.next();
+                tracing::warn!(
+                    "flannel config not found in etcd at {}; waiting {d:?} (create it with `etcdctl put`)",
+                    crate::compat::config_key(&cli.etcd_prefix)
+                );
+                sleep(d).await;
+            }
+            Err(e) => {
+                let d = backoff.next();
+                tracing::warn!("reading the network config failed, retrying in {d:?}: {e}");
+                sleep(d).await;
+            }
+        }
+    }
+}
+
+/// The watcher task: list, then watch from the listing's revision + 1; on a
+/// compaction or a broken stream, re-list and diff (the reducer makes sure
+/// nothing is lost or announced twice).
+async fn watch_leases(
+    registry: Registry,
+    mut own_rx: watch::Receiver<Option<SubnetKey>>,
+    tx: mpsc::Sender<WatchMsg>,
+    stop: CancelToken,
+) {
+    let mut set = LeaseSet::new(*own_rx.borrow_and_update());
+    let mut backoff = Backoff::new();
+    let mut outage = false;
+    loop {
+        let listed = async {
+            let (raw, rev) = registry.list_raw().await?;
+            let stream = registry.watch_from(rev + 1).await?;
+            Ok::<_, RegistryError>((raw, rev, stream))
+        };
+        let (raw, rev, mut stream) = match listed.await {
+            Ok(v) => v,
+            Err(e) => {
+                let d = backoff.next();
+                if !outage {
+                    tracing::warn!("lease watch: etcd unreachable, retrying (backoff up to 5s): {e}");
+                    outage = true;
+                }
+                tokio::select! { _ = sleep(d) => continue, _ = stop.cancelled() => return }
+            }
+        };
+        if outage {
+            tracing::info!("lease watch: etcd is back; re-listed leases at revision {rev}");
+            outage = false;
+        }
+        backoff = Backoff::new();
+        let out = set.resync(raw, rev);
+        if tx.send(WatchMsg { events: out.events, own: out.own }).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = own_rx.changed() => {
+                    if changed.is_err() { return; }
+                    let events = set.set_own(*own_rx.borrow_and_update());
+                    if tx.send(WatchMsg { events, own: None }).await.is_err() { return; }
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if resp.compact_revision() > 0 || resp.canceled() {
+                            tracing::info!(
+                                compact_revision = resp.compact_revision(),
+                                "lease watch cancelled (compaction?): {}; re-listing",
+                                resp.cancel_reason()
+                            );
+                            break;
+                        }
+                        let out = set.apply(raw_events(&resp));
+                        if (!out.events.is_empty() || out.own.is_some())
+                            && tx.send(WatchMsg { events: out.events, own: out.own }).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("lease watch stream closed; re-listing");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("lease watch broke; re-listing: {e}");
+                        outage = true;
+                        break;
+                    }
+                },
+            }
+        }
+        tokio::select! { _ = sleep(backoff.next()) => {}, _ = stop.cancelled() => return }
+    }
+}
+
+/// Exponential backoff: 100 ms doubling to 5 s (upstream's watch backoff).
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,458 @@
+//! Shared test harness: capability checks (`require!`), a real etcd from the
+//! Debian package, and real `flanneld` processes.
+//!
+//! Every resource a test makes carries a unique name or port and is removed in
+//! `Drop`, so tests can run in parallel and clean up even when they fail.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A capability a test may need from the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cap {
+    Root,
+    Netns,
+    Tun,
+    Veth,
+    Vxlan,
+    Etcd,
+    CniPlugins,
+    Iptables,
+    Nft,
+    Iperf3,
+}
+
+/// `Ok(())` if this machine can run tests needing `cap`, else why not.
+pub fn probe(cap: Cap) -> Result<(), String> {
+    static CACHE: OnceLock<Mutex<Vec<(Cap, Result<(), String>)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
+    if let Some((_, r)) = cache.lock().unwrap().iter().find(|(c, _)| *c == cap) {
+        return r.clone();
+    }
+    let result = match cap {
+        Cap::Root => {
+            if nix_is_root() {
+                Ok(())
+            } else {
+                Err("not running as root".into())
+            }
+        }
+        Cap::Netns => run_ok("unshare", &["-n", "true"]),
+        Cap::Tun => {
+            if Path::new("/dev/net/tun").exists() {
+                Ok(())
+            } else {
+                Err("/dev/net/tun is missing".into())
+            }
+        }
+        Cap::Veth => run_ok(
+            "unshare",
+            &["-n", "ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1"],
+        ),
+        Cap::Vxlan => run_ok(
+            "unshare",
+            &["-n", "ip", "link", "add", "vx0", "type", "vxlan", "id", "1", "dstport", "8472"],
+        ),
+        Cap::Etcd => run_ok("etcd", &["--version"]).and_then(|_| run_ok("etcdctl", &["version"])),
+        Cap::CniPlugins => {
+            if Path::new(&format!("{CNI_PLUGIN_DIR}/bridge")).exists() {
+                Ok(())
+            } else {
+                Err(format!("{CNI_PLUGIN_DIR}/bridge is missing (apt install containernetworking-plugins)"))
+            }
+        }
+        Cap::Iptables => run_ok("iptables", &["--version"]),
+        Cap::Nft => run_ok("nft", &["--version"]),
+        Cap::Iperf3 => run_ok("iperf3", &["--version"]),
+    };
+    cache.lock().unwrap().push((cap, result.clone()));
+    result
+}
+
+/// Where Debian's containernetworking-plugins puts the plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("`{cmd}` cannot run: {e}")),
+    }
+}
+
+/// Skips the test (printing `SKIP <test>: …`) when a capability is missing,
+/// unless `FLANNEL_TEST_REQUIRE` lists it (or says `all`): then it fails.
+#[macro_export]
+macro_rules! require {
+    ($($cap:expr),+ $(,)?) => {
+        $( if let Err(why) = $crate::common::probe($cap) {
+            $crate::common::skip_or_fail($cap, &why);
+            return;
+        } )+
+    };
+}
+
+pub fn skip_or_fail(cap: Cap, why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let wanted = std::env::var("FLANNEL_TEST_REQUIRE").unwrap_or_default();
+    let required = wanted
+        .split(',')
+        .any(|w| w.trim() == "all" || w.trim().eq_ignore_ascii_case(&format!("{cap:?}")));
+    assert!(!required, "{test}: required capability {cap:?} missing: {why}");
+    eprintln!("SKIP {test}: needs {cap:?}: {why}");
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks it; the race until use is small).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A name unique to this process and call, short enough for interface names.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// TLS material for etcd: a CA, a server cert for 127.0.0.1, a client cert.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates everything with the `openssl` CLI in `dir`.
+    pub fn generate(dir: &Path) -> TlsFiles {
+        let p = |n: &str| dir.join(n);
+        let sh = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        sh(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flannel-test-ca",
+            "-keyout", "ca.key", "-out", "ca.crt"]);
+        std::fs::write(p("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "flanneld")] {
+            sh(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout",
+                &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+            sh(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")]);
+        }
+        TlsFiles {
+            ca: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+        }
+    }
+}
+
+/// A real etcd (Debian's `etcd-server`) on loopback with a temp data dir.
+pub struct Etcd {
+    pub endpoint: String,
+    pub port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Etcd {
+    /// Starts a plain-HTTP etcd and waits until it answers.
+    pub fn start() -> Etcd {
+        Etcd::launch(None)
+    }
+
+    /// Starts an etcd that requires client certificates signed by `tls.ca`.
+    pub fn start_tls(tls: &TlsFiles) -> Etcd {
+        Etcd::launch(Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())))
+    }
+
+    fn launch(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut etcd = Etcd {
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            port,
+            peer_port: free_port(),
+            log: dir.path().join("etcd.log"),
+            dir,
+            tls,
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&self.endpoint)
+            .arg("--advertise-client-urls")
+            .arg(&self.endpoint)
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg("--initial-cluster")
+            .arg(format!("test=http://127.0.0.1:{}", self.peer_port))
+            .env("ETCD_UNSUPPORTED_ARCH", "")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((cert, key, ca)) = &self.tls {
+            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key).arg("--trusted-ca-file").arg(ca);
+            cmd.arg("--client-cert-auth");
+        }
+        self.child = Some(cmd.spawn().expect("start etcd"));
+        let ok = wait_until(Duration::from_secs(20), || self.ctl(&["endpoint", "health"]).ok().map(|_| ()));
+        assert!(ok.is_some(), "etcd did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl` (API v3) against this etcd; `Ok(stdout)` on success.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint).arg("--command-timeout=5s");
+        if let Some((_, _, ca)) = &self.tls {
+            let dir = ca.parent().unwrap();
+            cmd.arg("--cacert").arg(ca);
+            cmd.arg("--cert").arg(dir.join("client.crt")).arg("--key").arg(dir.join("client.key"));
+        }
+        let out = cmd.args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Like [`Etcd::ctl`] but panics on failure.
+    pub fn must(&self, args: &[&str]) -> String {
+        self.ctl(args).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    /// Writes the network config under the default prefix.
+    pub fn put_config(&self, json: &str) {
+        self.must(&["put", "/coreos.com/network/config", json]);
+    }
+
+    /// `key → value` of every lease under the default prefix.
+    pub fn leases(&self) -> Vec<(String, String)> {
+        let out = self.must(&["get", "--prefix", "/coreos.com/network/subnets/"]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect()
+    }
+
+    /// Stops etcd (SIGKILL) keeping its data dir.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `flanneld` child process with its own subnet file and log.
+pub struct Flanneld {
+    pub child: Option<Child>,
+    pub subnet_file: PathBuf,
+    pub healthz_port: u16,
+    log: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+/// The `flanneld` binary cargo built for these tests.
+pub fn flanneld_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flanneld")
+}
+
+impl Flanneld {
+    /// Starts `flanneld` with `args` plus a private subnet file and a health port.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Flanneld {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Flanneld {
+            child: None,
+            subnet_file: dir.path().join("subnet.env"),
+            healthz_port: free_port(),
+            log: Arc::new(Mutex::new(String::new())),
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        f.start();
+        f
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(flanneld_bin());
+        cmd.args(&self.args)
+            .arg(format!("--subnet-file={}", self.subnet_file.display()))
+            .arg("--healthz-ip=127.0.0.1")
+            .arg(format!("--healthz-port={}", self.healthz_port))
+            .env_remove("NOTIFY_SOCKET")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start flanneld");
+        for pipe in [
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for subnet.env and returns its `FLANNEL_SUBNET` value.
+    pub fn wait_subnet(&mut self, timeout: Duration) -> String {
+        let file = self.subnet_file.clone();
+        let got = wait_until(timeout, || {
+            let text = std::fs::read_to_string(&file).ok()?;
+            text.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=").map(str::to_owned))
+        });
+        match got {
+            Some(s) => s,
+            None => panic!(
+                "flanneld wrote no subnet.env within {timeout:?} (exit: {:?}); log:\n{}",
+                self.try_exit(),
+                self.log()
+            ),
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_until(timeout, || self.try_exit())
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, …) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+        }
+    }
+
+    /// Kills (SIGKILL) and starts the daemon again with the same arguments and files.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.log.lock().unwrap().clear();
+        self.start();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `GET path` on the health server: (status code, body).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&format!("127.0.0.1:{}", self.healthz_port), path)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Flanneld {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.0 GET (enough for the health endpoints).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
