@@ -19,4 +19,6 @@ pub mod compat;
 pub mod config;
 pub mod daemon;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod subnet;
