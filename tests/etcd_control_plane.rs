@@ -388,3 +388,21 @@ fn go_style_flags_and_version() {
         assert!(help.contains(flag), "--help mentions {flag}");
     }
 }
+
+#[test]
+fn dual_stack_leases_carry_both_subnets() {
+    require!(Cap::Etcd);
+    let etcd = Etcd::start();
+    etcd.put_config(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd42::/56","Backend":{"Type":"alloc"}}"#);
+    let mut d = daemon(&etcd, "127.0.0.1", &["--public-ipv6=fd00::1"], &[]);
+    d.wait_subnet(secs(20));
+    let env = std::fs::read_to_string(&d.subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPV6_NETWORK=fd42::/56\n"), "{env}");
+    let v6 = env.lines().find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET=")).expect("IPv6 subnet written");
+    assert!(v6.starts_with("fd42:0:0:") && v6.ends_with("::1/64"), "{v6}");
+    let leases = etcd.leases();
+    assert_eq!(leases.len(), 1);
+    let (key, value) = &leases[0];
+    assert!(key.contains("-24&fd42:0:0:") && key.ends_with("::-64"), "{key}");
+    assert_eq!(value, r#"{"PublicIP":"127.0.0.1","PublicIPv6":"fd00::1"}"#);
+}
