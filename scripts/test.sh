@@ -3,7 +3,7 @@
 # tests once, and runs the whole suite. The README's test command.
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh -- NAME    # only tests matching NAME (passed to cargo test)
+#   scripts/test.sh NAME       # only tests whose name contains NAME
 #
 # With CI=true every privileged capability is required: a test that would skip
 # fails instead (see tests/common/mod.rs, FLANNEL_TEST_REQUIRE).
@@ -43,7 +43,8 @@ fi
 echo "==> running tests"
 log=$(mktemp)
 set +e
-cargo test --all-targets --locked "${@}" 2>&1 | tee "$log"
+# --nocapture: a skipped test's `SKIP ...` line must be visible, never a silent pass.
+cargo test --all-targets --locked -- --nocapture "${@}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 skips=$(grep -c '^SKIP ' "$log" || true)

@@ -186,6 +186,9 @@ pub struct Etcd {
     pub endpoint: String,
     pub port: u16,
     peer_port: u16,
+    /// Network namespace etcd runs in (`None`: the test's own).
+    netns: Option<String>,
+    host: String,
     dir: tempfile::TempDir,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
     child: Option<Child>,
@@ -196,6 +199,24 @@ impl Etcd {
     /// Starts a plain-HTTP etcd and waits until it answers.
     pub fn start() -> Etcd {
         Etcd::launch(None)
+    }
+
+    /// Starts etcd inside network namespace `netns`, listening on `ip`.
+    pub fn start_in(netns: &str, ip: &str) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = Etcd {
+            endpoint: format!("http://{ip}:2379"),
+            port: 2379,
+            peer_port: 2380,
+            netns: Some(netns.to_owned()),
+            host: ip.to_owned(),
+            log: dir.path().join("etcd.log"),
+            dir,
+            tls: None,
+            child: None,
+        };
+        etcd.spawn();
+        etcd
     }
 
     /// Starts an etcd that requires client certificates signed by `tls.ca`.
@@ -211,6 +232,8 @@ impl Etcd {
             endpoint: format!("{scheme}://127.0.0.1:{port}"),
             port,
             peer_port: free_port(),
+            netns: None,
+            host: "127.0.0.1".into(),
             log: dir.path().join("etcd.log"),
             dir,
             tls,
@@ -222,7 +245,7 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut cmd = Command::new("etcd");
+        let mut cmd = in_netns(self.netns.as_deref(), "etcd");
         cmd.arg("--name")
             .arg("test")
             .arg("--data-dir")
@@ -232,11 +255,11 @@ impl Etcd {
             .arg("--advertise-client-urls")
             .arg(&self.endpoint)
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg(format!("http://{}:{}", self.host, self.peer_port))
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", self.peer_port))
+            .arg(format!("http://{}:{}", self.host, self.peer_port))
             .arg("--initial-cluster")
-            .arg(format!("test=http://127.0.0.1:{}", self.peer_port))
+            .arg(format!("test=http://{}:{}", self.host, self.peer_port))
             .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdout(Stdio::null())
             .stderr(log);
@@ -255,7 +278,7 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this etcd; `Ok(stdout)` on success.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new("etcdctl");
+        let mut cmd = in_netns(self.netns.as_deref(), "etcdctl");
         cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint).arg("--command-timeout=5s");
         if let Some((_, _, ca)) = &self.tls {
             let dir = ca.parent().unwrap();
@@ -311,6 +334,8 @@ impl Drop for Etcd {
 /// A running `flanneld` child process with its own subnet file and log.
 pub struct Flanneld {
     pub child: Option<Child>,
+    /// Network namespace the daemon runs in (`None`: the test's own).
+    pub netns: Option<String>,
     pub subnet_file: PathBuf,
     pub healthz_port: u16,
     log: Arc<Mutex<String>>,
@@ -327,11 +352,18 @@ pub fn flanneld_bin() -> &'static str {
 impl Flanneld {
     /// Starts `flanneld` with `args` plus a private subnet file and a health port.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Flanneld {
+        Flanneld::spawn_in(None, args, envs)
+    }
+
+    /// Starts `flanneld` inside network namespace `netns` (health server off:
+    /// the test cannot reach it there; readiness is the subnet file).
+    pub fn spawn_in(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Flanneld {
         let dir = tempfile::tempdir().unwrap();
         let mut f = Flanneld {
             child: None,
+            netns: netns.map(str::to_owned),
             subnet_file: dir.path().join("subnet.env"),
-            healthz_port: free_port(),
+            healthz_port: if netns.is_some() { 0 } else { free_port() },
             log: Arc::new(Mutex::new(String::new())),
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -342,7 +374,7 @@ impl Flanneld {
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(flanneld_bin());
+        let mut cmd = in_netns(self.netns.as_deref(), flanneld_bin());
         cmd.args(&self.args)
             .arg(format!("--subnet-file={}", self.subnet_file.display()))
             .arg("--healthz-ip=127.0.0.1")
@@ -441,6 +473,19 @@ impl Drop for Flanneld {
     }
 }
 
+/// A command that runs `program` inside `netns` (via `ip netns exec`, which
+/// execs it: the child's PID is the program's own) or here when `None`.
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A minimal HTTP/1.0 GET (enough for the health endpoints).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -452,6 +497,8 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Some((code, body))
 }
+
+pub mod cluster;
 
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
