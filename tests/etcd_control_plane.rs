@@ -406,3 +406,20 @@ fn dual_stack_leases_carry_both_subnets() {
     assert!(key.contains("-24&fd42:0:0:") && key.ends_with("::-64"), "{key}");
     assert_eq!(value, r#"{"PublicIP":"127.0.0.1","PublicIPv6":"fd00::1"}"#);
 }
+
+#[test]
+fn interface_chosen_by_regex_or_by_route() {
+    require!(Cap::Etcd);
+    let etcd = Etcd::start();
+    etcd.put_config(NET16);
+    let ep = format!("--etcd-endpoints={}", etcd.endpoint);
+    for how in [r"--iface-regex=^127\.0\.0\.1$", "--iface-regex=^l.$", "--iface-can-reach=127.0.0.1"] {
+        let mut d = Flanneld::spawn(&[&ep, how, "--public-ip=127.0.0.4"], &[]);
+        d.wait_subnet(secs(20));
+        assert!(d.log().contains("using external interface iface=lo"), "{how}: {}", d.log());
+        d.kill();
+    }
+    let mut d = Flanneld::spawn(&[&ep, "--iface=nosuchif0"], &[]);
+    assert_eq!(d.wait_exit(secs(10)).and_then(|s| s.code()), Some(1));
+    assert!(d.log().contains("failed to find interface to use"), "{}", d.log());
+}
