@@ -423,3 +423,14 @@ fn interface_chosen_by_regex_or_by_route() {
     assert_eq!(d.wait_exit(secs(10)).and_then(|s| s.code()), Some(1));
     assert!(d.log().contains("failed to find interface to use"), "{}", d.log());
 }
+
+#[test]
+fn a_bad_config_file_fails_before_etcd_is_contacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, r#"{"Network":"10.5.0.0/16","SubnetMax":"10.5.0.7"}"#).unwrap();
+    let dead = format!("--etcd-endpoints=http://127.0.0.1:{}", free_port());
+    let mut d = Flanneld::spawn(&[&dead, &format!("--net-config-path={}", conf.display())], &[]);
+    assert_eq!(d.wait_exit(secs(10)).and_then(|s| s.code()), Some(1), "{}", d.log());
+    assert!(d.log().contains("invalid network config: SubnetMax: 10.5.0.7 is not on a /24 boundary"), "{}", d.log());
+}

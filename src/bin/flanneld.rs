@@ -25,7 +25,6 @@ fn main() -> ExitCode {
     init_logging(cli.v);
     if let Err(e) = cli.validate() {
         tracing::error!("{e}");
-        eprintln!("flanneld: {e}");
         return ExitCode::from(1);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -38,8 +37,8 @@ fn main() -> ExitCode {
     match runtime.block_on(flannel_rs::daemon::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line naming what failed and why (logging goes to stderr).
             tracing::error!("{e:#}");
-            eprintln!("flanneld: {e:#}");
             ExitCode::from(1)
         }
     }

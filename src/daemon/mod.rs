@@ -48,9 +48,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
     }
 
+    // A config file is checked before etcd is even contacted: a typo fails fast.
+    let file_config = match &cli.net_config_path {
+        Some(path) => Some(read_config_file(path)?),
+        None => None,
+    };
     let Some(registry) = until_stopped(&stop, connect(&cli)).await else { return Ok(()) };
-    let Some(config) = until_stopped(&stop, load_config(&cli, &registry)).await else { return Ok(()) };
-    let config = config?;
+    let config = match file_config {
+        Some(c) => c,
+        None => match until_stopped(&stop, load_config(&cli, &registry)).await {
+            Some(c) => c?,
+            None => return Ok(()),
+        },
+    };
     if config.ipv4.is_none() {
         bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
     }
@@ -288,13 +298,15 @@ async fn connect(cli: &Cli) -> Registry {
     }
 }
 
-/// Reads the network config from `--net-config-path` or etcd, waiting while
-/// the etcd key is missing. A config that does not validate is final.
+/// Reads and validates the `--net-config-path` file.
+fn read_config_file(path: &Path) -> anyhow::Result<NetworkConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --net-config-path {}", path.display()))?;
+    Ok(NetworkConfig::parse(&text)?)
+}
+
+/// Reads the network config from etcd, waiting while the key is missing. A
+/// config that does not validate is final.
 async fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<NetworkConfig> {
-    if let Some(path) = &cli.net_config_path {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading --net-config-path {}", path.display()))?;
-        return Ok(NetworkConfig::parse(&text)?);
-    }
     let mut backoff = Backoff::new();
     loop {
         match registry.get_config().await {
