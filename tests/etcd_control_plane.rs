@@ -368,10 +368,11 @@ fn tls_and_password_authentication() {
     args.pop();
     args.push("--etcd-password=wrong");
     let mut bad = daemon(&etcd, "127.0.0.2", &args, &[]);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until(secs(15), || bad.log().contains("etcd is not reachable yet").then_some(()))
+        .unwrap_or_else(|| panic!("{}", bad.log()));
+    assert!(bad.log().contains("authentication failed"), "says why: {}", bad.log());
     assert!(!bad.subnet_file.exists());
     assert!(bad.try_exit().is_none(), "keeps retrying");
-    assert!(bad.log().contains("etcd is not reachable yet"), "{}", bad.log());
 }
 
 #[test]
