@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod cni;
 pub mod compat;
 pub mod config;
 pub mod daemon;
