@@ -29,6 +29,21 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
+# moto, the EC2 API emulator tests/aws_vpc.rs runs against, in a venv of its own.
+if [ ! -x .venv/bin/moto_server ]; then
+    echo "==> installing moto[server] into .venv"
+    if ! python3 -m venv .venv >/dev/null 2>&1; then
+        # Debian's python3 lacks ensurepip until python3-venv is installed.
+        rm -rf .venv
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+        python3 -m venv .venv
+    fi
+    .venv/bin/pip install -q 'moto[server]>=5,<6'
+fi
+export MOTO_SERVER="$PWD/.venv/bin/moto_server"
+
 if [ "${CI:-}" = "true" ]; then
     export FLANNEL_TEST_REQUIRE="${FLANNEL_TEST_REQUIRE:-all}"
 fi

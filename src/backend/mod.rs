@@ -8,6 +8,8 @@
 //! (`crate::exec`), so the planning is testable without root.
 
 pub mod alloc;
+pub mod aws_vpc;
+pub mod extension;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -54,6 +56,14 @@ pub trait Backend: Send {
     /// Handles a batch of events about other hosts' leases. Errors are the
     /// backend's to log and retry; the control plane keeps going.
     fn apply(&mut self, events: &[LeaseEvent]) -> impl Future<Output = ()> + Send;
+
+    /// Called after the lease watcher re-listed every lease (start-up, etcd
+    /// reconnect, compaction), once the resulting events were applied: the
+    /// backend now knows every other host, so kernel-programming backends may
+    /// remove what no lease explains. Default: nothing.
+    fn resynced(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The backend types flannel-rs knows, by `Backend.Type` (lower-cased).

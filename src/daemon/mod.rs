@@ -86,6 +86,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = Daemon { cli: &cli, registry, ready, stop };
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
+        BackendKind::AwsVpc => {
+            let backend = crate::backend::aws_vpc::AwsVpc::new(&ctx, daemon.stop.clone())?;
+            daemon.run_backend(backend, &ctx).await
+        }
+        BackendKind::Extension => {
+            // Upstream's extension publishes the interface address, whatever --public-ip says.
+            let ctx = crate::backend::extension::context_for_extension(&ctx);
+            daemon.run_backend(crate::backend::extension::Extension::new(&ctx)?, &ctx).await
+        }
         other => bail!(
             "invalid network config: Backend.Type: backend type {:?} is not supported by this build yet",
             other.name()

@@ -1,4 +1,5 @@
 //! Control-plane code with side effects on the host: netlink queries and
 //! changes, hooks, sysctls, masquerade rules. Backends plan; this module does.
 
+pub mod hooks;
 pub mod iface;
