@@ -1,5 +1,5 @@
-//! The extension backend with real commands: small shell scripts (run *by* our commands, which
-//! themselves get no shell) write what they receive — arguments, variables, stdin as hex — to
+//! The extension backend with real commands: small shell scripts (run by our commands through
+//! `sh -c`) write what they receive — arguments, variables, stdin as hex — to
 //! files, against a real etcd and real `flanneld` processes.
 //!
 //! Loopback tests run one daemon each: extension leases carry the interface address (127.0.0.1
@@ -320,7 +320,7 @@ fn three_hosts_see_each_others_subnets_addresses_and_data() {
 #[test]
 fn host_gw_by_extension_gives_pod_to_pod_ping() {
     require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
-    // The seed's example: plain `ip` commands, no script, no shell.
+    // The seed's example: plain `ip` commands with the variables, no script.
     let c = extension_cluster(
         3,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"extension",

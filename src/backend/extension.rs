@@ -1,8 +1,8 @@
 //! The `extension` backend: the network is programmed by operator-supplied commands.
 //!
 //! Options (all strings, all optional): `PreStartupCommand`, `PostStartupCommand`,
-//! `SubnetAddCommand`, `SubnetRemoveCommand`. Commands run as upstream v0.28.2+ runs them (no
-//! shell; see [`crate::exec::hooks`]):
+//! `SubnetAddCommand`, `SubnetRemoveCommand`. Commands run through `sh -c` with the variables
+//! in their environment (see [`crate::exec::hooks`]):
 //!
 //! | command | when | environment added | stdin |
 //! | --- | --- | --- | --- |
