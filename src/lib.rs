@@ -18,8 +18,11 @@ pub mod cli;
 pub mod cni;
 pub mod compat;
 pub mod config;
+pub mod datapath;
 pub mod daemon;
 pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod subnet;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod aws_vpc;
 pub mod extension;
+pub mod udp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};

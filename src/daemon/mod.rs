@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, Instant};
 
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
-use crate::cli::Cli;
+use crate::backend::udp::{Udp, UdpOptions};
+use crate::cli::{Cli, UdpIo};
+use crate::datapath::IoChoice;
 use crate::config::NetworkConfig;
 use crate::exec::iface::{self, IfaceRequest};
 use crate::subnet::env::SubnetEnv;
@@ -86,6 +88,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = Daemon { cli: &cli, registry, ready, stop };
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
+        BackendKind::Udp => {
+            let io = match cli.udp_io {
+                UdpIo::Auto => IoChoice::Auto,
+                UdpIo::Uring => IoChoice::Uring,
+                UdpIo::Mmsg => IoChoice::Mmsg,
+            };
+            let opts = UdpOptions { workers: cli.udp_workers, io, ..UdpOptions::default() };
+            daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await
+        }
         BackendKind::AwsVpc => {
             let backend = crate::backend::aws_vpc::AwsVpc::new(&ctx, daemon.stop.clone())?;
             daemon.run_backend(backend, &ctx).await

@@ -41,6 +41,8 @@ pub struct Cluster {
     pub fabric: String,
     pub etcd: Option<Etcd>,
     pub hosts: Vec<Host>,
+    /// More namespaces a test made (CNI pods, outside hosts): deleted in `Drop`.
+    pub extra_netns: Vec<String>,
 }
 
 /// Runs a command; panics with its output when it fails.
@@ -65,7 +67,13 @@ impl Cluster {
     pub fn new(n: usize, config: &str) -> Cluster {
         let prefix = unique("fl");
         let fabric = format!("{prefix}fab");
-        let mut c = Cluster { prefix, fabric: fabric.clone(), etcd: None, hosts: Vec::new() };
+        let mut c = Cluster {
+            prefix,
+            fabric: fabric.clone(),
+            etcd: None,
+            hosts: Vec::new(),
+            extra_netns: Vec::new(),
+        };
         sh(None, "ip", &["netns", "add", &fabric]);
         let ns = Some(fabric.as_str());
         sh(ns, "ip", &["link", "set", "lo", "up"]);
@@ -128,6 +136,23 @@ impl Cluster {
     }
 
     /// Waits for host `i`'s subnet.env, then wires its pod namespace.
+    /// Creates a namespace (lo up) named `<prefix><suffix>`, deleted in `Drop`.
+    pub fn add_netns(&mut self, suffix: &str) -> String {
+        let name = format!("{}{suffix}", self.prefix);
+        sh(None, "ip", &["netns", "add", &name]);
+        self.extra_netns.push(name.clone());
+        sh(Some(&name), "ip", &["link", "set", "lo", "up"]);
+        name
+    }
+
+    /// Waits for host `i`'s subnet.env only (no pod wiring): `FLANNEL_SUBNET`.
+    pub fn wait_lease(&mut self, i: usize) -> String {
+        let h = &mut self.hosts[i];
+        let subnet = h.daemon.as_mut().expect("daemon started").wait_subnet(Duration::from_secs(30));
+        h.subnet = Some(subnet.clone());
+        subnet
+    }
+
     pub fn wait_ready(&mut self, i: usize) -> String {
         let h = &mut self.hosts[i];
         let d = h.daemon.as_mut().expect("daemon started");
@@ -252,6 +277,7 @@ impl Drop for Cluster {
             e.stop();
         }
         let mut names: Vec<String> = vec![self.fabric.clone()];
+        names.extend(self.extra_netns.iter().cloned());
         for h in &self.hosts {
             names.push(h.netns.clone());
             names.push(h.pod_netns.clone());

@@ -1,0 +1,458 @@
+//! The `udp` backend: a userspace datapath that carries each pod packet, unchanged, as the
+//! payload of one UDP datagram to the peer that owns the destination subnet.
+//!
+//! Wire-compatible with upstream's udp backend (`pkg/backend/udp`): same port (option `Port`,
+//! default 8285), same TUN device `flannel0` (address = lease network /32, MTU = external MTU −
+//! 28, route for the whole network), same bare-IPv4 payload, same TTL handling and ICMP
+//! network-unreachable. A node running upstream flanneld and one running this share a cluster.
+//!
+//! # Options (`Backend` object of the network config, matched case-insensitively)
+//! - `Port` (upstream): UDP port, bound on the external interface address. Default 8285.
+//! - `StrictSource` (ours; upstream ignores unknown keys): drop inbound packets whose inner
+//!   source lies outside the sending peer's subnet. Default true; overrides [`UdpOptions`].
+//! - `Workers` (ours): worker threads, used when [`UdpOptions::workers`] is `None`.
+//!
+//! # Kernel state owned by this module
+//! - link `flannel0` with its /32 address and network route, through `datapath::device`;
+//!   it disappears when the workers stop (their queue fds are the device's only holders).
+//! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
+//!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
+//!
+//! # Limitations
+//! IPv4 only, as upstream. No offloads yet (issue 5).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use super::{Backend, BackendAttrs, BackendContext};
+use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
+use crate::datapath::device::{self, TunSpec};
+use crate::datapath::route::{RouteSet, RouteTable, Routes};
+use crate::datapath::stats::StatsSnapshot;
+use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
+use crate::datapath::{select_io, IoKind};
+use crate::subnet::lease::{Lease, LeaseEvent};
+use crate::sys::sockopt;
+use crate::sys::uring::UringConfig;
+
+pub use crate::datapath::IoChoice;
+
+/// Most workers we start, whatever is asked (the kernel allows 256 TUN queues).
+pub const MAX_WORKERS: usize = 64;
+
+/// Host-level knobs (flags), as opposed to the cluster-wide network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// Worker threads (= TUN queues). `None`: the `Workers` backend option, else one per CPU.
+    pub workers: Option<usize>,
+    /// Which I/O layer to use.
+    pub io: IoChoice,
+    /// Drop inbound packets whose inner source is outside the sender's subnet. The backend
+    /// option `StrictSource`, when present, wins.
+    pub strict_source: bool,
+    /// Workers after the first send from their own ephemeral port, so a peer's kernel spreads
+    /// our traffic over its workers (one 4-tuple lands on one socket). Upstream does not check
+    /// source ports. Worker 0 always sends from `Port`.
+    pub spread_source_ports: bool,
+    /// Name of the TUN device.
+    pub tun_name: String,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        UdpOptions {
+            workers: None,
+            io: IoChoice::Auto,
+            strict_source: true,
+            spread_source_ports: true,
+            tun_name: UDP_TUN_NAME.to_owned(),
+        }
+    }
+}
+
+/// A `Backend` section the udp backend cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UdpConfigError {
+    #[error("udp backend option {option}: {reason}")]
+    Option {
+        option: &'static str,
+        reason: String,
+    },
+    #[error("the udp backend needs an IPv4 Network (EnableIPv4)")]
+    NoIpv4Network,
+}
+
+/// The settings resolved from config, options and interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    port: u16,
+    bind: Ipv4Addr,
+    mtu: u32,
+    network: Ipv4Net,
+    subnet_len: u8,
+    strict_source: bool,
+    workers: usize,
+}
+
+/// The udp backend. Build with [`Udp::new`]; the daemon then calls `prepare`, `start`,
+/// `apply`. [`Udp::stop`] (or dropping it) stops the workers, which removes `flannel0`.
+#[derive(Debug)]
+pub struct Udp {
+    settings: Settings,
+    opts: UdpOptions,
+    set: RouteSet,
+    routes: Routes,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    workers: Workers,
+    io: IoKind,
+}
+
+impl Udp {
+    /// Reads the backend options and prepares the route table; creates nothing yet.
+    ///
+    /// # Errors
+    /// An invalid `Port`, `StrictSource` or `Workers` option, or a config without IPv4.
+    pub fn new(ctx: &BackendContext, opts: UdpOptions) -> anyhow::Result<Self> {
+        let settings = settings(ctx, &opts)?;
+        let set = RouteSet::new(settings.network, settings.subnet_len, settings.port);
+        let routes = Routes::new(RouteTable::empty(settings.network, settings.subnet_len));
+        Ok(Udp {
+            settings,
+            opts,
+            set,
+            routes,
+            running: None,
+        })
+    }
+
+    /// The UDP port peers are reached on (and we listen on).
+    pub fn port(&self) -> u16 {
+        self.settings.port
+    }
+
+    /// Worker threads that `start` runs.
+    pub fn workers(&self) -> usize {
+        self.settings.workers
+    }
+
+    /// The I/O layer in use, once started.
+    pub fn io_kind(&self) -> Option<IoKind> {
+        self.running.as_ref().map(|r| r.io)
+    }
+
+    /// Counters summed over all workers (zero before `start`).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.running
+            .as_ref()
+            .map(|r| r.workers.stats())
+            .unwrap_or_default()
+    }
+
+    /// Workers still running: less than [`Udp::workers`] after a fatal I/O error.
+    pub fn running_workers(&self) -> usize {
+        self.running.as_ref().map_or(0, |r| r.workers.running())
+    }
+
+    /// The route table the workers currently use.
+    pub fn route_table(&self) -> Arc<RouteTable> {
+        arc_swap::Guard::into_inner(self.routes.load())
+    }
+
+    /// Stops and joins every worker; the TUN device goes away with their fds. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            running.workers.stop();
+            tracing::info!("udp backend stopped");
+        }
+    }
+
+    fn publish(&self) {
+        let table = self.set.table();
+        tracing::debug!(routes = table.len(), "udp backend: publishing route table");
+        self.routes.publish(table);
+    }
+
+    /// One reuseport socket per worker on `<iface address>:<Port>`, plus the send sockets.
+    fn bind_sockets(&self, tun: Vec<crate::sys::tun::TunQueue>) -> anyhow::Result<Vec<QueueFds>> {
+        let local = SocketAddrV4::new(self.settings.bind, self.settings.port);
+        tun.into_iter()
+            .enumerate()
+            .map(|(i, tun)| {
+                let rx = sockopt::bind_udp(local, true)
+                    .with_context(|| format!("binding UDP socket {local} (worker {i})"))?;
+                let tx = if i > 0 && self.opts.spread_source_ports {
+                    let any = SocketAddrV4::new(self.settings.bind, 0);
+                    Some(sockopt::bind_udp(any, false).with_context(|| {
+                        format!("binding UDP send socket on {any} (worker {i})")
+                    })?)
+                } else {
+                    None
+                };
+                Ok(QueueFds { tun, rx, tx })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Udp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Backend for Udp {
+    fn mtu(&self) -> u32 {
+        self.settings.mtu
+    }
+
+    async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {
+        // Upstream's udp backend publishes only PublicIP: no BackendType, no BackendData.
+        Ok(BackendAttrs::default())
+    }
+
+    async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "udp backend already started");
+        let own_subnet = own.subnet().trunc();
+        self.set.set_own(own_subnet);
+        self.publish();
+
+        let io = select_io(self.opts.io)?;
+        let spec = TunSpec {
+            name: self.opts.tun_name.clone(),
+            queues: self.settings.workers,
+            mtu: self.settings.mtu,
+            addr: own_subnet.network(),
+            network: self.settings.network,
+        };
+        let queues = device::create(&spec).await?;
+        let fds = self.bind_sockets(queues)?;
+        let cfg = WorkerConfig {
+            io,
+            uring: UringConfig::default(),
+            strict_source: self.settings.strict_source,
+            // Upstream sends ICMP from the TUN address, but that address is local to this
+            // host, so the kernel drops the reply as a martian before any pod sees it. The
+            // network address (the first subnet, never leased) is not local anywhere and
+            // routes back through flannel0, so pods really get "network unreachable".
+            icmp_source: self.settings.network.network(),
+        };
+        let workers = Workers::spawn(fds, cfg, &self.routes).context("spawning udp workers")?;
+        tracing::info!(
+            device = %spec.name,
+            address = %spec.addr,
+            network = %spec.network,
+            mtu = spec.mtu,
+            port = self.settings.port,
+            workers = self.settings.workers,
+            %io,
+            strict_source = self.settings.strict_source,
+            "udp backend running"
+        );
+        self.running = Some(Running { workers, io });
+        Ok(())
+    }
+
+    async fn apply(&mut self, events: &[LeaseEvent]) {
+        if self.set.apply(events) {
+            self.publish();
+        }
+    }
+}
+
+fn settings(ctx: &BackendContext, opts: &UdpOptions) -> Result<Settings, UdpConfigError> {
+    let backend = &ctx.config.backend;
+    let port = match backend.option("Port") {
+        None | Some(Value::Null) => UDP_DEFAULT_PORT,
+        Some(v) => match v.as_u64() {
+            Some(0) => UDP_DEFAULT_PORT, // Go's zero value means "default"
+            Some(p) => u16::try_from(p).map_err(|_| UdpConfigError::Option {
+                option: "Port",
+                reason: format!("{p} is not a UDP port"),
+            })?,
+            None => {
+                return Err(UdpConfigError::Option {
+                    option: "Port",
+                    reason: format!("must be an integer, not {v}"),
+                })
+            }
+        },
+    };
+    let strict_source = match backend.option("StrictSource") {
+        None | Some(Value::Null) => opts.strict_source,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err(UdpConfigError::Option {
+                option: "StrictSource",
+                reason: format!("must be true or false, not {v}"),
+            })
+        }
+    };
+    let configured_workers = match backend.option("Workers") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(MAX_WORKERS)),
+            _ => {
+                return Err(UdpConfigError::Option {
+                    option: "Workers",
+                    reason: format!("must be a positive integer, not {v}"),
+                })
+            }
+        },
+    };
+    let workers = opts
+        .workers
+        .or(configured_workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, MAX_WORKERS);
+    let network = ctx
+        .config
+        .network_v4()
+        .ok_or(UdpConfigError::NoIpv4Network)?;
+    let subnet_len = ctx.config.ipv4.map_or(24, |r| r.subnet_len);
+    Ok(Settings {
+        port,
+        bind: ctx.iface.iface_addr,
+        mtu: ctx.iface.mtu.saturating_sub(UDP_OVERHEAD),
+        network,
+        subnet_len,
+        strict_source,
+        workers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ExternalInterface;
+    use crate::config::NetworkConfig;
+    use crate::subnet::lease::{LeaseAttrs, SubnetKey};
+
+    fn ctx(config: &str) -> BackendContext {
+        BackendContext {
+            config: NetworkConfig::parse(config).unwrap(),
+            iface: ExternalInterface {
+                name: "eth0".into(),
+                index: 2,
+                mtu: 1500,
+                iface_addr: Ipv4Addr::new(192, 0, 2, 1),
+                iface_addr_v6: None,
+                public_ip: Ipv4Addr::new(198, 51, 100, 1),
+                public_ipv6: None,
+            },
+        }
+    }
+
+    fn udp(config: &str) -> Udp {
+        Udp::new(&ctx(config), UdpOptions::default()).unwrap()
+    }
+
+    fn lease(subnet: &str, public_ip: [u8; 4]) -> Lease {
+        Lease {
+            key: SubnetKey {
+                ipv4: subnet.parse().unwrap(),
+                ipv6: None,
+            },
+            attrs: LeaseAttrs::with_public_ip(public_ip.into()),
+            etcd_lease: 1,
+            mod_revision: 1,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let u = udp(r#"{"Network":"10.5.0.0/16"}"#);
+        assert_eq!(u.port(), 8285);
+        assert_eq!(u.mtu(), 1472, "external MTU − 28");
+        assert_eq!(
+            u.settings.bind,
+            Ipv4Addr::new(192, 0, 2, 1),
+            "bound on the interface address, not the public IP"
+        );
+        assert!(u.settings.strict_source);
+        assert!(u.workers() >= 1);
+        assert_eq!(
+            block_on(udp(r#"{"Network":"10.5.0.0/16"}"#).prepare()).unwrap(),
+            BackendAttrs::default()
+        );
+    }
+
+    #[test]
+    fn options_are_read_case_insensitively() {
+        let u = udp(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","port":9000,"strictsource":false,"WORKERS":3}}"#,
+        );
+        assert_eq!(
+            (u.port(), u.settings.strict_source, u.workers()),
+            (9000, false, 3)
+        );
+        let forced = Udp::new(
+            &ctx(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Workers":3}}"#),
+            UdpOptions {
+                workers: Some(2),
+                ..UdpOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(forced.workers(), 2, "the host flag wins over the config");
+        assert_eq!(
+            udp(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":0}}"#).port(),
+            8285
+        );
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        for bad in [
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":70000}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":"8285"}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":-1}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","StrictSource":"yes"}}"#,
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Workers":0}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"udp"}}"#,
+        ] {
+            assert!(
+                Udp::new(&ctx(bad), UdpOptions::default()).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_publishes_routes_for_other_hosts_only() {
+        let mut u = udp(r#"{"Network":"10.5.0.0/16"}"#);
+        // As the daemon does after start: our own lease is known.
+        u.set.set_own("10.5.1.0/24".parse().unwrap());
+        block_on(u.apply(&[
+            LeaseEvent::Added(lease("10.5.1.0/24", [198, 51, 100, 1])),
+            LeaseEvent::Added(lease("10.5.2.0/24", [198, 51, 100, 2])),
+        ]));
+        let t = u.route_table();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.lookup(Ipv4Addr::new(10, 5, 2, 9)),
+            Some(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 8285))
+        );
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 5, 1, 9)), None);
+
+        block_on(u.apply(&[LeaseEvent::Removed(lease("10.5.2.0/24", [198, 51, 100, 2]))]));
+        assert!(u.route_table().is_empty());
+        assert_eq!(u.stats(), StatsSnapshot::default());
+        assert_eq!(u.io_kind(), None);
+        u.stop(); // not started: a no-op
+    }
+}

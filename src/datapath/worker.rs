@@ -1,0 +1,210 @@
+//! Worker threads: one per TUN queue, each owning its queue fd, its UDP socket(s) and (on the
+//! io_uring path) its ring, so no two workers share a ring, a queue or a lock. Only the route
+//! table ([`Routes`]) and the stop signal are shared.
+//!
+//! A periodic logger sums the workers' counters at debug level. Stopping signals the shared
+//! eventfd and joins every thread; dropping [`Workers`] does the same.
+
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::pipeline::{IcmpResponder, Pipeline};
+use super::route::Routes;
+use super::stats::{StatsSnapshot, WorkerStats};
+use super::IoKind;
+use crate::sys::eventfd::EventFd;
+use crate::sys::mmsg::MmsgIo;
+use crate::sys::tun::TunQueue;
+use crate::sys::uring::{UringConfig, UringIo};
+use crate::sys::WorkerFds;
+
+/// How often the counters are logged (at debug level).
+pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long `spawn` waits for each worker to report its I/O set up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The fds of one worker, before the stop signal is attached.
+#[derive(Debug)]
+pub struct QueueFds {
+    pub tun: TunQueue,
+    pub rx: UdpSocket,
+    pub tx: Option<UdpSocket>,
+}
+
+/// How every worker runs.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub io: IoKind,
+    pub uring: UringConfig,
+    /// Drop inbound packets whose inner source is outside the sending peer's subnet.
+    pub strict_source: bool,
+    /// Source address of ICMP "network unreachable" replies (see `backend::udp`).
+    pub icmp_source: Ipv4Addr,
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<EventFd>,
+    stats: Vec<Arc<WorkerStats>>,
+    logger: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+impl Workers {
+    /// Spawns one worker per entry of `queues`.
+    ///
+    /// # Errors
+    /// The stop eventfd or a thread could not be created; workers already started are
+    /// stopped again.
+    pub fn spawn(queues: Vec<QueueFds>, cfg: WorkerConfig, routes: &Routes) -> io::Result<Self> {
+        let stop = Arc::new(EventFd::new()?);
+        let mut workers = Workers {
+            threads: Vec::new(),
+            stop: stop.clone(),
+            stats: Vec::new(),
+            logger: None,
+        };
+        let count = queues.len();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(count);
+        for (index, q) in queues.into_iter().enumerate() {
+            let stats = Arc::new(WorkerStats::default());
+            let fds = WorkerFds {
+                tun: q.tun,
+                rx: q.rx,
+                tx: q.tx,
+                stop: stop.clone(),
+            };
+            let pipeline = Pipeline::new(
+                routes.clone(),
+                cfg.strict_source,
+                IcmpResponder::new(cfg.icmp_source),
+                stats.clone(),
+            );
+            let io_stats = stats.clone();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("flannel-udp-{index}"))
+                .spawn(move || run_worker(index, fds, cfg, pipeline, io_stats, ready))?;
+            workers.threads.push(thread);
+            workers.stats.push(stats);
+        }
+        drop(ready_tx);
+        // Every worker reports whether it could set up its I/O (ring, socket options) before
+        // `spawn` returns, so a datapath that cannot run fails `start` instead of logging later.
+        for _ in 0..count {
+            match ready_rx.recv_timeout(READY_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e), // `workers` drops: the others are stopped
+                Err(_) => return Err(io::Error::other("a udp worker did not start in time")),
+            }
+        }
+        workers.logger = Some(spawn_logger(workers.stats.clone())?);
+        Ok(workers)
+    }
+
+    /// Sum of every worker's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// How many worker threads are still running (a worker stops early only on a fatal I/O
+    /// error, which it logs).
+    pub fn running(&self) -> usize {
+        self.threads.iter().filter(|t| !t.is_finished()).count()
+    }
+
+    /// Signals every worker to stop and waits for them. Idempotent.
+    pub fn stop(&mut self) {
+        if let Err(e) = self.stop.signal() {
+            tracing::error!(error = %e, "cannot signal udp workers to stop");
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a udp worker panicked");
+            }
+        }
+        if let Some((tx, t)) = self.logger.take() {
+            drop(tx);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The body of a worker thread: build the I/O layer here (io_uring state is per thread) and
+/// run the pipeline until stopped.
+fn run_worker(
+    index: usize,
+    fds: WorkerFds,
+    cfg: WorkerConfig,
+    mut pipeline: Pipeline,
+    stats: Arc<WorkerStats>,
+    ready: mpsc::SyncSender<io::Result<()>>,
+) {
+    let result = match cfg.io {
+        IoKind::Uring => match UringIo::new(fds, cfg.uring, stats) {
+            Ok(mut io) => {
+                let _ = ready.send(Ok(()));
+                pipeline.run(&mut io)
+            }
+            Err(e) => {
+                let _ = ready.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("worker {index}: setting up io_uring: {e}"),
+                )));
+                return;
+            }
+        },
+        IoKind::Mmsg => match MmsgIo::new(fds, cfg.uring.buf_size, stats) {
+            Ok(mut io) => {
+                let _ = ready.send(Ok(()));
+                pipeline.run(&mut io)
+            }
+            Err(e) => {
+                let _ = ready.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("worker {index}: setting up sockets: {e}"),
+                )));
+                return;
+            }
+        },
+    };
+    match result {
+        Ok(()) => tracing::debug!(worker = index, "udp worker stopped"),
+        Err(e) => {
+            tracing::error!(worker = index, io = ?cfg.io, error = %e, "udp worker failed and stopped")
+        }
+    }
+}
+
+fn spawn_logger(stats: Vec<Arc<WorkerStats>>) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("flannel-udp-stats".into())
+        .spawn(move || {
+            let mut last = StatsSnapshot::default();
+            loop {
+                match rx.recv_timeout(STATS_LOG_INTERVAL) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        let now = StatsSnapshot::sum(stats.iter().map(|s| &**s));
+                        if now != last {
+                            tracing::debug!(workers = stats.len(), "udp datapath: {now}");
+                            last = now;
+                        }
+                    }
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })?;
+    Ok((tx, thread))
+}

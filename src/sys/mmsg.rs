@@ -1,0 +1,297 @@
+//! Fallback worker I/O for hosts where io_uring is unusable (`kernel.io_uring_disabled`,
+//! seccomp in a container, old kernels): `poll` on the TUN queue, the socket and the stop
+//! signal; then up to [`BATCH`] non-blocking TUN reads and one `recvmmsg` (quinn-udp) per
+//! round; then the queued sends (quinn-udp `sendmsg`) and TUN writes.
+//!
+//! Buffers are two fixed pools (egress, ingress) of [`BATCH`] slots allocated once; packets are
+//! rewritten in place. The same [`PacketIo`] contract as the io_uring path, so the same
+//! pipeline runs on both.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+
+use super::{is_transient, sockopt, WorkerFds};
+use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
+use crate::datapath::stats::{DropReason, WorkerStats};
+
+/// Packets read per direction per round (quinn-udp's recvmmsg batch on Linux).
+pub const BATCH: usize = if quinn_udp::BATCH_SIZE < 32 {
+    quinn_udp::BATCH_SIZE
+} else {
+    32
+};
+/// How long a send waits for socket buffer space before the datagram is dropped.
+const SEND_WAIT_MS: i32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Egress,
+    Ingress,
+}
+
+/// One worker's readiness-based I/O.
+pub struct MmsgIo {
+    fds: WorkerFds,
+    rx_state: UdpSocketState,
+    tx_state: Option<UdpSocketState>,
+    buf_size: usize,
+    egress: Box<[u8]>,
+    ingress: Box<[u8]>,
+    metas: [RecvMeta; BATCH],
+    /// Decisions waiting to be carried out at the end of the round (capacity reserved once).
+    pending: Vec<(Side, usize, Action)>,
+    ready: [bool; 3],
+    stats: Arc<WorkerStats>,
+}
+
+impl MmsgIo {
+    /// Makes the fds non-blocking and sets up the quinn-udp socket state.
+    ///
+    /// # Errors
+    /// Socket options quinn-udp needs could not be set.
+    pub fn new(fds: WorkerFds, buf_size: usize, stats: Arc<WorkerStats>) -> io::Result<Self> {
+        fds.tun.set_nonblocking(true)?;
+        let rx_state = UdpSocketState::new((&fds.rx).into())?;
+        // quinn-udp enables GRO opportunistically; the pipeline handles one datagram per
+        // buffer until issue 5 teaches it to split coalesced ones.
+        sockopt::set_udp_gro(&fds.rx, false)?;
+        let tx_state = match &fds.tx {
+            Some(tx) => Some(UdpSocketState::new(tx.into())?),
+            None => None,
+        };
+        let buf_size = buf_size.max(MIN_BUFFER);
+        Ok(MmsgIo {
+            fds,
+            rx_state,
+            tx_state,
+            buf_size,
+            egress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
+            ingress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
+            metas: [RecvMeta::default(); BATCH],
+            pending: Vec::with_capacity(2 * BATCH),
+            ready: [false; 3],
+            stats,
+        })
+    }
+
+    fn read_tun<H>(&mut self, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        for (k, buf) in self.egress.chunks_exact_mut(self.buf_size).enumerate() {
+            match self.fds.tun.recv(buf) {
+                Ok(0) => break,
+                Ok(n) => self
+                    .pending
+                    .push((Side::Egress, k, handle(Origin::Tun, buf, n))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    self.stats.drop_packet(DropReason::TunError);
+                    if !e.raw_os_error().is_some_and(is_transient) {
+                        return Err(e);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_udp<H>(&mut self, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        let received = {
+            let mut chunks = self.ingress.chunks_exact_mut(self.buf_size);
+            let mut iovs: [IoSliceMut<'_>; BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            self.rx_state
+                .recv((&self.fds.rx).into(), &mut iovs, &mut self.metas)
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return Ok(())
+            }
+            Err(e) => {
+                self.stats.drop_packet(DropReason::SocketError);
+                return if e.raw_os_error().is_some_and(is_transient) {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        for (k, (buf, meta)) in self
+            .ingress
+            .chunks_exact_mut(self.buf_size)
+            .zip(&self.metas)
+            .take(n)
+            .enumerate()
+        {
+            let src = match meta.addr {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(a) => a
+                    .ip()
+                    .to_ipv4_mapped()
+                    .map(|ip| SocketAddrV4::new(ip, a.port())),
+            };
+            match src {
+                Some(src) if meta.len <= buf.len() => {
+                    self.pending
+                        .push((Side::Ingress, k, handle(Origin::Udp(src), buf, meta.len)));
+                }
+                _ => self.stats.drop_packet(DropReason::BadHeader),
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the round's decisions in order.
+    fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        for &(side, k, action) in &pending {
+            let pool = match side {
+                Side::Egress => &self.egress,
+                Side::Ingress => &self.ingress,
+            };
+            let Some(buf) = pool.get(k * self.buf_size..(k + 1) * self.buf_size) else {
+                continue;
+            };
+            match action {
+                Action::Drop => {}
+                Action::SendUdp { peer, len } => {
+                    let Some(contents) = buf.get(..len) else {
+                        continue;
+                    };
+                    let (sock, state) = match (&self.fds.tx, &self.tx_state) {
+                        (Some(tx), Some(state)) => (tx, state),
+                        _ => (&self.fds.rx, &self.rx_state),
+                    };
+                    if send(sock, state, peer, contents) {
+                        self.stats.egress(len);
+                    } else {
+                        self.stats.drop_packet(DropReason::SocketError);
+                    }
+                }
+                Action::WriteTun { len, kind } => {
+                    let Some(packet) = buf.get(..len) else {
+                        continue;
+                    };
+                    match self.fds.tun.send(packet) {
+                        Ok(_) => match kind {
+                            TunWrite::Deliver => self.stats.ingress(len),
+                            TunWrite::Icmp => self.stats.icmp_sent(),
+                        },
+                        Err(_) => self.stats.drop_packet(DropReason::TunError),
+                    }
+                }
+            }
+        }
+        pending.clear();
+        self.pending = pending;
+    }
+}
+
+/// Sends one datagram; waits briefly for buffer space once if the socket is full.
+fn send(sock: &UdpSocket, state: &UdpSocketState, peer: SocketAddrV4, contents: &[u8]) -> bool {
+    let transmit = Transmit {
+        destination: peer.into(),
+        ecn: None,
+        contents,
+        segment_size: None,
+        src_ip: None,
+    };
+    for attempt in 0..2 {
+        match state.try_send(sock.into(), &transmit) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && attempt == 0 => {
+                if !poll_one(sock.as_fd(), libc::POLLOUT, SEND_WAIT_MS).unwrap_or(false) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+impl PacketIo for MmsgIo {
+    fn wait(&mut self) -> io::Result<()> {
+        let fds = [
+            self.fds.tun.as_fd(),
+            self.fds.rx.as_fd(),
+            self.fds.stop.as_fd(),
+        ];
+        self.ready = poll_many(fds, -1)?;
+        Ok(())
+    }
+
+    fn process<H>(&mut self, mut handle: H) -> io::Result<Flow>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        let [tun, udp, stop] = std::mem::take(&mut self.ready);
+        if stop {
+            return Ok(Flow::Stop);
+        }
+        let mut result = Ok(());
+        if tun {
+            result = self.read_tun(&mut handle);
+        }
+        if udp && result.is_ok() {
+            result = self.recv_udp(&mut handle);
+        }
+        self.flush();
+        result.map(|()| Flow::Continue)
+    }
+}
+
+/// Polls three fds for input; returns which are ready (errors and hang-ups count as ready,
+/// so the following read reports them).
+fn poll_many(fds: [BorrowedFd<'_>; 3], timeout_ms: i32) -> io::Result<[bool; 3]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `pfds` is a live array of initialised pollfd structs whose exact length is
+        // passed; the fds are borrowed for the duration of the call.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if rc >= 0 {
+            return Ok(pfds.map(|p| p.revents != 0));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn poll_one(fd: BorrowedFd<'_>, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one initialised pollfd, borrowed fd alive for the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pfd.revents != 0)
+}
+
+/// Whether `fd` is readable within `timeout_ms` (0 = just look).
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    poll_one(fd, libc::POLLIN, timeout_ms)
+}

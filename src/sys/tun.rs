@@ -1,0 +1,79 @@
+//! The multi-queue TUN device of the udp backend.
+//!
+//! `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`: layer 3, no packet-information prefix (upstream's
+//! wire format is the bare IPv4 packet), one queue per worker. The device is not persistent: it
+//! disappears, with its address and routes, when the last queue is closed.
+//!
+//! # Kernel state owned by this module
+//! - link `flannel0` (or the name given), alive exactly as long as some [`TunQueue`] is.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// One queue (one fd) of a multi-queue TUN device.
+pub struct TunQueue(SyncDevice);
+
+impl std::fmt::Debug for TunQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TunQueue")
+            .field(&self.0.as_raw_fd())
+            .finish()
+    }
+}
+
+/// Creates (or attaches to) TUN device `name` and opens `queues` queues on it.
+///
+/// # Errors
+/// The device exists with incompatible flags (e.g. single-queue), `/dev/net/tun` is missing,
+/// or we lack `CAP_NET_ADMIN`.
+pub fn open_queues(name: &str, queues: usize) -> io::Result<Vec<TunQueue>> {
+    let first = DeviceBuilder::new()
+        .name(name)
+        .multi_queue(true)
+        .packet_information(false)
+        .build_sync()?;
+    let mut all = Vec::with_capacity(queues.max(1));
+    for _ in 1..queues.max(1) {
+        all.push(TunQueue(first.try_clone()?));
+    }
+    all.insert(0, TunQueue(first));
+    Ok(all)
+}
+
+impl TunQueue {
+    /// The device's interface index.
+    pub fn if_index(&self) -> io::Result<u32> {
+        self.0.if_index()
+    }
+
+    /// The device's name (the kernel's, in case it differs from the one asked for).
+    pub fn name(&self) -> io::Result<String> {
+        self.0.name()
+    }
+
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.0.set_nonblocking(nonblocking)
+    }
+
+    /// Reads one packet (blocking unless the queue was made non-blocking).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+
+    /// Writes one packet.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl AsFd for TunQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

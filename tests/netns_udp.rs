@@ -1,0 +1,225 @@
+//! The udp backend on real netns clusters: real TUN devices, real UDP sockets,
+//! real etcd, our flanneld on every host.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+
+const UDP_NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#;
+
+fn caps() -> [Cap; 5] {
+    [Cap::Root, Cap::Netns, Cap::Veth, Cap::Tun, Cap::Etcd]
+}
+
+macro_rules! require_udp {
+    () => {
+        for cap in caps() {
+            if let Err(why) = probe(cap) {
+                skip_or_fail(cap, &why);
+                return;
+            }
+        }
+    };
+}
+
+fn tool(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(name)
+}
+
+fn all_pairs_ping(c: &Cluster) {
+    let n = c.hosts.len();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let ip = c.pod_ip(j);
+                assert!(c.ping(i, &ip, secs(10)), "pod {i} → pod {j} ({ip}); log of host {i}:\n{}", c.daemon(i).log());
+            }
+        }
+    }
+}
+
+fn three_hosts_ping_all_pairs(io: &str) {
+    let mut c = Cluster::new(3, UDP_NET);
+    c.start_all(&[&format!("--udp-io={io}"), "--udp-workers=2"]);
+    all_pairs_ping(&c);
+    assert!(c.daemon(0).log().contains(io), "the chosen I/O path is logged:\n{}", c.daemon(0).log());
+}
+
+#[test]
+fn three_hosts_ping_all_pairs_on_io_uring() {
+    require_udp!();
+    three_hosts_ping_all_pairs("uring");
+}
+
+#[test]
+fn three_hosts_ping_all_pairs_on_the_mmsg_fallback() {
+    require_udp!();
+    three_hosts_ping_all_pairs("mmsg");
+}
+
+#[test]
+fn iperf3_tcp_through_the_overlay() {
+    require_udp!();
+    require!(Cap::Iperf3);
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&[]);
+    assert!(c.ping(0, &c.pod_ip(1), secs(10)));
+    let gbps = c.iperf(0, 1, 3, 1).unwrap_or_else(|e| panic!("{e}\n{}", c.daemon(0).log()));
+    eprintln!("iperf3 pod→pod over udp backend: {gbps:.3} Gbit/s");
+    assert!(gbps > 0.0);
+}
+
+#[test]
+fn a_joining_host_is_reachable_within_a_second() {
+    require_udp!();
+    let mut c = Cluster::new(3, UDP_NET);
+    c.start_all(&[]);
+    let d = c.add_host();
+    c.start(d, &[]);
+    c.wait_ready(d);
+    let ip = c.pod_ip(d);
+    // The first ping may race the watch; one second is the budget.
+    assert!(c.ping(0, &ip, Duration::from_millis(1500)), "new host not reachable in time:\n{}", c.daemon(0).log());
+    assert!(c.ping(d, &c.pod_ip(1), secs(5)));
+}
+
+#[test]
+fn a_removed_lease_gets_icmp_net_unreachable() {
+    require_udp!();
+    let mut c = Cluster::new(3, UDP_NET);
+    c.start_all(&[]);
+    let target = c.pod_ip(2);
+    assert!(c.ping(0, &target, secs(10)));
+    // Host 2 dies (so it cannot re-acquire) and its lease is deleted.
+    c.kill(2);
+    c.etcd().must(&["del", &c.lease_key(2)]);
+    let unreachable = wait_until(secs(5), || {
+        let out = run(Some(&c.hosts[0].pod_netns), "ping", &["-c", "1", "-W", "1", "-n", &target]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("Destination Net Unreachable").then_some(text)
+    });
+    assert!(unreachable.is_some(), "no ICMP net unreachable; log:\n{}", c.daemon(0).log());
+    assert!(c.ping(0, &c.pod_ip(1), secs(5)), "other hosts unaffected");
+}
+
+#[test]
+fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
+    require_udp!();
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&[]);
+    let before = c.hosts[1].subnet.clone();
+    assert!(c.ping(0, &c.pod_ip(1), secs(10)));
+    let after = c.restart(1);
+    assert_eq!(Some(after), before, "same subnet after SIGKILL + restart");
+    assert!(c.ping(0, &c.pod_ip(1), secs(10)), "traffic resumes:\n{}", c.daemon(1).log());
+    assert!(c.ping(1, &c.pod_ip(0), secs(10)));
+}
+
+/// Starts `recv_udp.py` in `netns` and waits until it listens.
+fn listen(netns: &str, ip: &str, port: u16, timeout_secs: u32) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = in_netns(Some(netns), "python3")
+        .arg(tool("recv_udp.py"))
+        .args([ip, &port.to_string(), &timeout_secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    (child, out)
+}
+
+/// Waits for `recv_udp.py`'s verdict: the datagram bytes, or `None`.
+fn received(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Option<(String, Vec<u8>)> {
+    let mut line = String::new();
+    out.read_line(&mut line).ok()?;
+    let status = child.wait().ok()?;
+    if !status.success() {
+        return None;
+    }
+    let (from, hex) = line.trim().strip_prefix("from ")?.split_once(" hex:")?;
+    let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    Some((from.to_owned(), bytes))
+}
+
+#[test]
+fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
+    require_udp!();
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&[]);
+    assert!(c.ping(1, &c.pod_ip(0), secs(10)));
+    let (pod0, pod1) = (c.pod_ip(0), c.pod_ip(1));
+    let send_raw = tool("send_raw.py").display().to_string();
+
+    // From a non-peer (the fabric itself, 192.0.2.254): dropped.
+    let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
+    sh(Some(&c.fabric), "python3", &[&send_raw, &host_ip(0), "8285", &pod1, &pod0, "9999", "from-stranger"]);
+    assert!(received(child, out).is_none(), "a datagram from a non-peer must be dropped");
+
+    // From host 1 (a peer), inner source inside host 1's subnet: delivered.
+    let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 5);
+    sh(Some(&c.hosts[1].netns), "python3", &[&send_raw, &host_ip(0), "8285", &pod1, &pod0, "9999", "hello-pod"]);
+    let (from, data) = received(child, out).expect("raw IPv4-in-UDP from a peer reaches the pod");
+    assert_eq!(data, b"hello-pod");
+    assert!(from.starts_with(&format!("{pod1}:")), "{from}");
+
+    // Spoofed inner source (outside host 1's subnet) from host 1: dropped.
+    let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
+    sh(Some(&c.hosts[1].netns), "python3", &[&send_raw, &host_ip(0), "8285", "10.5.250.9", &pod0, "9999", "spoofed"]);
+    assert!(received(child, out).is_none(), "an inner source outside the peer's subnet must be dropped");
+
+    // Both drops are counted (the daemon logs its counters at debug level).
+    let log = wait_until(secs(15), || {
+        let l = c.daemon(0).log();
+        (l.contains("unknown_peer") && l.contains("spoofed")).then_some(l)
+    });
+    let log = log.unwrap_or_else(|| c.daemon(0).log());
+    assert!(counter(&log, "unknown_peer") >= 1 && counter(&log, "spoofed") >= 1, "drop counters in:\n{log}");
+}
+
+/// The largest `name=<n>` value in the log.
+fn counter(log: &str, name: &str) -> u64 {
+    let pat = format!("{name}=");
+    log.match_indices(&pat)
+        .filter_map(|(i, _)| log[i + pat.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn wire_format_outbound_is_the_raw_inner_packet() {
+    require_udp!();
+    let mut c = Cluster::new(1, UDP_NET);
+    // One worker: upstream's single socket, so every datagram leaves from port 8285 (with more
+    // workers, the others send from their own ports to spread load over the peer's queues).
+    c.start_all(&["--udp-workers=1"]);
+    // A fake peer: a plain UDP socket on the fabric, with a lease we write by hand.
+    c.etcd().must(&["put", "/coreos.com/network/subnets/10.5.250.0-24", r#"{"PublicIP":"192.0.2.254","PublicIPv6":null}"#]);
+    let (child, out) = listen(&c.fabric, FABRIC_IP, 8285, 10);
+    let pod0 = c.pod_ip(0);
+    let send = tool("send_udp.py").display().to_string();
+    // Retry until the route exists (the watch delivers the lease within a batch).
+    let sent = wait_until(secs(5), || {
+        sh(Some(&c.hosts[0].pod_netns), "python3", &[&send, "10.5.250.7", "7777", "to-the-wire"]);
+        std::thread::sleep(Duration::from_millis(200));
+        Some(())
+    });
+    assert!(sent.is_some());
+    let (from, pkt) = received(child, out).expect("our daemon sent a datagram to the peer");
+    assert_eq!(from, format!("{}:8285", host_ip(0)), "sent from the interface address and port 8285");
+    assert_eq!(pkt[0], 0x45, "payload starts with a plain IPv4 header");
+    assert_eq!(&pkt[12..16], &pod0.parse::<std::net::Ipv4Addr>().unwrap().octets(), "inner source is the pod");
+    assert_eq!(&pkt[16..20], &[10, 5, 250, 7], "inner destination");
+    assert_eq!(pkt[9], 17, "inner UDP");
+    assert_eq!(pkt[8], 62, "TTL 64 − 1 (host forwarding) − 1 (flannel egress, as upstream)");
+    assert_eq!(&pkt[28..], b"to-the-wire");
+    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+    assert_eq!(total, pkt.len(), "nothing before or after the inner packet");
+}
