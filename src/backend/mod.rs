@@ -10,7 +10,10 @@
 pub mod alloc;
 pub mod aws_vpc;
 pub mod extension;
+pub mod host_gw;
+pub mod kernel_state;
 pub mod udp;
+pub mod vxlan;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};

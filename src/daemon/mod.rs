@@ -18,11 +18,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, Instant};
 
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
+use crate::backend::aws_vpc::AwsVpc;
+use crate::backend::extension::{self, Extension};
+use crate::backend::host_gw::HostGw;
 use crate::backend::udp::{Udp, UdpOptions};
+use crate::backend::vxlan::Vxlan;
 use crate::cli::{Cli, UdpIo};
 use crate::datapath::IoChoice;
 use crate::config::NetworkConfig;
 use crate::exec::iface::{self, IfaceRequest};
+use crate::exec::masq;
 use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{judge_own_change, renew_delay, renew_retry, OwnVerdict};
 use crate::subnet::lease::{LeaseAttrs, LeaseEvent, SubnetKey};
@@ -66,9 +71,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if config.ipv4.is_none() {
         bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
     }
-    if cli.ip_masq {
-        bail!("--ip-masq: masquerade rules are not implemented in this build yet; run without --ip-masq");
-    }
 
     let req = IfaceRequest {
         ifaces: cli.iface.clone(),
@@ -97,19 +99,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = UdpOptions { workers: cli.udp_workers, io, ..UdpOptions::default() };
             daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await
         }
+        BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx)?, &ctx).await,
+        BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx)?, &ctx).await,
         BackendKind::AwsVpc => {
-            let backend = crate::backend::aws_vpc::AwsVpc::new(&ctx, daemon.stop.clone())?;
+            let backend = AwsVpc::new(&ctx, daemon.stop.clone())?;
             daemon.run_backend(backend, &ctx).await
         }
         BackendKind::Extension => {
             // Upstream's extension publishes the interface address, whatever --public-ip says.
-            let ctx = crate::backend::extension::context_for_extension(&ctx);
-            daemon.run_backend(crate::backend::extension::Extension::new(&ctx)?, &ctx).await
+            let ctx = extension::context_for_extension(&ctx);
+            daemon.run_backend(Extension::new(&ctx)?, &ctx).await
         }
-        other => bail!(
-            "invalid network config: Backend.Type: backend type {:?} is not supported by this build yet",
-            other.name()
-        ),
     }
 }
 
@@ -126,6 +126,8 @@ struct Daemon<'a> {
 struct WatchMsg {
     events: Vec<LeaseEvent>,
     own: Option<OwnChange>,
+    /// The events come from a full re-list: afterwards the backend knows every host.
+    resync: bool,
 }
 
 impl Daemon<'_> {
@@ -149,6 +151,10 @@ impl Daemon<'_> {
         tracing::info!(subnet = %held.lease.key, "acquired lease");
 
         backend.start(&held.lease).await.context("starting the backend")?;
+        // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
+        // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
+        let rules_cfg = masq::RulesConfig::from_daemon(self.cli, &ctx.config, &held.lease.key);
+        let rules = masq::start(rules_cfg, self.stop.clone()).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
         self.ready.set_ready();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -168,6 +174,9 @@ impl Daemon<'_> {
                     let Some(msg) = msg else { break };
                     if !msg.events.is_empty() {
                         backend.apply(&msg.events).await;
+                    }
+                    if msg.resync {
+                        backend.resynced().await;
                     }
                     match msg.own.map(|c| judge_own_change(&held.lease, &c)) {
                         Some(OwnVerdict::Lost) => true,
@@ -205,6 +214,9 @@ impl Daemon<'_> {
                         "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
                     );
                     self.write_subnet_env(&ctx.config, &again, backend.mtu())?;
+                    if let Some(r) = &rules {
+                        r.update_lease(again.lease.key);
+                    }
                     let _ = own_tx.send(Some(again.lease.key));
                 } else {
                     tracing::info!(subnet = %again.lease.key, "re-acquired our subnet");
@@ -383,7 +395,7 @@ async fn watch_leases(
         }
         backoff = Backoff::new();
         let out = set.resync(raw, rev);
-        if tx.send(WatchMsg { events: out.events, own: out.own }).await.is_err() {
+        if tx.send(WatchMsg { events: out.events, own: out.own, resync: true }).await.is_err() {
             return;
         }
         loop {
@@ -392,7 +404,7 @@ async fn watch_leases(
                 changed = own_rx.changed() => {
                     if changed.is_err() { return; }
                     let events = set.set_own(*own_rx.borrow_and_update());
-                    if tx.send(WatchMsg { events, own: None }).await.is_err() { return; }
+                    if tx.send(WatchMsg { events, own: None, resync: false }).await.is_err() { return; }
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
@@ -406,7 +418,7 @@ async fn watch_leases(
                         }
                         let out = set.apply(raw_events(&resp));
                         if (!out.events.is_empty() || out.own.is_some())
-                            && tx.send(WatchMsg { events: out.events, own: out.own }).await.is_err()
+                            && tx.send(WatchMsg { events: out.events, own: out.own, resync: false }).await.is_err()
                         {
                             return;
                         }

@@ -3,3 +3,5 @@
 
 pub mod hooks;
 pub mod iface;
+pub mod masq;
+pub mod netlink;

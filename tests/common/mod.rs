@@ -384,6 +384,11 @@ impl Flanneld {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.netns.is_none() {
+            // In the test's own namespace: never touch the machine's iptables (upstream's
+            // default installs FORWARD rules).
+            cmd.arg("--iptables-forward-rules=false");
+        }
         let mut child = cmd.spawn().expect("start flanneld");
         for pipe in [
             child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),

@@ -1,0 +1,1384 @@
+//! The `vxlan` backend: the kernel's VXLAN device carries the traffic;
+//! flanneld only programs it, exactly as upstream does, so mixed clusters of
+//! upstream and flannel-rs nodes interoperate.
+//!
+//! # Kernel state owned by this module
+//! - link `flannel.<VNI>` (and `flannel-v6.<VNI>` with `EnableIPv6`), type
+//!   vxlan, underlay = the external interface, local = the public address,
+//!   MTU = (`MTU` option or interface MTU) − 50, a random locally administered
+//!   MAC (the `VtepMAC` in our lease). Created if missing, adopted in place if
+//!   an existing one is compatible (its MAC kept, so peers stay valid across a
+//!   restart), recreated (keeping its MAC) if not; *kept* on shutdown so
+//!   running pods keep their routes.
+//! - its address: the lease's network address as /32 (/128), and no other
+//!   address inside the flannel network.
+//! - per remote vxlan lease: `neigh <subnet addr> lladdr <VtepMAC> nud
+//!   permanent`, `fdb <VtepMAC> dst <PublicIP> self permanent`, `route
+//!   <subnet> via <subnet addr> dev flannel.<VNI> onlink`; with
+//!   `DirectRouting` and the peer directly connected, only `route <subnet>
+//!   via <PublicIP>`. All removed with the lease.
+//!
+//! # Better than upstream
+//! A periodic check (every [`RECONCILE_PERIOD`], after a watch resync, and at
+//! once when the device is deleted — upstream's `RTM_DELLINK` watcher)
+//! compares the kernel with the leases: it recreates a deleted device with
+//! the same MAC (so the `VtepMAC` in our lease stays true), restores deleted
+//! or changed entries and, once the first lease snapshot arrived, removes
+//! entries no lease explains, with one log line per repair. A device that
+//! has to be recreated at start keeps its old MAC too, and a changed `MTU`
+//! option is applied to an adopted device (upstream leaves it as it was).
+//!
+//! # Compatibility
+//! Lease `BackendData` is `{"VNI":n,"VtepMAC":"…"}` byte for byte as upstream
+//! writes it (VNI as upstream's `uint16`, so upstream nodes can decode it).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use ipnet::IpNet;
+use serde_json::Value;
+use tokio::sync::{Mutex, Notify};
+
+use super::kernel_state::{
+    vxlan_verdict, Desired, DirectPeers, Engine, FdbSpec, Host, LinkChange, LinkVerdict, Mac,
+    NeighSpec, Ownership, Planner, RouteSpec, VxlanAttrs, VxlanSpec, RECONCILE_PERIOD,
+};
+use super::{Backend, BackendAttrs, BackendContext, ExternalInterface};
+use crate::config::{BackendConfig, ConfigError};
+use crate::exec::netlink::Netlink;
+use crate::subnet::lease::{Lease, LeaseEvent, RawJson, SubnetKey};
+
+/// Bytes VXLAN over IPv4 costs: outer IPv4 (20) + UDP (8) + VXLAN (8) +
+/// inner Ethernet (14). Upstream uses it for IPv6 too.
+pub const ENCAP_OVERHEAD: u32 = 50;
+
+/// Upstream's default VNI.
+pub const DEFAULT_VNI: u32 = 1;
+
+/// The `Backend` options of a vxlan network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    /// UDP port; `None`: the kernel's default (8472).
+    pub port: Option<u16>,
+    /// Underlay MTU to plan with; `None`: the external interface's.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: DEFAULT_VNI,
+            port: None,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+fn option_err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: format!("Backend.{key}"),
+        reason: reason.into(),
+    }
+}
+
+fn option_uint(b: &BackendConfig, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+    match b.option(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if v <= max => Ok(Some(v)),
+            _ => Err(option_err(
+                key,
+                format!("must be an integer from 0 to {max}, not {n}"),
+            )),
+        },
+        Some(other) => Err(option_err(key, format!("must be an integer, not {other}"))),
+    }
+}
+
+fn option_bool(b: &BackendConfig, key: &str) -> Result<bool, ConfigError> {
+    match b.option(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(v)) => Ok(*v),
+        Some(other) => Err(option_err(
+            key,
+            format!("must be true or false, not {other}"),
+        )),
+    }
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ − 1).
+const MAX_IFNAME: usize = 15;
+
+impl VxlanConfig {
+    /// Reads `VNI`, `Port`, `MTU`, `GBP`, `Learning` and `DirectRouting`
+    /// (case-insensitively, as Go's decoder does), with upstream's defaults.
+    pub fn from_backend(b: &BackendConfig, ipv6: bool) -> Result<Self, ConfigError> {
+        let vni = option_uint(b, "VNI", (1 << 24) - 1)?.map_or(DEFAULT_VNI, |v| v as u32);
+        let port = option_uint(b, "Port", u64::from(u16::MAX))?
+            .map(|p| p as u16)
+            .filter(|p| *p > 0);
+        let mtu = option_uint(b, "MTU", 65535)?
+            .map(|m| m as u32)
+            .filter(|m| *m > 0);
+        if let Some(m) = mtu {
+            if m < ENCAP_OVERHEAD + 68 {
+                return Err(option_err("MTU", format!("{m} leaves no room for packets after the {ENCAP_OVERHEAD}-byte VXLAN overhead")));
+            }
+        }
+        let cfg = VxlanConfig {
+            vni,
+            port,
+            mtu,
+            gbp: option_bool(b, "GBP")?,
+            learning: option_bool(b, "Learning")?,
+            direct_routing: option_bool(b, "DirectRouting")?,
+        };
+        let longest = if ipv6 {
+            cfg.device_name_v6()
+        } else {
+            cfg.device_name()
+        };
+        if longest.len() > MAX_IFNAME {
+            return Err(option_err(
+                "VNI",
+                format!("{vni} makes the device name {longest:?} longer than Linux allows"),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// `flannel.<VNI>`.
+    pub fn device_name(&self) -> String {
+        format!("flannel.{}", self.vni)
+    }
+
+    /// `flannel-v6.<VNI>`.
+    pub fn device_name_v6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
+}
+
+/// The lease `BackendData` upstream writes: `{"VNI":n,"VtepMAC":"…"}`. The
+/// VNI is upstream's `uint16` field (truncated like Go's conversion), so
+/// upstream nodes can decode it.
+pub fn lease_data(vni: u32, mac: Mac) -> RawJson {
+    let text = format!(r#"{{"VNI":{},"VtepMAC":"{mac}"}}"#, vni as u16);
+    RawJson::new(&text).expect("the vxlan lease data is valid JSON")
+}
+
+/// The `VtepMAC` of another host's `BackendData` (field names matched
+/// case-insensitively, as Go's decoder does).
+pub fn vtep_mac(data: Option<&RawJson>) -> Result<Mac, String> {
+    let data = data.ok_or("no backend data")?;
+    let v: Value = serde_json::from_str(data.get()).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("backend data is not a JSON object")?;
+    let mac = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
+        .map(|(_, v)| v)
+        .ok_or("VtepMAC missing")?;
+    let text = mac.as_str().ok_or("VtepMAC is not a string")?;
+    Mac::parse(text).ok_or_else(|| format!("VtepMAC {text:?} is not a MAC address"))
+}
+
+/// A flannel vxlan device as the planner knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dev {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+}
+
+/// What the vxlan backend keeps of another host's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPeer {
+    pub key: SubnetKey,
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The peer's IPv4 VTEP MAC (`BackendData`), when usable.
+    pub mac: Option<Mac>,
+    /// The peer's IPv6 VTEP MAC (`BackendV6Data`), when usable.
+    pub mac_v6: Option<Mac>,
+}
+
+/// Leases → neighbour, FDB and route entries (pure).
+#[derive(Debug, Clone)]
+pub struct VxlanPlanner {
+    pub direct_routing: bool,
+    pub ext_index: u32,
+    pub v4: Option<Dev>,
+    pub v6: Option<Dev>,
+    pub networks: Vec<IpNet>,
+    pub own_subnets: Vec<IpNet>,
+}
+
+impl VxlanPlanner {
+    /// Entries for one peer subnet through `dev`: a direct route when allowed
+    /// and the peer is directly connected, else the (neigh, fdb, onlink route)
+    /// triple.
+    fn plan_family(
+        &self,
+        d: &mut Desired,
+        dev: &Dev,
+        subnet: IpNet,
+        public: IpAddr,
+        mac: Mac,
+        direct: &DirectPeers,
+    ) {
+        if let Some(oif) = direct.get(&public).filter(|_| self.direct_routing) {
+            d.add_route(RouteSpec {
+                dst: subnet,
+                gateway: public,
+                oif: *oif,
+                onlink: false,
+            });
+            return;
+        }
+        d.add_neigh(NeighSpec {
+            ifindex: dev.index,
+            ip: subnet.network(),
+            mac,
+        });
+        d.add_fdb(FdbSpec {
+            ifindex: dev.index,
+            mac,
+            dst: public,
+        });
+        d.add_route(RouteSpec {
+            dst: subnet,
+            gateway: subnet.network(),
+            oif: dev.index,
+            onlink: true,
+        });
+    }
+}
+
+impl Planner for VxlanPlanner {
+    type Peer = VxlanPeer;
+
+    fn peer(&self, lease: &Lease) -> Option<VxlanPeer> {
+        let v6_text = lease.key.ipv6.map(|n| n.to_string()).unwrap_or_default();
+        if lease.attrs.backend_type.as_deref() != Some("vxlan") {
+            tracing::warn!(
+                "ignoring non-vxlan v4Subnet({}) v6Subnet({v6_text}): type={}",
+                lease.key.ipv4,
+                lease.attrs.backend_type.as_deref().unwrap_or("")
+            );
+            return None;
+        }
+        let mac = match (&self.v4, vtep_mac(lease.attrs.backend_data.as_ref())) {
+            (None, _) => None,
+            (Some(_), Ok(m)) => Some(m),
+            (Some(_), Err(e)) => {
+                tracing::error!("error decoding subnet lease JSON of {}: {e}", lease.key);
+                None
+            }
+        };
+        let mac_v6 = match (&self.v6, lease.key.ipv6, lease.attrs.public_ipv6) {
+            (Some(_), Some(_), Some(_)) => match vtep_mac(lease.attrs.backend_v6_data.as_ref()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!("error decoding v6 subnet lease JSON of {}: {e}", lease.key);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if mac.is_none() && mac_v6.is_none() {
+            return None;
+        }
+        Some(VxlanPeer {
+            key: lease.key,
+            public_ip: lease.attrs.public_ip,
+            public_ipv6: lease.attrs.public_ipv6,
+            mac,
+            mac_v6,
+        })
+    }
+
+    fn lookups(&self, p: &VxlanPeer) -> Vec<IpAddr> {
+        if !self.direct_routing {
+            return Vec::new();
+        }
+        let mut v = Vec::new();
+        if p.mac.is_some() && self.v4.is_some() {
+            v.push(IpAddr::V4(p.public_ip));
+        }
+        if let (Some(ip), Some(_), Some(_)) = (p.public_ipv6, p.mac_v6, &self.v6) {
+            v.push(IpAddr::V6(ip));
+        }
+        v
+    }
+
+    fn desired(&self, peers: &BTreeMap<SubnetKey, VxlanPeer>, direct: &DirectPeers) -> Desired {
+        let mut d = Desired::default();
+        for p in peers.values() {
+            if let (Some(dev), Some(mac)) = (&self.v4, p.mac) {
+                self.plan_family(
+                    &mut d,
+                    dev,
+                    IpNet::V4(p.key.ipv4),
+                    IpAddr::V4(p.public_ip),
+                    mac,
+                    direct,
+                );
+            }
+            if let (Some(dev), Some(mac), Some(sn), Some(public)) =
+                (&self.v6, p.mac_v6, p.key.ipv6, p.public_ipv6)
+            {
+                self.plan_family(&mut d, dev, IpNet::V6(sn), IpAddr::V6(public), mac, direct);
+            }
+        }
+        d
+    }
+
+    fn ownership(&self) -> Ownership {
+        Ownership {
+            networks: self.networks.clone(),
+            own_subnets: self.own_subnets.clone(),
+            devices: self.v4.iter().chain(&self.v6).map(|d| d.index).collect(),
+            gateway_oifs: vec![self.ext_index],
+        }
+    }
+
+    fn uses_v6(&self) -> bool {
+        self.v6.is_some()
+    }
+
+    fn device_name(&self, index: u32) -> String {
+        match self.v4.iter().chain(&self.v6).find(|d| d.index == index) {
+            Some(d) => d.name.clone(),
+            None => format!("#{index}"),
+        }
+    }
+
+    fn added_line(&self, p: &VxlanPeer) -> String {
+        let mac = p
+            .mac
+            .or(p.mac_v6)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        format!(
+            "subnet added: {} PublicIP: {} VtepMAC: {mac}",
+            p.key, p.public_ip
+        )
+    }
+
+    fn removed_line(&self, p: &VxlanPeer) -> String {
+        format!("subnet removed: {} PublicIP: {}", p.key, p.public_ip)
+    }
+}
+
+/// Which device of a vxlan network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// Everything the backend mutates, behind one lock shared with the
+/// reconciliation task.
+struct Inner<H: Host> {
+    host: H,
+    engine: Engine<VxlanPlanner>,
+    /// The links we want; their MAC is fixed once it is in our lease.
+    specs: Vec<(Family, VxlanSpec)>,
+    /// Our own subnets (the device addresses), once the lease is held.
+    own: Option<SubnetKey>,
+    networks: (Option<IpNet>, Option<IpNet>),
+}
+
+impl<H: Host> Inner<H> {
+    fn dev_mut(&mut self, f: Family) -> &mut Option<Dev> {
+        match f {
+            Family::V4 => &mut self.engine.planner.v4,
+            Family::V6 => &mut self.engine.planner.v6,
+        }
+    }
+
+    /// Creates, adopts or recreates one device. Before the lease is
+    /// published (`mac_fixed` false) an adopted or recreated device keeps the
+    /// MAC it had, so peers' entries stay valid across a restart; afterwards
+    /// the MAC in our lease wins.
+    async fn ensure_device(&mut self, i: usize, mac_fixed: bool) -> anyhow::Result<Dev> {
+        let spec = &mut self.specs[i].1;
+        let have = self.host.link(&spec.name).await?;
+        match vxlan_verdict(spec, have.as_ref()) {
+            LinkVerdict::Create => {
+                self.host.create_vxlan(spec).await?;
+                tracing::info!(
+                    "created vxlan device {} (VNI {}, VtepMAC {}, MTU {})",
+                    spec.name,
+                    spec.attrs.vni,
+                    spec.mac,
+                    spec.mtu
+                );
+            }
+            LinkVerdict::Adopt {
+                index,
+                mac,
+                mut change,
+            } => {
+                if !mac_fixed {
+                    spec.mac = mac;
+                } else if mac != spec.mac {
+                    change.mac = Some(spec.mac);
+                }
+                tracing::info!(
+                    "VXLAN device {} already exists and is compatible; adopting it (VtepMAC {})",
+                    spec.name,
+                    spec.mac
+                );
+                if change != LinkChange::default() {
+                    tracing::info!("setting {} on {}: {change:?}", spec.name, spec.name);
+                    self.host.set_link(index, &change).await?;
+                }
+            }
+            LinkVerdict::Recreate {
+                index,
+                reason,
+                old_mac,
+            } => {
+                tracing::warn!("{:?} already exists with incompatible configuration: {reason}; recreating device", spec.name);
+                if let (false, Some(m)) = (mac_fixed, old_mac.filter(Mac::is_usable_unicast)) {
+                    spec.mac = m;
+                }
+                self.host.delete_link(index).await?;
+                self.host.create_vxlan(spec).await?;
+            }
+        }
+        let spec = &self.specs[i].1;
+        let link = self.host.link(&spec.name).await?.ok_or_else(|| {
+            anyhow!(
+                "vxlan device {} vanished right after it was set up",
+                spec.name
+            )
+        })?;
+        if link.mac != Some(spec.mac) {
+            return Err(anyhow!(
+                "vxlan device {} has MAC {:?}, expected {} (changed behind our back?)",
+                spec.name,
+                link.mac.map(|m| m.to_string()),
+                spec.mac
+            ));
+        }
+        self.host.disable_accept_ra(&spec.name).await;
+        Ok(Dev {
+            name: spec.name.clone(),
+            index: link.index,
+            mac: spec.mac,
+        })
+    }
+
+    /// The device's address: our subnet's network address as /32 (/128),
+    /// and no other address inside the flannel network (upstream's
+    /// `EnsureV4AddressOnLink`). Returns whether something changed.
+    async fn ensure_address(&mut self, f: Family) -> anyhow::Result<bool> {
+        let (Some(dev), Some(own)) = (self.dev_mut(f).clone(), self.own) else {
+            return Ok(false);
+        };
+        let (addr, network) = match f {
+            Family::V4 => (
+                IpNet::new(IpAddr::V4(own.ipv4.network()), 32)?,
+                self.networks.0,
+            ),
+            Family::V6 => match own.ipv6 {
+                Some(v6) => (IpNet::new(IpAddr::V6(v6.network()), 128)?, self.networks.1),
+                None => return Ok(false),
+            },
+        };
+        let mut changed = false;
+        let have = self.host.addresses(dev.index).await?;
+        for a in &have {
+            if *a != addr && network.is_some_and(|n| n.contains(&a.addr())) {
+                self.host.delete_address(dev.index, *a).await?;
+                tracing::info!("removed IP address {a} from {}", dev.name);
+                changed = true;
+            }
+        }
+        if !have.contains(&addr) {
+            self.host.add_address(dev.index, addr).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The periodic device check: recreate a deleted device (same MAC),
+    /// restore MAC, MTU, address and up state.
+    async fn check_devices(&mut self) {
+        for i in 0..self.specs.len() {
+            let f = self.specs[i].0;
+            if let Err(e) = self.check_device(i, f).await {
+                tracing::error!("reconcile: vxlan device {}: {e:#}", self.specs[i].1.name);
+            }
+        }
+    }
+
+    async fn check_device(&mut self, i: usize, f: Family) -> anyhow::Result<()> {
+        let name = self.specs[i].1.name.clone();
+        let have = self.host.link(&name).await?;
+        let known = self.dev_mut(f).as_ref().map(|d| d.index);
+        match (&have, vxlan_verdict(&self.specs[i].1, have.as_ref())) {
+            (Some(l), LinkVerdict::Adopt { mut change, .. }) if Some(l.index) == known => {
+                if l.mac != Some(self.specs[i].1.mac) {
+                    change.mac = Some(self.specs[i].1.mac);
+                }
+                change.up = !l.up;
+                if change != LinkChange::default() {
+                    tracing::info!("reconcile: restoring {name}: {change:?}");
+                    self.host.set_link(l.index, &change).await?;
+                }
+            }
+            (None, _) => {
+                tracing::warn!("reconcile: vxlan device {name} is gone; recreating it");
+                let dev = self.ensure_device(i, true).await?;
+                *self.dev_mut(f) = Some(dev);
+                self.bring_up(f).await?;
+            }
+            _ => {
+                tracing::warn!("reconcile: vxlan device {name} was replaced behind our back; setting it up again");
+                let dev = self.ensure_device(i, true).await?;
+                *self.dev_mut(f) = Some(dev);
+                self.bring_up(f).await?;
+            }
+        }
+        if self.ensure_address(f).await? {
+            tracing::info!("reconcile: restored the address of {name}");
+        }
+        Ok(())
+    }
+
+    async fn bring_up(&mut self, f: Family) -> anyhow::Result<()> {
+        self.ensure_address(f).await?;
+        if let Some(dev) = self.dev_mut(f).clone() {
+            self.host
+                .set_link(
+                    dev.index,
+                    &LinkChange {
+                        up: true,
+                        ..LinkChange::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("failed to set interface {} to UP state", dev.name))?;
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self) {
+        self.check_devices().await;
+        self.engine.reconcile(&mut self.host).await;
+    }
+}
+
+/// The vxlan backend (generic over the kernel seam for tests).
+pub struct Vxlan<H: Host = Netlink> {
+    inner: Arc<Mutex<Inner<H>>>,
+    mtu: u32,
+    config: VxlanConfig,
+    kick: Arc<Notify>,
+    period: Duration,
+    reconciler: Option<tokio::task::JoinHandle<()>>,
+    link_watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Vxlan<Netlink> {
+    /// Reads the backend options and opens the netlink socket.
+    pub fn new(ctx: &BackendContext) -> anyhow::Result<Self> {
+        let host = Netlink::connect().context("vxlan backend")?;
+        Vxlan::with_host(ctx, host)
+    }
+}
+
+impl<H: Host> Vxlan<H> {
+    pub fn with_host(ctx: &BackendContext, host: H) -> anyhow::Result<Self> {
+        let config = VxlanConfig::from_backend(&ctx.config.backend, ctx.config.ipv6.is_some())
+            .context("error decoding VXLAN backend config")?;
+        tracing::info!(
+            "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
+            config.vni,
+            config.port.unwrap_or(0),
+            config.gbp,
+            config.learning,
+            config.direct_routing
+        );
+        let underlay_mtu = config.mtu.unwrap_or(ctx.iface.mtu);
+        let mtu = underlay_mtu.checked_sub(ENCAP_OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| {
+            anyhow!("interface {} has MTU {underlay_mtu}, too small for VXLAN's {ENCAP_OVERHEAD} bytes", ctx.iface.name)
+        })?;
+        let specs = device_specs(&config, &ctx.iface, mtu, ctx.config.ipv6.is_some())?;
+        let networks = (
+            ctx.config.network_v4().map(IpNet::V4),
+            ctx.config.network_v6().map(IpNet::V6),
+        );
+        let planner = VxlanPlanner {
+            direct_routing: config.direct_routing,
+            ext_index: ctx.iface.index,
+            v4: None,
+            v6: None,
+            networks: networks.0.into_iter().chain(networks.1).collect(),
+            own_subnets: Vec::new(),
+        };
+        let inner = Inner {
+            host,
+            engine: Engine::new(planner),
+            specs,
+            own: None,
+            networks,
+        };
+        Ok(Vxlan {
+            inner: Arc::new(Mutex::new(inner)),
+            mtu,
+            config,
+            kick: Arc::new(Notify::new()),
+            period: RECONCILE_PERIOD,
+            reconciler: None,
+            link_watch: None,
+        })
+    }
+
+    /// Changes how often the kernel is checked (tests).
+    pub fn with_period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// The options this backend runs with.
+    pub fn config(&self) -> &VxlanConfig {
+        &self.config
+    }
+
+    /// Runs one reconciliation pass now (tests; the daemon has the periodic task).
+    pub async fn reconcile_now(&self) {
+        self.inner.lock().await.reconcile().await;
+    }
+
+    /// Runs `f` on the kernel seam (tests inspect the fake kernel this way).
+    pub async fn with_host_mut<T>(&self, f: impl FnOnce(&mut H) -> T) -> T {
+        f(&mut self.inner.lock().await.host)
+    }
+
+    fn spawn_reconciler(&mut self) {
+        let (inner, kick, period) = (self.inner.clone(), self.kick.clone(), self.period);
+        self.reconciler = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = kick.notified() => {}
+                }
+                inner.lock().await.reconcile().await;
+            }
+        }));
+    }
+}
+
+impl<H: Host> Drop for Vxlan<H> {
+    fn drop(&mut self) {
+        for t in [self.reconciler.take(), self.link_watch.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// The links a config asks for (MACs random until an existing link is adopted).
+fn device_specs(
+    cfg: &VxlanConfig,
+    ext: &ExternalInterface,
+    mtu: u32,
+    ipv6: bool,
+) -> anyhow::Result<Vec<(Family, VxlanSpec)>> {
+    let attrs = |local: IpAddr| VxlanAttrs {
+        vni: cfg.vni,
+        link: Some(ext.index),
+        local: Some(local),
+        group: None,
+        port: cfg.port,
+        gbp: cfg.gbp,
+        learning: cfg.learning,
+        l2miss: false,
+    };
+    let mut specs = vec![(
+        Family::V4,
+        VxlanSpec {
+            name: cfg.device_name(),
+            mac: Mac::random_local(),
+            mtu,
+            attrs: attrs(IpAddr::V4(ext.public_ip)),
+        },
+    )];
+    if ipv6 {
+        let local = ext.public_ipv6.ok_or_else(|| {
+            anyhow!(
+                "IPv6 is enabled but interface {} has no IPv6 address for the VXLAN tunnel",
+                ext.name
+            )
+        })?;
+        specs.push((
+            Family::V6,
+            VxlanSpec {
+                name: cfg.device_name_v6(),
+                mac: Mac::random_local(),
+                mtu,
+                attrs: attrs(IpAddr::V6(local)),
+            },
+        ));
+    }
+    Ok(specs)
+}
+
+impl<H: Host> Backend for Vxlan<H> {
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        let mut attrs = BackendAttrs {
+            backend_type: Some("vxlan".to_owned()),
+            ..BackendAttrs::default()
+        };
+        for i in 0..inner.specs.len() {
+            let f = inner.specs[i].0;
+            let dev = inner
+                .ensure_device(i, false)
+                .await
+                .with_context(|| format!("setting up {}", inner.specs[i].1.name))?;
+            let data = lease_data(self.config.vni, dev.mac);
+            match f {
+                Family::V4 => attrs.backend_data = Some(data),
+                Family::V6 => attrs.backend_v6_data = Some(data),
+            }
+            *inner.dev_mut(f) = Some(dev);
+        }
+        Ok(attrs)
+    }
+
+    async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
+        {
+            let mut inner = self.inner.lock().await;
+            inner.own = Some(own.key);
+            inner.engine.planner.own_subnets = std::iter::once(IpNet::V4(own.key.ipv4))
+                .chain(own.key.ipv6.map(IpNet::V6))
+                .collect();
+            for f in inner.specs.iter().map(|(f, _)| *f).collect::<Vec<_>>() {
+                if f == Family::V6 && own.key.ipv6.is_none() {
+                    tracing::error!("IPv6 is enabled but our lease {} has no IPv6 subnet; {} stays unconfigured", own.key, inner.specs[1].1.name);
+                    continue;
+                }
+                let name = inner
+                    .dev_mut(f)
+                    .as_ref()
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default();
+                inner
+                    .bring_up(f)
+                    .await
+                    .with_context(|| format!("failed to configure interface {name}"))?;
+            }
+            let names = inner.specs.iter().map(|(_, s)| s.name.clone()).collect();
+            self.link_watch = inner.host.watch_link_deletions(names, self.kick.clone());
+        }
+        self.spawn_reconciler();
+        Ok(())
+    }
+
+    async fn apply(&mut self, events: &[LeaseEvent]) {
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        inner.engine.apply_events(&mut inner.host, events).await;
+    }
+
+    async fn resynced(&mut self) {
+        self.inner.lock().await.engine.mark_synced();
+        self.kick.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::kernel_state::fake::FakeHost;
+    use crate::backend::kernel_state::{LinkState, ObservedFdb};
+    use crate::config::NetworkConfig;
+    use crate::subnet::lease::LeaseAttrs;
+
+    const ETH: &str = "eth0";
+
+    fn ctx(config: &str, host: &mut FakeHost) -> BackendContext {
+        let index = match host.link_named(ETH) {
+            Some(l) => l.index,
+            None => host.add_plain_link(ETH, 1500),
+        };
+        let config = NetworkConfig::parse(config).unwrap();
+        let v6 = config.ipv6.is_some();
+        BackendContext {
+            config,
+            iface: ExternalInterface {
+                name: ETH.into(),
+                index,
+                mtu: 1500,
+                iface_addr: "192.0.2.1".parse().unwrap(),
+                iface_addr_v6: v6.then(|| "2001:db8::1".parse().unwrap()),
+                public_ip: "192.0.2.1".parse().unwrap(),
+                public_ipv6: v6.then(|| "2001:db8::1".parse().unwrap()),
+            },
+        }
+    }
+
+    const CONF: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+    fn lease(key: &str, public: &str, mac: &str) -> Lease {
+        let attrs = LeaseAttrs::from_json(&format!(
+            r#"{{"PublicIP":"{public}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        ))
+        .unwrap();
+        Lease {
+            key: SubnetKey::parse(key).unwrap(),
+            attrs,
+            etcd_lease: 1,
+            mod_revision: 1,
+        }
+    }
+
+    async fn started(conf: &str, mut host: FakeHost) -> Vxlan<FakeHost> {
+        let c = ctx(conf, &mut host);
+        let mut vx = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        vx.prepare().await.unwrap();
+        vx.start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
+            .await
+            .unwrap();
+        vx.with_host_mut(|h| h.take_log()).await;
+        vx
+    }
+
+    fn cfg(json: &str) -> Result<VxlanConfig, ConfigError> {
+        let c = NetworkConfig::parse(&format!(r#"{{"Network":"10.5.0.0/16","Backend":{json}}}"#))
+            .unwrap();
+        VxlanConfig::from_backend(&c.backend, false)
+    }
+
+    #[test]
+    fn options_default_like_upstream_and_match_case_insensitively() {
+        assert_eq!(cfg(r#"{"Type":"vxlan"}"#).unwrap(), VxlanConfig::default());
+        let c = cfg(r#"{"Type":"vxlan","vni":4,"PORT":4789,"mtu":9000,"gbp":true,"learning":true,"directrouting":true}"#).unwrap();
+        assert_eq!(
+            c,
+            VxlanConfig {
+                vni: 4,
+                port: Some(4789),
+                mtu: Some(9000),
+                gbp: true,
+                learning: true,
+                direct_routing: true
+            }
+        );
+        assert_eq!(c.device_name(), "flannel.4");
+        assert_eq!(c.device_name_v6(), "flannel-v6.4");
+        assert_eq!(
+            cfg(r#"{"Type":"vxlan","Port":0}"#).unwrap().port,
+            None,
+            "0 means the kernel default"
+        );
+        for bad in [
+            r#"{"Type":"vxlan","VNI":"1"}"#,
+            r#"{"Type":"vxlan","VNI":-1}"#,
+            r#"{"Type":"vxlan","VNI":16777216}"#,
+            r#"{"Type":"vxlan","Port":70000}"#,
+            r#"{"Type":"vxlan","GBP":"yes"}"#,
+            r#"{"Type":"vxlan","MTU":100}"#,
+        ] {
+            assert!(cfg(bad).is_err(), "{bad}");
+        }
+        let long = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan","VNI":100000}}"#).unwrap();
+        assert_eq!(
+            VxlanConfig::from_backend(&long.backend, true)
+                .unwrap_err()
+                .key,
+            "Backend.VNI"
+        );
+    }
+
+    #[test]
+    fn lease_data_is_byte_for_byte_upstreams() {
+        let mac = Mac::parse("c6:d2:32:6f:8f:44").unwrap();
+        assert_eq!(
+            lease_data(1, mac).get(),
+            r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#
+        );
+        assert_eq!(
+            lease_data(65536 + 7, mac).get(),
+            r#"{"VNI":7,"VtepMAC":"c6:d2:32:6f:8f:44"}"#
+        );
+        assert_eq!(vtep_mac(Some(&lease_data(1, mac))), Ok(mac));
+        assert_eq!(
+            vtep_mac(Some(
+                &RawJson::new(r#"{"vtepmac":"C6-D2-32-6F-8F-44"}"#).unwrap()
+            )),
+            Ok(mac)
+        );
+        for bad in [
+            r#"{}"#,
+            r#"[]"#,
+            r#""x""#,
+            r#"{"VtepMAC":5}"#,
+            r#"{"VtepMAC":"nope"}"#,
+        ] {
+            assert!(
+                vtep_mac(Some(&RawJson::new(bad).unwrap())).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(vtep_mac(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn prepare_creates_the_device_and_publishes_its_mac() {
+        let mut host = FakeHost::new();
+        let c = ctx(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":4,"Port":4789,"MTU":1400,"GBP":true}}"#,
+            &mut host,
+        );
+        let mut vx = Vxlan::with_host(&c, host).unwrap();
+        assert_eq!(vx.mtu(), 1350);
+        let attrs = vx.prepare().await.unwrap();
+        let link = vx
+            .with_host_mut(|h| h.link_named("flannel.4").cloned())
+            .await
+            .unwrap();
+        let v = link.vxlan.clone().unwrap();
+        assert_eq!(
+            (v.vni, v.port, v.gbp, v.learning, v.link),
+            (4, Some(4789), true, false, Some(c.iface.index))
+        );
+        assert_eq!(v.local, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(link.mtu, 1350);
+        assert_eq!(attrs.backend_type.as_deref(), Some("vxlan"));
+        assert_eq!(
+            attrs.backend_data.unwrap().get(),
+            format!(r#"{{"VNI":4,"VtepMAC":"{}"}}"#, link.mac.unwrap())
+        );
+        assert_eq!(attrs.backend_v6_data, None);
+    }
+
+    #[tokio::test]
+    async fn start_sets_a_slash32_and_removes_stray_network_addresses() {
+        let mut host = FakeHost::new();
+        let c = ctx(CONF, &mut host);
+        let mut vx = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        vx.prepare().await.unwrap();
+        let idx = vx
+            .with_host_mut(|h| h.link_named("flannel.1").unwrap().index)
+            .await;
+        vx.with_host_mut(|h| {
+            h.addrs.push((idx, "10.5.77.0/32".parse().unwrap()));
+            h.addrs.push((idx, "192.168.9.9/24".parse().unwrap()));
+        })
+        .await;
+        vx.start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
+            .await
+            .unwrap();
+        let (addrs, up) = vx
+            .with_host_mut(|h| {
+                let mut a: Vec<String> = h
+                    .addrs
+                    .iter()
+                    .filter(|(i, _)| *i == idx)
+                    .map(|(_, a)| a.to_string())
+                    .collect();
+                a.sort();
+                (a, h.link_named("flannel.1").unwrap().up)
+            })
+            .await;
+        assert_eq!(addrs, vec!["10.5.1.0/32", "192.168.9.9/24"]);
+        assert!(up);
+    }
+
+    #[tokio::test]
+    async fn a_peer_lease_becomes_neighbour_fdb_and_onlink_route_and_goes_with_it() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        let peer = lease("10.5.2.0-24", "192.0.2.2", "0a:00:00:00:00:02");
+        vx.apply(&[LeaseEvent::Added(peer.clone())]).await;
+        let log = vx.with_host_mut(|h| h.take_log()).await;
+        let idx = vx
+            .with_host_mut(|h| h.link_named("flannel.1").unwrap().index)
+            .await;
+        assert_eq!(
+            log,
+            vec![
+                format!("neigh replace 10.5.2.0 lladdr 0a:00:00:00:00:02 dev #{idx} nud permanent"),
+                format!("fdb replace 0a:00:00:00:00:02 dev #{idx} dst 192.0.2.2 self permanent"),
+                format!("route replace 10.5.2.0/24 via 10.5.2.0 dev #{idx} onlink"),
+            ]
+        );
+        vx.apply(&[LeaseEvent::Removed(peer)]).await;
+        let log = vx.with_host_mut(|h| h.take_log()).await;
+        assert_eq!(
+            log,
+            vec![
+                format!("route del 10.5.2.0/24 via 10.5.2.0 dev #{idx}"),
+                format!("fdb del 0a:00:00:00:00:02 dev #{idx} dst 192.0.2.2 self"),
+                format!("neigh del 10.5.2.0 dev #{idx}"),
+            ]
+        );
+        let empty = vx
+            .with_host_mut(|h| h.routes.is_empty() && h.neighs.is_empty() && h.fdbs.is_empty())
+            .await;
+        assert!(empty);
+    }
+
+    #[tokio::test]
+    async fn other_backends_and_garbage_leases_are_ignored() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        let mut hostgw = lease("10.5.3.0-24", "192.0.2.3", "0a:00:00:00:00:03");
+        hostgw.attrs.backend_type = Some("host-gw".into());
+        let mut broken = lease("10.5.4.0-24", "192.0.2.4", "0a:00:00:00:00:04");
+        broken.attrs.backend_data = Some(RawJson::new(r#"{"VtepMAC":"zz"}"#).unwrap());
+        let mut none = lease("10.5.5.0-24", "192.0.2.5", "0a:00:00:00:00:05");
+        none.attrs.backend_data = None;
+        vx.apply(&[
+            LeaseEvent::Added(hostgw),
+            LeaseEvent::Added(broken),
+            LeaseEvent::Added(none),
+        ])
+        .await;
+        assert_eq!(
+            vx.with_host_mut(|h| h.take_log()).await,
+            Vec::<String>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_vtep_mac_replaces_entries_and_drops_the_old_fdb() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        vx.apply(&[LeaseEvent::Added(lease(
+            "10.5.2.0-24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        ))])
+        .await;
+        vx.apply(&[LeaseEvent::Added(lease(
+            "10.5.2.0-24",
+            "192.0.2.2",
+            "0a:00:00:00:00:22",
+        ))])
+        .await;
+        let fdbs = vx
+            .with_host_mut(|h| h.fdbs.iter().map(|e| e.mac.to_string()).collect::<Vec<_>>())
+            .await;
+        assert_eq!(fdbs, vec!["0a:00:00:00:00:22"]);
+        let neigh = vx
+            .with_host_mut(|h| h.neighs[0].mac.unwrap().to_string())
+            .await;
+        assert_eq!(neigh, "0a:00:00:00:00:22");
+    }
+
+    #[tokio::test]
+    async fn direct_routing_uses_a_plain_route_for_peers_on_the_same_l2() {
+        let mut host = FakeHost::new();
+        let c = ctx(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+            &mut host,
+        );
+        let eth = c.iface.index;
+        host.lookups.insert(
+            "192.0.2.2".parse().unwrap(),
+            super::super::kernel_state::RouteLookup {
+                gateway: None,
+                oif: Some(eth),
+            },
+        );
+        host.lookups.insert(
+            "198.51.100.3".parse().unwrap(),
+            super::super::kernel_state::RouteLookup {
+                gateway: Some("192.0.2.254".parse().unwrap()),
+                oif: Some(eth),
+            },
+        );
+        let mut vx = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        vx.prepare().await.unwrap();
+        vx.start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
+            .await
+            .unwrap();
+        vx.with_host_mut(|h| h.take_log()).await;
+        vx.apply(&[
+            LeaseEvent::Added(lease("10.5.2.0-24", "192.0.2.2", "0a:00:00:00:00:02")),
+            LeaseEvent::Added(lease("10.5.3.0-24", "198.51.100.3", "0a:00:00:00:00:03")),
+        ])
+        .await;
+        let log = vx.with_host_mut(|h| h.take_log()).await;
+        assert!(
+            log.contains(&format!(
+                "route replace 10.5.2.0/24 via 192.0.2.2 dev #{eth}"
+            )),
+            "{log:?}"
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("route replace 10.5.3.0/24 via 10.5.3.0")
+                    && l.ends_with("onlink")),
+            "{log:?}"
+        );
+        assert!(
+            !log.iter().any(|l| l.contains("10.5.2.0 lladdr")),
+            "{log:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_restores_deleted_entries_and_removes_unexplained_ones_after_the_snapshot() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        let idx = vx
+            .with_host_mut(|h| h.link_named("flannel.1").unwrap().index)
+            .await;
+        // A leftover from a lease that vanished while we were down.
+        let stale = ObservedFdb {
+            ifindex: idx,
+            mac: Mac([0x0a, 0, 0, 0, 0, 9]),
+            dst: Some("192.0.2.9".parse().unwrap()),
+            permanent: true,
+        };
+        vx.with_host_mut(|h| h.fdbs.push(stale)).await;
+        vx.reconcile_now().await;
+        assert_eq!(
+            vx.with_host_mut(|h| h.take_log()).await,
+            Vec::<String>::new(),
+            "nothing goes before the snapshot"
+        );
+
+        vx.apply(&[LeaseEvent::Added(lease(
+            "10.5.2.0-24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        ))])
+        .await;
+        vx.with_host_mut(|h| {
+            h.take_log();
+            h.fdbs.retain(|e| e.mac != Mac([0x0a, 0, 0, 0, 0, 2]));
+        })
+        .await;
+        vx.reconcile_now().await;
+        let log = vx.with_host_mut(|h| h.take_log()).await;
+        assert_eq!(
+            log,
+            vec![
+                format!("fdb replace 0a:00:00:00:00:02 dev #{idx} dst 192.0.2.2 self permanent"),
+                format!("fdb del 0a:00:00:00:00:09 dev #{idx} dst 192.0.2.9 self"),
+            ]
+        );
+        vx.reconcile_now().await;
+        assert_eq!(
+            vx.with_host_mut(|h| h.take_log()).await,
+            Vec::<String>::new(),
+            "converged"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_device_is_recreated_with_the_same_mac_and_entries() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        vx.apply(&[LeaseEvent::Added(lease(
+            "10.5.2.0-24",
+            "192.0.2.2",
+            "0a:00:00:00:00:02",
+        ))])
+        .await;
+        let (old, mac) = vx
+            .with_host_mut(|h| {
+                let l = h.link_named("flannel.1").unwrap();
+                (l.index, l.mac)
+            })
+            .await;
+        vx.with_host_mut(|h| h.remove_link(old)).await;
+        vx.reconcile_now().await;
+        let (link, routes, fdbs, addrs) = vx
+            .with_host_mut(|h| {
+                let l = h.link_named("flannel.1").unwrap().clone();
+                let a: Vec<IpNet> = h
+                    .addrs
+                    .iter()
+                    .filter(|(i, _)| *i == l.index)
+                    .map(|(_, a)| *a)
+                    .collect();
+                (l, h.routes.clone(), h.fdbs.clone(), a)
+            })
+            .await;
+        assert_ne!(link.index, old);
+        assert_eq!(link.mac, mac);
+        assert!(link.up);
+        assert_eq!(addrs, vec!["10.5.1.0/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].oif, Some(link.index));
+        assert_eq!(fdbs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_restart_adopts_device_and_entries_without_touching_them() {
+        let mut first = started(CONF, FakeHost::new()).await;
+        first
+            .apply(&[LeaseEvent::Added(lease(
+                "10.5.2.0-24",
+                "192.0.2.2",
+                "0a:00:00:00:00:02",
+            ))])
+            .await;
+        let mut host = FakeHost::new();
+        first
+            .with_host_mut(|h| {
+                host.links = h.links.clone();
+                host.addrs = h.addrs.clone();
+                host.routes = h.routes.clone();
+                host.neighs = h.neighs.clone();
+                host.fdbs = h.fdbs.clone();
+            })
+            .await;
+        let mac = host.link_named("flannel.1").unwrap().mac.unwrap();
+        drop(first);
+
+        // flanneld starts again on the same kernel.
+        let c = ctx(CONF, &mut host);
+        let mut second = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        let attrs = second.prepare().await.unwrap();
+        assert_eq!(
+            attrs.backend_data.unwrap().get(),
+            format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)
+        );
+        second
+            .start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
+            .await
+            .unwrap();
+        second
+            .apply(&[LeaseEvent::Added(lease(
+                "10.5.2.0-24",
+                "192.0.2.2",
+                "0a:00:00:00:00:02",
+            ))])
+            .await;
+        second.reconcile_now().await;
+        let log = second.with_host_mut(|h| h.take_log()).await;
+        assert!(
+            log.iter()
+                .all(|l| !l.contains("delete") && !l.contains(" del ") && !l.starts_with("create")),
+            "{log:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incompatible_device_is_recreated_with_its_old_mac() {
+        let mut host = FakeHost::new();
+        let c = ctx(CONF, &mut host);
+        let old_mac = Mac([0x0a, 1, 1, 1, 1, 1]);
+        host.links.push(LinkState {
+            index: 99,
+            name: "flannel.1".into(),
+            kind: Some("vxlan".into()),
+            mac: Some(old_mac),
+            mtu: 1450,
+            up: true,
+            vxlan: Some(VxlanAttrs {
+                vni: 1,
+                gbp: true,
+                link: Some(c.iface.index),
+                ..Default::default()
+            }),
+        });
+        let mut vx = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        let attrs = vx.prepare().await.unwrap();
+        let (index, gbp) = vx
+            .with_host_mut(|h| {
+                let l = h.link_named("flannel.1").unwrap();
+                (l.index, l.vxlan.as_ref().unwrap().gbp)
+            })
+            .await;
+        assert_ne!(index, 99);
+        assert!(!gbp, "recreated as configured");
+        assert_eq!(
+            attrs.backend_data.unwrap().get(),
+            format!(r#"{{"VNI":1,"VtepMAC":"{old_mac}"}}"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn dual_stack_programs_both_devices() {
+        let conf = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
+        let mut host = FakeHost::new();
+        let c = ctx(conf, &mut host);
+        let mut vx = Vxlan::with_host(&c, host)
+            .unwrap()
+            .with_period(Duration::from_secs(3600));
+        let attrs = vx.prepare().await.unwrap();
+        assert!(attrs.backend_v6_data.is_some());
+        let mut own = lease(
+            "10.5.1.0-24&fd00:5:1::-64",
+            "192.0.2.1",
+            "02:00:00:00:00:01",
+        );
+        own.attrs.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        vx.start(&own).await.unwrap();
+        let v6idx = vx
+            .with_host_mut(|h| h.link_named("flannel-v6.1").unwrap().index)
+            .await;
+        let has128 = vx
+            .with_host_mut(|h| {
+                h.addrs
+                    .contains(&(v6idx, "fd00:5:1::/128".parse().unwrap()))
+            })
+            .await;
+        assert!(has128);
+        let attrs = LeaseAttrs::from_json(
+            r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"},"BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:06:02"}}"#,
+        )
+        .unwrap();
+        let peer = Lease {
+            key: SubnetKey::parse("10.5.2.0-24&fd00:5:2::-64").unwrap(),
+            attrs,
+            etcd_lease: 1,
+            mod_revision: 1,
+        };
+        vx.with_host_mut(|h| h.take_log()).await;
+        vx.apply(&[LeaseEvent::Added(peer)]).await;
+        let log = vx.with_host_mut(|h| h.take_log()).await;
+        assert!(
+            log.contains(&format!(
+                "neigh replace fd00:5:2:: lladdr 0a:00:00:00:06:02 dev #{v6idx} nud permanent"
+            )),
+            "{log:?}"
+        );
+        assert!(
+            log.contains(&format!(
+                "fdb replace 0a:00:00:00:06:02 dev #{v6idx} dst 2001:db8::2 self permanent"
+            )),
+            "{log:?}"
+        );
+        assert!(
+            log.contains(&format!(
+                "route replace fd00:5:2::/64 via fd00:5:2:: dev #{v6idx} onlink"
+            )),
+            "{log:?}"
+        );
+        assert_eq!(log.len(), 6, "{log:?}");
+    }
+}
