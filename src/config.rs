@@ -190,7 +190,7 @@ fn family_range(c: &CiObject, k: &FamilyKeys, network: IpNet) -> Result<SubnetRa
         if v < net_lo || v > net_hi {
             return Err(err(key, format!("{addr} is not in the range of the network {network}")));
         }
-        if v % step != 0 {
+        if !v.is_multiple_of(step) {
             return Err(err(key, format!("{addr} is not on a /{subnet_len} boundary")));
         }
         Ok(addr)
@@ -210,7 +210,7 @@ struct CiObject(Map<String, Value>);
 
 impl CiObject {
     fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).last()
+        self.0.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {

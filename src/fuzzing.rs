@@ -14,7 +14,7 @@ pub fn net_conf(data: &[u8]) {
         for r in [c.ipv4, c.ipv6].into_iter().flatten() {
             assert!(r.subnet_len >= r.network.prefix_len() + 2);
             assert!(r.network.contains(&r.min) && r.network.contains(&r.max));
-            assert!(r.len() >= 1);
+            assert!(!r.is_empty(), "a valid range holds a subnet");
         }
     }
 }
@@ -38,5 +38,40 @@ pub fn subnet_env(data: &[u8]) {
     if let Ok(env) = SubnetEnv::parse(text) {
         let again = SubnetEnv::parse(&env.render()).expect("our own output parses");
         assert_eq!(again, env);
+    }
+}
+
+/// A packet read from TUN (egress) or received from a peer (ingress), chosen by
+/// the first byte: the verdict functions never panic, and whatever they forward,
+/// deliver or answer is itself a well-formed IPv4 packet.
+pub fn packet(data: &[u8]) {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use crate::datapath::packet::Ipv4View;
+    use crate::datapath::pipeline::{egress_verdict, ingress_verdict, IcmpResponder, Verdict, MIN_BUFFER};
+    use crate::datapath::route::{Route, RouteTable};
+
+    let Some((&mode, pkt)) = data.split_first() else { return };
+    let peer = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8285);
+    let table = RouteTable::build(
+        "10.5.0.0/16".parse().expect("literal"),
+        24,
+        [Route { subnet: "10.5.2.0/24".parse().expect("literal"), peer }],
+    );
+    let mut buf = pkt.to_vec();
+    buf.resize(pkt.len().max(MIN_BUFFER), 0);
+    let verdict = if mode & 1 == 0 {
+        let mut icmp = IcmpResponder::new(Ipv4Addr::new(10, 5, 0, 0));
+        egress_verdict(&mut buf, pkt.len(), &table, &mut icmp)
+    } else {
+        let from = if mode & 2 == 0 { peer } else { SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 8285) };
+        ingress_verdict(&mut buf, pkt.len(), from, &table, mode & 4 == 0)
+    };
+    match verdict {
+        Verdict::Forward { len, .. } | Verdict::Reply { len } | Verdict::Deliver { len } => {
+            let out = buf.get(..len).expect("verdict length within the buffer");
+            assert!(Ipv4View::new_checked(out).is_ok(), "emitted a malformed packet: {verdict:?}");
+        }
+        Verdict::Drop(_) => {}
     }
 }

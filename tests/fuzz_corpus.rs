@@ -28,3 +28,8 @@ fn lease_json_corpus() {
 fn subnet_env_corpus() {
     replay("subnet_env", flannel_rs::fuzzing::subnet_env);
 }
+
+#[test]
+fn packet_corpus() {
+    replay("packet", flannel_rs::fuzzing::packet);
+}

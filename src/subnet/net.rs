@@ -41,13 +41,16 @@ impl SubnetRange {
 
     /// Number of subnets in `[min, max]` (saturating; IPv6 ranges can be huge).
     pub fn len(&self) -> u128 {
-        let step_bits = bits(self.min) - u32::from(self.subnet_len);
-        ((to_u128(self.max) - to_u128(self.min)) >> step_bits).saturating_add(1)
+        let step_bits = bits(self.min).saturating_sub(u32::from(self.subnet_len)).min(127);
+        match to_u128(self.max).checked_sub(to_u128(self.min)) {
+            Some(span) => (span >> step_bits).saturating_add(1),
+            None => 0,
+        }
     }
 
-    /// Always false: a validated range holds at least one subnet.
+    /// Whether the range holds no subnet (never, for a validated config).
     pub fn is_empty(&self) -> bool {
-        false
+        self.len() == 0
     }
 
     /// The lowest free subnets, at most `limit` of them, in ascending order. A

@@ -30,7 +30,8 @@ pub enum Cap {
 
 /// `Ok(())` if this machine can run tests needing `cap`, else why not.
 pub fn probe(cap: Cap) -> Result<(), String> {
-    static CACHE: OnceLock<Mutex<Vec<(Cap, Result<(), String>)>>> = OnceLock::new();
+    type Probed = Vec<(Cap, Result<(), String>)>;
+    static CACHE: OnceLock<Mutex<Probed>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     if let Some((_, r)) = cache.lock().unwrap().iter().find(|(c, _)| *c == cap) {
         return r.clone();
