@@ -87,6 +87,7 @@ ip netns exec $P-fab etcd --name demo --data-dir "$STATE/etcd" \
     --listen-peer-urls http://192.0.2.254:2380 --initial-advertise-peer-urls http://192.0.2.254:2380 \
     --initial-cluster demo=http://192.0.2.254:2380 >"$STATE/etcd.log" 2>&1 &
 echo $! >"$STATE/etcd.pid"
+disown
 ctl() { ip netns exec $P-fab env ETCDCTL_API=3 etcdctl --endpoints http://192.0.2.254:2379 "$@"; }
 for _ in $(seq 50); do ctl endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 ctl put /coreos.com/network/config "{\"Network\":\"$NETWORK\",\"Backend\":{\"Type\":\"$BACKEND\"}}" >/dev/null
@@ -104,6 +105,7 @@ for i in $(seq 1 $HOSTS); do
     ip netns exec "$h" "$BIN/flanneld" --etcd-endpoints http://192.0.2.254:2379 --iface eth0 \
         --subnet-file "$STATE/h$i/subnet.env" >"$STATE/h$i/flanneld.log" 2>&1 &
     echo $! >"$STATE/h$i.pid"
+    disown
 done
 say "started flanneld ($BACKEND backend) in $HOSTS host namespaces"
 for i in $(seq 1 $HOSTS); do
@@ -121,9 +123,10 @@ for i in $(seq 1 $HOSTS); do
     ip netns add "$pod"
     conf="{\"cniVersion\":\"1.0.0\",\"name\":\"demo\",\"type\":\"flannel\",
            \"subnetFile\":\"$STATE/h$i/subnet.env\",\"dataDir\":\"$STATE/h$i/cni\",
+           \"ipam\":{\"dataDir\":\"$STATE/h$i/ipam\"},
            \"delegate\":{\"isDefaultGateway\":true,\"ipMasq\":false}}"
     result=$(echo "$conf" | ip netns exec "$P-h$i" env CNI_COMMAND=ADD CNI_CONTAINERID="$pod" \
-        CNI_NETNS=/var/run/netns/$pod CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" "$BIN/flannel")
+        CNI_NETNS=/var/run/netns/$pod CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" "$BIN/flannel" 2>>"$STATE/h$i/cni.log")
     POD_IP[$i]=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
     echo "    pod $i: ${POD_IP[$i]} on host $i ($(grep FLANNEL_SUBNET "$STATE/h$i/subnet.env"))"
 done
@@ -142,17 +145,24 @@ for i in $(seq 1 $HOSTS); do
     done
 done
 
-say "iperf3, pod 1 -> pod 2, 3 seconds, over the $BACKEND backend"
-ip netns exec $P-p2 iperf3 -s -1 -D >/dev/null 2>&1 || true
-sleep 0.5
-gbps=$(ip netns exec $P-p1 iperf3 -c "${POD_IP[2]}" -t 3 -J 2>/dev/null |
-    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' || echo "?")
-echo "    $gbps Gbit/s"
+# iperf3 -c for 3 s from namespace $1 to address $2 (server in namespace $3): Gbit/s.
+iperf() {
+    ip netns exec "$3" iperf3 -s -1 -D >/dev/null 2>&1 || true
+    sleep 0.5
+    ip netns exec "$1" iperf3 -c "$2" -t 3 -J 2>/dev/null |
+        python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' ||
+        echo "?"
+}
+say "iperf3, 3 seconds: pod 1 -> pod 2 over the $BACKEND backend, and host 1 -> host 2 over the plain underlay"
+gbps=$(iperf $P-p1 "${POD_IP[2]}" $P-p2)
+echo "    overlay ($BACKEND): $gbps Gbit/s"
+underlay=$(iperf $P-h1 192.0.2.2 $P-h2)
+echo "    underlay (veth + bridge): $underlay Gbit/s"
 
 say "summary"
 echo "    backend: $BACKEND, hosts: $HOSTS, leases: $(ctl get --prefix /coreos.com/network/subnets --keys-only | grep -c subnets)"
 echo "    pod-to-pod pings: $ok/$total ok"
-echo "    iperf3 pod 1 -> pod 2: $gbps Gbit/s"
+echo "    iperf3 pod 1 -> pod 2: $gbps Gbit/s (underlay host 1 -> host 2: $underlay Gbit/s)"
 
 if [ "$MODE" = "--keep" ]; then
     say "cluster left running"
