@@ -301,16 +301,30 @@ fn daemon(etcd: &Etcd, moto: &Moto, imds: &FakeImds, env_creds: bool) -> Flannel
     )
 }
 
-fn ours(moto: &Moto, table: &str, eni: &str) -> bool {
-    moto.routes(table)[OUR_SUBNET] == serde_json::json!([eni, "active"])
+/// A moto server with the fixture's VPC set up; `None` (after a SKIP) without moto.
+fn moto_with_vpc() -> Option<(Moto, Vpc)> {
+    let bin = require_moto()?;
+    let moto = Moto::start(&bin);
+    let vpc = Vpc(moto.py("setup", &[]));
+    Some((moto, vpc))
+}
+
+/// Asserts that `table` routes our subnet to `eni` (else shows the table and `d`'s log).
+fn assert_ours(moto: &Moto, table: &str, eni: &str, d: &Flanneld) {
+    assert!(
+        moto.routes(table)[OUR_SUBNET] == serde_json::json!([eni, "active"]),
+        "{table}: {}\nlog:\n{}",
+        moto.routes(table),
+        d.log()
+    );
 }
 
 #[test]
 fn listed_tables_get_our_route_and_a_route_pointing_elsewhere_is_replaced() {
     require!(Cap::Etcd);
-    let Some(bin) = require_moto() else { return };
-    let moto = Moto::start(&bin);
-    let vpc = Vpc(moto.py("setup", &[]));
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
     let (a, b, eni) = (vpc.get("a"), vpc.get("b"), vpc.get("eni"));
     // Table b already routes our subnet to another instance (a previous holder of the subnet).
     moto.py("route-to-eni", &[&b, OUR_SUBNET, &vpc.get("other_eni")]);
@@ -324,12 +338,7 @@ fn listed_tables_get_our_route_and_a_route_pointing_elsewhere_is_replaced() {
 
     // subnet.env is written only once the tables are right.
     for t in [&a, &b] {
-        assert!(
-            ours(&moto, t, &eni),
-            "{t}: {}\nlog:\n{}",
-            moto.routes(t),
-            d.log()
-        );
+        assert_ours(&moto, t, &eni, &d);
     }
     assert!(
         d.log().contains(&format!(
@@ -371,21 +380,16 @@ fn listed_tables_get_our_route_and_a_route_pointing_elsewhere_is_replaced() {
 #[test]
 fn a_single_table_id_works_with_imdsv1_and_instance_role_credentials() {
     require!(Cap::Etcd);
-    let Some(bin) = require_moto() else { return };
-    let moto = Moto::start(&bin);
-    let vpc = Vpc(moto.py("setup", &[]));
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
     let (a, eni) = (vpc.get("a"), vpc.get("eni"));
     let imds = FakeImds::start(&vpc.get("instance"), false);
     let etcd = Etcd::start();
     etcd.put_config(&net_config(&format!(r#","RouteTableID":"{a}""#)));
     let mut d = daemon(&etcd, &moto, &imds, false);
     d.wait_subnet(secs(60));
-    assert!(
-        ours(&moto, &a, &eni),
-        "{}\nlog:\n{}",
-        moto.routes(&a),
-        d.log()
-    );
+    assert_ours(&moto, &a, &eni, &d);
     let reqs = imds.requests();
     assert!(
         reqs.contains(
@@ -399,9 +403,9 @@ fn a_single_table_id_works_with_imdsv1_and_instance_role_credentials() {
 #[test]
 fn without_route_table_id_the_main_table_then_the_subnets_own_table_is_used() {
     require!(Cap::Etcd);
-    let Some(bin) = require_moto() else { return };
-    let moto = Moto::start(&bin);
-    let vpc = Vpc(moto.py("setup", &[]));
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
     let (main, a, eni) = (vpc.get("main"), vpc.get("a"), vpc.get("eni"));
     let imds = FakeImds::start(&vpc.get("instance"), true);
     let etcd = Etcd::start();
@@ -410,12 +414,7 @@ fn without_route_table_id_the_main_table_then_the_subnets_own_table_is_used() {
     // The subnet has no table of its own: the VPC's main table is used.
     let mut d = daemon(&etcd, &moto, &imds, true);
     d.wait_subnet(secs(60));
-    assert!(
-        ours(&moto, &main, &eni),
-        "{}\nlog:\n{}",
-        moto.routes(&main),
-        d.log()
-    );
+    assert_ours(&moto, &main, &eni, &d);
     assert!(moto.routes(&a).get(OUR_SUBNET).is_none());
 
     // Once the subnet is associated with table a, a restarted daemon uses that one.
@@ -423,12 +422,7 @@ fn without_route_table_id_the_main_table_then_the_subnets_own_table_is_used() {
     std::fs::remove_file(&d.subnet_file).unwrap();
     d.restart();
     d.wait_subnet(secs(60));
-    assert!(
-        ours(&moto, &a, &eni),
-        "{}\nlog:\n{}",
-        moto.routes(&a),
-        d.log()
-    );
+    assert_ours(&moto, &a, &eni, &d);
     assert!(
         d.log()
             .contains(&format!("using the route table of our subnet table={a}")),
@@ -440,9 +434,9 @@ fn without_route_table_id_the_main_table_then_the_subnets_own_table_is_used() {
 #[test]
 fn bad_route_table_config_is_a_clear_error() {
     require!(Cap::Etcd);
-    let Some(bin) = require_moto() else { return };
-    let moto = Moto::start(&bin);
-    let vpc = Vpc(moto.py("setup", &[]));
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
     let imds = FakeImds::start(&vpc.get("instance"), true);
     for (extra, says) in [
         (
@@ -478,9 +472,9 @@ fn bad_route_table_config_is_a_clear_error() {
 #[test]
 fn a_metadata_outage_is_retried_not_fatal() {
     require!(Cap::Etcd);
-    let Some(bin) = require_moto() else { return };
-    let moto = Moto::start(&bin);
-    let vpc = Vpc(moto.py("setup", &[]));
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
     let (a, eni) = (vpc.get("a"), vpc.get("eni"));
     let imds = FakeImds::start(&vpc.get("instance"), true);
     imds.up.store(false, Ordering::SeqCst);
@@ -501,10 +495,5 @@ fn a_metadata_outage_is_retried_not_fatal() {
     );
     imds.up.store(true, Ordering::SeqCst);
     d.wait_subnet(secs(60));
-    assert!(
-        ours(&moto, &a, &eni),
-        "{}\nlog:\n{}",
-        moto.routes(&a),
-        d.log()
-    );
+    assert_ours(&moto, &a, &eni, &d);
 }

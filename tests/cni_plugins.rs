@@ -16,10 +16,10 @@ mod common;
 use std::fs;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{unique, wait_until, Cap, CNI_PLUGIN_DIR};
+use common::{run_with_stdin, unique, wait_until, Cap, CNI_PLUGIN_DIR};
 use flannel_rs::cni::types::SpecVersion;
 use flannel_rs::cni::AddResult;
 use ipnet::IpNet;
@@ -237,20 +237,6 @@ fn sh(cmd: &str, args: &[&str]) {
         "{cmd} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let _ = pipe.write_all(stdin.as_bytes());
-    drop(pipe);
-    child.wait_with_output().unwrap()
 }
 
 fn subnet() -> IpNet {

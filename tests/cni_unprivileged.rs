@@ -4,11 +4,14 @@
 //! with and prints a canned result or error, so the exact delegate config, the state
 //! file handling and the error pass-through can be checked byte for byte.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::run_with_stdin;
 use serde_json::{json, Value};
 
 /// What the fake delegate prints for ADD; we must print it unchanged.
@@ -168,27 +171,12 @@ impl Fixture {
                 cmd.env(k, v);
             }
         }
-        run_with_stdin(cmd, conf)
-    }
-}
-
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Out {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    // The binary may exit before reading stdin (VERSION); that is not our concern here.
-    let _ = pipe.write_all(stdin.as_bytes());
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        let out = run_with_stdin(cmd, conf);
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use common::cluster::*;
+use common::kernel::*;
 use common::*;
 
 const CONF: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -71,6 +72,25 @@ fn icmp_count(ns: &str, src: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter for {src} in {ns}:\n{save}"))
 }
 
+/// Pod 0 pings the outside, which must see host 0's address and no pod
+/// address (it has no route to the pods, so a reply only comes back through
+/// the NAT).
+fn assert_outside_sees_host_not_pod(c: &Cluster, out: &Outside) {
+    count_icmp_from(&out.netns, &format!("{}/32", host_ip(0)));
+    count_icmp_from(&out.netns, "10.5.0.0/16");
+    assert!(
+        c.ping(0, OUTSIDE_IP, secs(10)),
+        "pod0 → outside\n{}",
+        c.daemon(0).log()
+    );
+    assert!(icmp_count(&out.netns, &format!("{}/32", host_ip(0))) > 0);
+    assert_eq!(
+        icmp_count(&out.netns, "10.5.0.0/16"),
+        0,
+        "a pod address leaked outside"
+    );
+}
+
 /// The flannel lines of one table of `iptables-save` in host `i`.
 fn flannel_lines(c: &Cluster, i: usize, table: &str) -> Vec<String> {
     sh(Some(&c.hosts[i].netns), "iptables-save", &["-t", table])
@@ -80,15 +100,9 @@ fn flannel_lines(c: &Cluster, i: usize, table: &str) -> Vec<String> {
         .collect()
 }
 
-fn subnet_net(c: &Cluster, i: usize) -> String {
-    let key = c.lease_key(i);
-    let (ip, len) = key.rsplit('/').next().unwrap().rsplit_once('-').unwrap();
-    format!("{ip}/{len}")
-}
-
 /// Upstream's rules for host `i` (iptables 1.8 has `--random-fully`).
 fn upstream_nat(c: &Cluster, i: usize) -> Vec<String> {
-    let pod = subnet_net(c, i);
+    let pod = lease_net(c, i);
     let m = r#"-m comment --comment "flanneld masq""#;
     vec![
         ":FLANNEL-POSTRTG - [0:0]".into(),
@@ -144,21 +158,7 @@ fn ip_masq_hides_pods_behind_the_host_only_outside_the_network() {
         assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
     }
 
-    // Pod → outside: seen with the host's address (the outside namespace has
-    // no route to the pods, so a reply only comes back through the NAT).
-    count_icmp_from(&out.netns, &format!("{}/32", host_ip(0)));
-    count_icmp_from(&out.netns, "10.5.0.0/16");
-    assert!(
-        c.ping(0, OUTSIDE_IP, secs(10)),
-        "pod0 → outside\n{}",
-        c.daemon(0).log()
-    );
-    assert!(icmp_count(&out.netns, &format!("{}/32", host_ip(0))) > 0);
-    assert_eq!(
-        icmp_count(&out.netns, "10.5.0.0/16"),
-        0,
-        "a pod address leaked outside"
-    );
+    assert_outside_sees_host_not_pod(&c, &out);
 
     // Pod → pod: the pod's own address arrives.
     let pod0 = c.pod_ip(0);
@@ -301,7 +301,7 @@ fn nftables_mode_masquerades_resyncs_and_cleans_up_on_exit() {
     );
     let out = Outside::new(&c);
     c.start_all(&["--ip-masq", "--iptables-resync=1"]);
-    let pod = subnet_net(&c, 0);
+    let pod = lease_net(&c, 0);
     let table = nft_table(&c, 0).expect("table ip flannel-ipv4");
     for rule in [
         "meta mark 0x00004000 return".to_owned(),
@@ -320,15 +320,7 @@ fn nftables_mode_masquerades_resyncs_and_cleans_up_on_exit() {
         "no iptables rules in nftables mode"
     );
 
-    count_icmp_from(&out.netns, &format!("{}/32", host_ip(0)));
-    count_icmp_from(&out.netns, "10.5.0.0/16");
-    assert!(
-        c.ping(0, OUTSIDE_IP, secs(10)),
-        "pod0 → outside\n{}",
-        c.daemon(0).log()
-    );
-    assert!(icmp_count(&out.netns, &format!("{}/32", host_ip(0))) > 0);
-    assert_eq!(icmp_count(&out.netns, "10.5.0.0/16"), 0);
+    assert_outside_sees_host_not_pod(&c, &out);
     assert!(c.ping(0, &c.pod_ip(1), secs(10)), "pod0 → pod1");
 
     // Resync restores a flushed chain.

@@ -10,6 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::cluster::*;
+use common::kernel::*;
 use common::*;
 use serde_json::Value;
 
@@ -32,10 +33,6 @@ fn json_or_empty(ns: &str, program: &str, args: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Array(Vec::new()))
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
-}
-
 /// The network form of host `i`'s subnet (`10.5.3.0/24`) and its address.
 fn subnet_of(c: &Cluster, i: usize) -> (String, String) {
     let sub = c.hosts[i].subnet.clone().expect("host ready");
@@ -51,7 +48,7 @@ fn link_json(c: &Cluster, i: usize, dev: &str) -> Value {
 }
 
 fn vtep_mac(c: &Cluster, i: usize) -> String {
-    s(&link_json(c, i, "flannel.1")["address"])
+    json_str(&link_json(c, i, "flannel.1")["address"])
 }
 
 /// Host `i`'s flannel-relevant kernel state for `dev`, one line per entry:
@@ -64,21 +61,24 @@ fn kernel_state(c: &Cluster, i: usize, dev: &str, family: &str) -> BTreeSet<Stri
         .as_array()
         .unwrap()
     {
-        let (dst, rdev) = (s(&r["dst"]), s(&r["dev"]));
+        let (dst, rdev) = (json_str(&r["dst"]), json_str(&r["dev"]));
         if rdev == "pod0" || !(dst.starts_with("10.5.") || dst.starts_with("fd00:5:")) {
             continue;
         }
         let flags: Vec<String> = r["flags"]
             .as_array()
-            .map(|f| f.iter().map(s).collect())
+            .map(|f| f.iter().map(json_str).collect())
             .unwrap_or_default();
-        let proto = r.get("protocol").map(s).unwrap_or_else(|| "boot".into());
+        let proto = r
+            .get("protocol")
+            .map(json_str)
+            .unwrap_or_else(|| "boot".into());
         if proto == "kernel" {
             continue;
         }
         out.insert(format!(
             "route {dst} via {} dev {rdev} {} proto {proto}",
-            s(&r["gateway"]),
+            json_str(&r["gateway"]),
             flags.join(",")
         ));
     }
@@ -88,12 +88,12 @@ fn kernel_state(c: &Cluster, i: usize, dev: &str, family: &str) -> BTreeSet<Stri
     {
         let state: Vec<String> = n["state"]
             .as_array()
-            .map(|f| f.iter().map(s).collect())
+            .map(|f| f.iter().map(json_str).collect())
             .unwrap_or_default();
         out.insert(format!(
             "neigh {} lladdr {} {}",
-            s(&n["dst"]),
-            s(&n["lladdr"]),
+            json_str(&n["dst"]),
+            json_str(&n["lladdr"]),
             state.join(",")
         ));
     }
@@ -103,14 +103,14 @@ fn kernel_state(c: &Cluster, i: usize, dev: &str, family: &str) -> BTreeSet<Stri
     {
         let flags: Vec<String> = f["flags"]
             .as_array()
-            .map(|f| f.iter().map(s).collect())
+            .map(|f| f.iter().map(json_str).collect())
             .unwrap_or_default();
         out.insert(format!(
             "fdb {} dst {} {} {}",
-            s(&f["mac"]),
-            s(&f["dst"]),
+            json_str(&f["mac"]),
+            json_str(&f["dst"]),
             flags.join(","),
-            s(&f["state"])
+            json_str(&f["state"])
         ));
     }
     out
@@ -132,31 +132,7 @@ fn expected(c: &Cluster, peers: &[usize]) -> BTreeSet<String> {
 }
 
 fn wait_state(c: &Cluster, i: usize, want: &BTreeSet<String>, what: &str) {
-    let got = wait_until(secs(20), || {
-        let have = kernel_state(c, i, "flannel.1", "-4");
-        (have == *want).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "{what}: host{i} kernel state\n have {:#?}\n want {want:#?}\nlog:\n{}",
-        kernel_state(c, i, "flannel.1", "-4"),
-        c.daemon(i).log()
-    );
-}
-
-fn ping_all_pairs(c: &Cluster) {
-    for a in 0..c.hosts.len() {
-        for b in 0..c.hosts.len() {
-            if a != b {
-                let ip = c.pod_ip(b);
-                assert!(
-                    c.ping(a, &ip, secs(10)),
-                    "pod{a} → pod{b} ({ip}) over vxlan\nlog{a}:\n{}",
-                    c.daemon(a).log()
-                );
-            }
-        }
-    }
+    wait_for_state(c, i, want, what, || kernel_state(c, i, "flannel.1", "-4"));
 }
 
 #[test]
@@ -164,7 +140,7 @@ fn vxlan_three_hosts_reach_each_other_and_kernel_state_follows_leases() {
     require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
     let mut c = Cluster::new(3, CONF);
     c.start_all(&[]);
-    ping_all_pairs(&c);
+    ping_all_pairs(&c, "vxlan");
 
     // The device and the lease are upstream's.
     for i in 0..3 {
@@ -174,8 +150,8 @@ fn vxlan_three_hosts_reach_each_other_and_kernel_state_follows_leases() {
         assert_eq!(
             (
                 d["id"].as_u64(),
-                s(&d["local"]),
-                s(&d["link"]),
+                json_str(&d["local"]),
+                json_str(&d["link"]),
                 d["port"].as_u64()
             ),
             (Some(1), host_ip(i), "eth0".into(), Some(8472))
@@ -191,7 +167,7 @@ fn vxlan_three_hosts_reach_each_other_and_kernel_state_follows_leases() {
         assert_eq!(
             (
                 ai.as_array().unwrap().len(),
-                s(&ai[0]["local"]),
+                json_str(&ai[0]["local"]),
                 ai[0]["prefixlen"].as_u64()
             ),
             (1, subnet_of(&c, i).1, Some(32))
@@ -218,27 +194,9 @@ fn vxlan_three_hosts_reach_each_other_and_kernel_state_follows_leases() {
         wait_state(&c, i, &expected(&c, &peers), "all leases");
     }
 
-    // Lease removed: host2 goes away for good; everyone drops exactly its entries.
-    c.kill(2);
-    c.etcd().must(&["del", &c.lease_key(2)]);
-    wait_state(
-        &c,
-        0,
-        &expected(&c, &[1]),
-        "after host2's lease was deleted",
-    );
-    wait_state(
-        &c,
-        1,
-        &expected(&c, &[0]),
-        "after host2's lease was deleted",
-    );
-
-    // Lease added again: host2 comes back (same subnet from its subnet.env).
-    c.restart(2);
-    wait_state(&c, 0, &expected(&c, &[1, 2]), "after host2 came back");
-    wait_state(&c, 2, &expected(&c, &[0, 1]), "host2 after its restart");
-    ping_all_pairs(&c);
+    lease_goes_and_comes_back(&mut c, "vxlan", |c, i, peers, what| {
+        wait_state(c, i, &expected(c, peers), what)
+    });
 }
 
 /// Starts an iperf3 flow pod `from` → pod `to` lasting `secs`; returns the client.
@@ -474,50 +432,7 @@ fn direct_routing_on_a_shared_l2_uses_plain_routes() {
         .into();
         wait_state(&c, i, &want, "direct routing");
     }
-    ping_all_pairs(&c);
-}
-
-/// Gives host `i` (and its pod) IPv6 addresses: the fabric address on eth0
-/// (before flanneld starts: it needs one) and, once the daemon wrote
-/// subnet.env, the pod gateway and pod addresses from `FLANNEL_IPV6_SUBNET`.
-fn host_ip6(i: usize) -> String {
-    format!("2001:db8::{}", i + 1)
-}
-
-fn wire_pod_v6(c: &Cluster, i: usize) -> String {
-    let env = std::fs::read_to_string(&c.daemon(i).subnet_file).unwrap();
-    let sub = env
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
-        .expect("FLANNEL_IPV6_SUBNET")
-        .to_owned();
-    let (gw, len) = sub.split_once('/').unwrap();
-    let pod = format!("{}2", gw.strip_suffix('1').unwrap());
-    let (ns, pns) = (&c.hosts[i].netns, &c.hosts[i].pod_netns);
-    sh(
-        Some(ns),
-        "ip",
-        &["-6", "addr", "add", &sub, "dev", "pod0", "nodad"],
-    );
-    sh(
-        Some(pns),
-        "ip",
-        &[
-            "-6",
-            "addr",
-            "add",
-            &format!("{pod}/{len}"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    sh(
-        Some(pns),
-        "ip",
-        &["-6", "route", "add", "default", "via", gw],
-    );
-    pod
+    ping_all_pairs(&c, "vxlan");
 }
 
 #[test]
@@ -525,32 +440,16 @@ fn dual_stack_vxlan_carries_ipv6_between_pods() {
     require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
     let conf = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
     let mut c = Cluster::new(2, conf);
-    for i in 0..2 {
-        let ns = c.hosts[i].netns.clone();
-        sh(
-            Some(&ns),
-            "sysctl",
-            &["-qw", "net.ipv6.conf.all.forwarding=1"],
-        );
-        sh(
-            Some(&ns),
-            "ip",
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", host_ip6(i)),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
-    }
+    add_fabric_v6(&c);
     c.start_all(&[]);
-    let pods: Vec<String> = (0..2).map(|i| wire_pod_v6(&c, i)).collect();
+    let pods: Vec<PodV6> = (0..2).map(|i| wire_pod_v6(&c, i)).collect();
     for i in 0..2 {
         let l = link_json(&c, i, "flannel-v6.1");
-        assert_eq!(s(&l["linkinfo"]["info_data"]["local6"]), host_ip6(i), "{l}");
+        assert_eq!(
+            json_str(&l["linkinfo"]["info_data"]["local6"]),
+            host_ip6(i),
+            "{l}"
+        );
         let lease = c.etcd().must(&[
             "get",
             "--prefix",
@@ -564,62 +463,27 @@ fn dual_stack_vxlan_carries_ipv6_between_pods() {
         assert!(
             lease.contains(&format!(
                 r#""BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}"#,
-                s(&l["address"])
+                json_str(&l["address"])
             )),
             "{lease}"
         );
     }
     // Host 0 holds upstream's v6 entries for host 1.
-    let v6net = {
-        let env = std::fs::read_to_string(&c.daemon(1).subnet_file).unwrap();
-        let sub = env
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
-            .unwrap()
-            .to_owned();
-        let (gw, len) = sub.split_once('/').unwrap();
-        (
-            format!("{}/{len}", gw.strip_suffix('1').unwrap()),
-            gw.strip_suffix('1').unwrap().to_owned(),
-        )
-    };
-    let mac6 = s(&link_json(&c, 1, "flannel-v6.1")["address"]);
+    let mac6 = json_str(&link_json(&c, 1, "flannel-v6.1")["address"]);
     let want: BTreeSet<String> = [
         format!(
             "route {} via {} dev flannel-v6.1 onlink proto boot",
-            v6net.0, v6net.1
+            pods[1].net, pods[1].base
         ),
-        format!("neigh {} lladdr {mac6} PERMANENT", v6net.1),
+        format!("neigh {} lladdr {mac6} PERMANENT", pods[1].base),
         format!("fdb {mac6} dst {} self permanent", host_ip6(1)),
     ]
     .into();
-    let got = wait_until(secs(20), || {
-        (kernel_state(&c, 0, "flannel-v6.1", "-6") == want).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "have {:#?} want {want:#?}",
+    wait_for_state(&c, 0, &want, "v6", || {
         kernel_state(&c, 0, "flannel-v6.1", "-6")
-    );
+    });
 
-    for (a, b) in [(0, 1), (1, 0)] {
-        let ok = wait_until(secs(15), || {
-            run(
-                Some(&c.hosts[a].pod_netns),
-                "ping",
-                &["-6", "-c", "1", "-W", "1", "-n", "-q", &pods[b]],
-            )
-            .status
-            .success()
-            .then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "pod{a} → pod{b} ({}) over flannel-v6.1\nlog:\n{}",
-            pods[b],
-            c.daemon(a).log()
-        );
-    }
+    ping_all_pairs_v6(&c, &pods, "flannel-v6.1");
     // IPv4 still works alongside.
-    ping_all_pairs(&c);
+    ping_all_pairs(&c, "vxlan");
 }

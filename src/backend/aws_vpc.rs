@@ -463,6 +463,22 @@ async fn sleep_unless_stopped(d: Duration, stop: &CancelToken) -> bool {
     }
 }
 
+/// After a failed start-up step: a fatal error is returned, ready to end start-up;
+/// any other is logged and waited out with the next `backoff` delay. `Ok(false)` if
+/// the daemon was told to stop meanwhile, `Ok(true)` to try again.
+async fn wait_to_retry(
+    e: AwsVpcError,
+    backoff: &mut Backoff,
+    stop: &CancelToken,
+) -> anyhow::Result<bool> {
+    if e.is_fatal() {
+        return Err(anyhow::Error::new(e).context("aws-vpc backend"));
+    }
+    let d = backoff.next();
+    tracing::warn!("aws-vpc: {}; retrying in {d:?}", chain(&e));
+    Ok(sleep_unless_stopped(d, stop).await)
+}
+
 /// The aws-vpc backend.
 #[derive(Debug)]
 pub struct AwsVpc {
@@ -519,13 +535,8 @@ impl Backend for AwsVpc {
             .await
             {
                 Ok(t) => break t,
-                Err(e) if e.is_fatal() => {
-                    return Err(anyhow::Error::new(e).context("aws-vpc backend"))
-                }
                 Err(e) => {
-                    let d = backoff.next();
-                    tracing::warn!("aws-vpc: {}; retrying in {d:?}", chain(&e));
-                    if !sleep_unless_stopped(d, &self.stop).await {
+                    if !wait_to_retry(e, &mut backoff, &self.stop).await? {
                         return Ok(());
                     }
                 }
@@ -533,19 +544,9 @@ impl Backend for AwsVpc {
         };
         tracing::info!(tables = ?target.tables, subnet = %own.subnet(), eni = %target.eni, "aws-vpc: programming route tables");
         let mut backoff = Backoff::new();
-        loop {
-            match target.sync().await {
-                Ok(()) => break,
-                Err(e) if e.is_fatal() => {
-                    return Err(anyhow::Error::new(e).context("aws-vpc backend"))
-                }
-                Err(e) => {
-                    let d = backoff.next();
-                    tracing::warn!("aws-vpc: {}; retrying in {d:?}", chain(&e));
-                    if !sleep_unless_stopped(d, &self.stop).await {
-                        return Ok(());
-                    }
-                }
+        while let Err(e) = target.sync().await {
+            if !wait_to_retry(e, &mut backoff, &self.stop).await? {
+                return Ok(());
             }
         }
         tracing::info!(subnet = %own.subnet(), "aws-vpc: route tables are up to date");

@@ -22,15 +22,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ipnet::IpNet;
-use tokio::sync::{Mutex, Notify};
 
 use super::kernel_state::{
-    Desired, DirectPeers, Engine, Host, Ownership, Planner, RouteSpec, RECONCILE_PERIOD,
+    Desired, DirectPeers, Engine, EngineState, Host, Ownership, Planner, Reconciler, RouteSpec,
 };
 use super::{Backend, BackendAttrs, BackendContext};
 use crate::exec::netlink::Netlink;
@@ -175,13 +173,23 @@ struct Inner<H: Host> {
     engine: Engine<HostGwPlanner>,
 }
 
+impl<H: Host> EngineState for Inner<H> {
+    type Host = H;
+    type Planner = HostGwPlanner;
+
+    fn parts(&mut self) -> (&mut H, &mut Engine<HostGwPlanner>) {
+        (&mut self.host, &mut self.engine)
+    }
+
+    async fn reconcile(&mut self) {
+        self.engine.reconcile(&mut self.host).await;
+    }
+}
+
 /// The host-gw backend (generic over the kernel seam for tests).
 pub struct HostGw<H: Host = Netlink> {
-    inner: Arc<Mutex<Inner<H>>>,
+    reconciler: Reconciler<Inner<H>>,
     mtu: u32,
-    kick: Arc<Notify>,
-    period: Duration,
-    reconciler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl HostGw<Netlink> {
@@ -217,41 +225,28 @@ impl<H: Host> HostGw<H> {
             own_subnets: Vec::new(),
         };
         Ok(HostGw {
-            inner: Arc::new(Mutex::new(Inner {
+            reconciler: Reconciler::new(Inner {
                 host,
                 engine: Engine::new(planner),
-            })),
+            }),
             mtu: ctx.iface.mtu,
-            kick: Arc::new(Notify::new()),
-            period: RECONCILE_PERIOD,
-            reconciler: None,
         })
     }
 
     /// Changes how often the kernel is checked (tests).
     pub fn with_period(mut self, period: Duration) -> Self {
-        self.period = period;
+        self.reconciler.set_period(period);
         self
     }
 
     /// Runs one reconciliation pass now (tests).
     pub async fn reconcile_now(&self) {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
-        inner.engine.reconcile(&mut inner.host).await;
+        self.reconciler.reconcile_now().await;
     }
 
     /// Runs `f` on the kernel seam (tests).
     pub async fn with_host_mut<T>(&self, f: impl FnOnce(&mut H) -> T) -> T {
-        f(&mut self.inner.lock().await.host)
-    }
-}
-
-impl<H: Host> Drop for HostGw<H> {
-    fn drop(&mut self) {
-        if let Some(t) = self.reconciler.take() {
-            t.abort();
-        }
+        self.reconciler.with_host_mut(f).await
     }
 }
 
@@ -268,34 +263,22 @@ impl<H: Host> Backend for HostGw<H> {
     }
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
-        self.inner.lock().await.engine.planner.own_subnets =
-            std::iter::once(IpNet::V4(own.key.ipv4))
-                .chain(own.key.ipv6.map(IpNet::V6))
-                .collect();
-        let (inner, kick, period) = (self.inner.clone(), self.kick.clone(), self.period);
-        self.reconciler = Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
-                    _ = kick.notified() => {}
-                }
-                let mut guard = inner.lock().await;
-                let inner = &mut *guard;
-                inner.engine.reconcile(&mut inner.host).await;
-            }
-        }));
+        let own_subnets = std::iter::once(IpNet::V4(own.key.ipv4))
+            .chain(own.key.ipv6.map(IpNet::V6))
+            .collect();
+        let mut state = self.reconciler.state.lock().await;
+        state.engine.planner.own_subnets = own_subnets;
+        drop(state);
+        self.reconciler.spawn();
         Ok(())
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
-        inner.engine.apply_events(&mut inner.host, events).await;
+        self.reconciler.apply(events).await;
     }
 
     async fn resynced(&mut self) {
-        self.inner.lock().await.engine.mark_synced();
-        self.kick.notify_one();
+        self.reconciler.resynced().await;
     }
 }
 
@@ -436,7 +419,7 @@ mod tests {
             Vec::<String>::new()
         );
         let refused = {
-            let inner = gw.inner.lock().await;
+            let inner = gw.reconciler.state.lock().await;
             inner
                 .engine
                 .planner

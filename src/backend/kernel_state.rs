@@ -1029,6 +1029,95 @@ impl<P: Planner> Engine<P> {
     }
 }
 
+/// What a kernel-programming backend keeps behind the lock it shares with
+/// its [`Reconciler`] task: the kernel seam, the [`Engine`] and whatever else
+/// the backend needs to repair (vxlan's devices).
+pub trait EngineState: Send + 'static {
+    type Host: Host;
+    type Planner: Planner;
+
+    /// The kernel seam and the engine, borrowed together.
+    fn parts(&mut self) -> (&mut Self::Host, &mut Engine<Self::Planner>);
+
+    /// One reconciliation pass (at least [`Engine::reconcile`]).
+    fn reconcile(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The loop both kernel-programming backends share: their [`EngineState`]
+/// behind one lock, lease events applied to it, and a task that reconciles
+/// it every period or sooner when kicked. The task ends when this is dropped.
+pub struct Reconciler<S: EngineState> {
+    pub state: Arc<tokio::sync::Mutex<S>>,
+    /// Wakes the task for a pass now (after a resync, a deleted device).
+    pub kick: Arc<Notify>,
+    period: Duration,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<S: EngineState> Reconciler<S> {
+    /// Not running yet: see [`Reconciler::spawn`]. Checks every
+    /// [`RECONCILE_PERIOD`].
+    pub fn new(state: S) -> Self {
+        Reconciler {
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+            kick: Arc::new(Notify::new()),
+            period: RECONCILE_PERIOD,
+            task: None,
+        }
+    }
+
+    /// Changes how often the kernel is checked (tests).
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period;
+    }
+
+    /// Starts the periodic task.
+    pub fn spawn(&mut self) {
+        let (state, kick, period) = (self.state.clone(), self.kick.clone(), self.period);
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = kick.notified() => {}
+                }
+                state.lock().await.reconcile().await;
+            }
+        }));
+    }
+
+    /// Runs one reconciliation pass now (tests; the task runs the others).
+    pub async fn reconcile_now(&self) {
+        self.state.lock().await.reconcile().await;
+    }
+
+    /// Applies a batch of lease events ([`Engine::apply_events`]).
+    pub async fn apply(&self, events: &[LeaseEvent]) {
+        let mut state = self.state.lock().await;
+        let (host, engine) = state.parts();
+        engine.apply_events(host, events).await;
+    }
+
+    /// The lease list is complete: stale entries may go, and a pass runs now
+    /// to remove them.
+    pub async fn resynced(&self) {
+        self.state.lock().await.parts().1.mark_synced();
+        self.kick.notify_one();
+    }
+
+    /// Runs `f` on the kernel seam (tests inspect the fake kernel this way).
+    pub async fn with_host_mut<T>(&self, f: impl FnOnce(&mut S::Host) -> T) -> T {
+        f(self.state.lock().await.parts().0)
+    }
+}
+
+impl<S: EngineState> Drop for Reconciler<S> {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
 /// An in-memory kernel for unit tests: links, addresses, routes, neighbours
 /// and FDB entries, with the kernel's keying and replace semantics.
 #[cfg(test)]

@@ -34,17 +34,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use ipnet::IpNet;
 use serde_json::Value;
-use tokio::sync::{Mutex, Notify};
 
 use super::kernel_state::{
-    vxlan_verdict, Desired, DirectPeers, Engine, FdbSpec, Host, LinkChange, LinkVerdict, Mac,
-    NeighSpec, Ownership, Planner, RouteSpec, VxlanAttrs, VxlanSpec, RECONCILE_PERIOD,
+    vxlan_verdict, Desired, DirectPeers, Engine, EngineState, FdbSpec, Host, LinkChange,
+    LinkVerdict, Mac, NeighSpec, Ownership, Planner, Reconciler, RouteSpec, VxlanAttrs, VxlanSpec,
 };
 use super::{Backend, BackendAttrs, BackendContext, ExternalInterface};
 use crate::config::{BackendConfig, ConfigError};
@@ -574,7 +572,17 @@ impl<H: Host> Inner<H> {
         }
         Ok(())
     }
+}
 
+impl<H: Host> EngineState for Inner<H> {
+    type Host = H;
+    type Planner = VxlanPlanner;
+
+    fn parts(&mut self) -> (&mut H, &mut Engine<VxlanPlanner>) {
+        (&mut self.host, &mut self.engine)
+    }
+
+    /// The devices first (a deleted one is recreated), then the entries.
     async fn reconcile(&mut self) {
         self.check_devices().await;
         self.engine.reconcile(&mut self.host).await;
@@ -583,12 +591,9 @@ impl<H: Host> Inner<H> {
 
 /// The vxlan backend (generic over the kernel seam for tests).
 pub struct Vxlan<H: Host = Netlink> {
-    inner: Arc<Mutex<Inner<H>>>,
+    reconciler: Reconciler<Inner<H>>,
     mtu: u32,
     config: VxlanConfig,
-    kick: Arc<Notify>,
-    period: Duration,
-    reconciler: Option<tokio::task::JoinHandle<()>>,
     link_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -637,19 +642,16 @@ impl<H: Host> Vxlan<H> {
             networks,
         };
         Ok(Vxlan {
-            inner: Arc::new(Mutex::new(inner)),
+            reconciler: Reconciler::new(inner),
             mtu,
             config,
-            kick: Arc::new(Notify::new()),
-            period: RECONCILE_PERIOD,
-            reconciler: None,
             link_watch: None,
         })
     }
 
     /// Changes how often the kernel is checked (tests).
     pub fn with_period(mut self, period: Duration) -> Self {
-        self.period = period;
+        self.reconciler.set_period(period);
         self
     }
 
@@ -660,34 +662,18 @@ impl<H: Host> Vxlan<H> {
 
     /// Runs one reconciliation pass now (tests; the daemon has the periodic task).
     pub async fn reconcile_now(&self) {
-        self.inner.lock().await.reconcile().await;
+        self.reconciler.reconcile_now().await;
     }
 
     /// Runs `f` on the kernel seam (tests inspect the fake kernel this way).
     pub async fn with_host_mut<T>(&self, f: impl FnOnce(&mut H) -> T) -> T {
-        f(&mut self.inner.lock().await.host)
-    }
-
-    fn spawn_reconciler(&mut self) {
-        let (inner, kick, period) = (self.inner.clone(), self.kick.clone(), self.period);
-        self.reconciler = Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
-                    _ = kick.notified() => {}
-                }
-                inner.lock().await.reconcile().await;
-            }
-        }));
+        self.reconciler.with_host_mut(f).await
     }
 }
 
 impl<H: Host> Drop for Vxlan<H> {
     fn drop(&mut self) {
-        for t in [self.reconciler.take(), self.link_watch.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(t) = self.link_watch.take() {
             t.abort();
         }
     }
@@ -745,7 +731,7 @@ impl<H: Host> Backend for Vxlan<H> {
     }
 
     async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {
-        let mut guard = self.inner.lock().await;
+        let mut guard = self.reconciler.state.lock().await;
         let inner = &mut *guard;
         let mut attrs = BackendAttrs {
             backend_type: Some("vxlan".to_owned()),
@@ -769,7 +755,7 @@ impl<H: Host> Backend for Vxlan<H> {
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
         {
-            let mut inner = self.inner.lock().await;
+            let mut inner = self.reconciler.state.lock().await;
             inner.own = Some(own.key);
             inner.engine.planner.own_subnets = std::iter::once(IpNet::V4(own.key.ipv4))
                 .chain(own.key.ipv6.map(IpNet::V6))
@@ -790,21 +776,19 @@ impl<H: Host> Backend for Vxlan<H> {
                     .with_context(|| format!("failed to configure interface {name}"))?;
             }
             let names = inner.specs.iter().map(|(_, s)| s.name.clone()).collect();
-            self.link_watch = inner.host.watch_link_deletions(names, self.kick.clone());
+            let kick = self.reconciler.kick.clone();
+            self.link_watch = inner.host.watch_link_deletions(names, kick);
         }
-        self.spawn_reconciler();
+        self.reconciler.spawn();
         Ok(())
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
-        let mut guard = self.inner.lock().await;
-        let inner = &mut *guard;
-        inner.engine.apply_events(&mut inner.host, events).await;
+        self.reconciler.apply(events).await;
     }
 
     async fn resynced(&mut self) {
-        self.inner.lock().await.engine.mark_synced();
-        self.kick.notify_one();
+        self.reconciler.resynced().await;
     }
 }
 
@@ -852,6 +836,11 @@ mod tests {
             etcd_lease: 1,
             mod_revision: 1,
         }
+    }
+
+    /// Host 2's lease (`10.5.2.0/24` at 192.0.2.2) with VTEP MAC `mac`, added.
+    fn peer2(mac: &str) -> LeaseEvent {
+        LeaseEvent::Added(lease("10.5.2.0-24", "192.0.2.2", mac))
     }
 
     async fn started(conf: &str, mut host: FakeHost) -> Vxlan<FakeHost> {
@@ -1068,18 +1057,8 @@ mod tests {
     #[tokio::test]
     async fn a_changed_vtep_mac_replaces_entries_and_drops_the_old_fdb() {
         let mut vx = started(CONF, FakeHost::new()).await;
-        vx.apply(&[LeaseEvent::Added(lease(
-            "10.5.2.0-24",
-            "192.0.2.2",
-            "0a:00:00:00:00:02",
-        ))])
-        .await;
-        vx.apply(&[LeaseEvent::Added(lease(
-            "10.5.2.0-24",
-            "192.0.2.2",
-            "0a:00:00:00:00:22",
-        ))])
-        .await;
+        vx.apply(&[peer2("0a:00:00:00:00:02")]).await;
+        vx.apply(&[peer2("0a:00:00:00:00:22")]).await;
         let fdbs = vx
             .with_host_mut(|h| h.fdbs.iter().map(|e| e.mac.to_string()).collect::<Vec<_>>())
             .await;
@@ -1121,7 +1100,7 @@ mod tests {
             .unwrap();
         vx.with_host_mut(|h| h.take_log()).await;
         vx.apply(&[
-            LeaseEvent::Added(lease("10.5.2.0-24", "192.0.2.2", "0a:00:00:00:00:02")),
+            peer2("0a:00:00:00:00:02"),
             LeaseEvent::Added(lease("10.5.3.0-24", "198.51.100.3", "0a:00:00:00:00:03")),
         ])
         .await;
@@ -1165,12 +1144,7 @@ mod tests {
             "nothing goes before the snapshot"
         );
 
-        vx.apply(&[LeaseEvent::Added(lease(
-            "10.5.2.0-24",
-            "192.0.2.2",
-            "0a:00:00:00:00:02",
-        ))])
-        .await;
+        vx.apply(&[peer2("0a:00:00:00:00:02")]).await;
         vx.with_host_mut(|h| {
             h.take_log();
             h.fdbs.retain(|e| e.mac != Mac([0x0a, 0, 0, 0, 0, 2]));
@@ -1196,12 +1170,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_device_is_recreated_with_the_same_mac_and_entries() {
         let mut vx = started(CONF, FakeHost::new()).await;
-        vx.apply(&[LeaseEvent::Added(lease(
-            "10.5.2.0-24",
-            "192.0.2.2",
-            "0a:00:00:00:00:02",
-        ))])
-        .await;
+        vx.apply(&[peer2("0a:00:00:00:00:02")]).await;
         let (old, mac) = vx
             .with_host_mut(|h| {
                 let l = h.link_named("flannel.1").unwrap();
@@ -1234,13 +1203,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_adopts_device_and_entries_without_touching_them() {
         let mut first = started(CONF, FakeHost::new()).await;
-        first
-            .apply(&[LeaseEvent::Added(lease(
-                "10.5.2.0-24",
-                "192.0.2.2",
-                "0a:00:00:00:00:02",
-            ))])
-            .await;
+        first.apply(&[peer2("0a:00:00:00:00:02")]).await;
         let mut host = FakeHost::new();
         first
             .with_host_mut(|h| {
@@ -1268,13 +1231,7 @@ mod tests {
             .start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
             .await
             .unwrap();
-        second
-            .apply(&[LeaseEvent::Added(lease(
-                "10.5.2.0-24",
-                "192.0.2.2",
-                "0a:00:00:00:00:02",
-            ))])
-            .await;
+        second.apply(&[peer2("0a:00:00:00:00:02")]).await;
         second.reconcile_now().await;
         let log = second.with_host_mut(|h| h.take_log()).await;
         assert!(

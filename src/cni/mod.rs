@@ -209,19 +209,12 @@ fn del(call: Call<'_>, id: &ContainerId) -> Result<(), CniError> {
         // Nothing saved: never added, or already deleted. The spec wants success.
         return Ok(());
     };
-    let plugin = match saved_delegate(&bytes) {
-        Ok(conf) => config::delegate_type(&conf).unwrap_or_default().to_owned(),
-        Err(reason) => {
-            // Upstream's choice: the interface stays until the node reboots, but a pod
-            // teardown must not fail for it. The file is kept for a human to look at.
-            let _ = writeln!(
-                call.log,
-                "flannel: failed to parse netconf {}: {reason}",
-                state.path(id).display()
-            );
-            return Ok(());
-        }
+    let Some(conf) = parse_saved(call.log, &state, id, &bytes) else {
+        // Upstream's choice: the interface stays until the node reboots, but a pod
+        // teardown must not fail for it. The file is kept for a human to look at.
+        return Ok(());
     };
+    let plugin = config::delegate_type(&conf).unwrap_or_default().to_owned();
     let result = delegate::find_in_path(&plugin, &call.env.path, Command::Del)
         .and_then(|path| delegate::exec(&path, Command::Del, &bytes, call.env, call.log));
     // Removed even when the delegate failed, as upstream does: the runtime retries DEL
@@ -249,16 +242,8 @@ fn check(call: Call<'_>, id: &ContainerId) -> Result<(), CniError> {
         );
         return Ok(());
     };
-    let mut conf = match saved_delegate(&bytes) {
-        Ok(conf) => conf,
-        Err(reason) => {
-            let _ = writeln!(
-                call.log,
-                "flannel: failed to parse netconf {}: {reason}",
-                state.path(id).display()
-            );
-            return Ok(());
-        }
+    let Some(mut conf) = parse_saved(call.log, &state, id, &bytes) else {
+        return Ok(());
     };
     match &call.conf.prev_result {
         Some(prev) => conf.insert(
@@ -282,6 +267,27 @@ fn saved_delegate(bytes: &[u8]) -> Result<Map<String, Value>, String> {
         Ok(Value::Object(_)) => Err("\"type\" is not a string".into()),
         Ok(_) => Err("not a JSON object".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// [`saved_delegate`] of the state saved for `id`; `None`, after logging why, when it
+/// does not parse.
+fn parse_saved(
+    log: &mut dyn Write,
+    state: &StateDir,
+    id: &ContainerId,
+    bytes: &[u8],
+) -> Option<Map<String, Value>> {
+    match saved_delegate(bytes) {
+        Ok(conf) => Some(conf),
+        Err(reason) => {
+            let _ = writeln!(
+                log,
+                "flannel: failed to parse netconf {}: {reason}",
+                state.path(id).display()
+            );
+            None
+        }
     }
 }
 

@@ -58,7 +58,10 @@ pub fn sh(netns: Option<&str>, program: &str, args: &[&str]) -> String {
 }
 
 pub fn run(netns: Option<&str>, program: &str, args: &[&str]) -> Output {
-    in_netns(netns, program).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"))
+    in_netns(netns, program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
 impl Cluster {
@@ -77,8 +80,16 @@ impl Cluster {
         sh(None, "ip", &["netns", "add", &fabric]);
         let ns = Some(fabric.as_str());
         sh(ns, "ip", &["link", "set", "lo", "up"]);
-        sh(ns, "ip", &["link", "add", "br0", "type", "bridge", "forward_delay", "0"]);
-        sh(ns, "ip", &["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"]);
+        sh(
+            ns,
+            "ip",
+            &["link", "add", "br0", "type", "bridge", "forward_delay", "0"],
+        );
+        sh(
+            ns,
+            "ip",
+            &["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"],
+        );
         sh(ns, "ip", &["link", "set", "br0", "up"]);
         let etcd = Etcd::start_in(&fabric, FABRIC_IP);
         etcd.put_config(config);
@@ -103,14 +114,48 @@ impl Cluster {
             sh(Some(ns), "ip", &["link", "set", "lo", "up"]);
         }
         let peer = format!("vh{i}");
-        sh(Some(&netns), "ip", &["link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &self.fabric]);
-        sh(Some(&self.fabric), "ip", &["link", "set", &peer, "master", "br0", "up"]);
-        sh(Some(&netns), "ip", &["addr", "add", &format!("{}/24", host_ip(i)), "dev", "eth0"]);
+        sh(
+            Some(&netns),
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &self.fabric,
+            ],
+        );
+        sh(
+            Some(&self.fabric),
+            "ip",
+            &["link", "set", &peer, "master", "br0", "up"],
+        );
+        sh(
+            Some(&netns),
+            "ip",
+            &["addr", "add", &format!("{}/24", host_ip(i)), "dev", "eth0"],
+        );
         sh(Some(&netns), "ip", &["link", "set", "eth0", "up"]);
-        for (k, v) in [("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0")] {
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
             sh(Some(&netns), "sysctl", &["-qw", &format!("{k}={v}")]);
         }
-        self.hosts.push(Host { netns, pod_netns, daemon: None, subnet: None, extra_args: Vec::new(), pod_ready: false });
+        self.hosts.push(Host {
+            netns,
+            pod_netns,
+            daemon: None,
+            subnet: None,
+            extra_args: Vec::new(),
+            pod_ready: false,
+        });
         i
     }
 
@@ -119,7 +164,11 @@ impl Cluster {
         let endpoint = self.etcd().endpoint.clone();
         let h = &mut self.hosts[i];
         h.extra_args = extra.iter().map(|s| s.to_string()).collect();
-        let mut args = vec![format!("--etcd-endpoints={endpoint}"), "--iface=eth0".to_owned(), "-v=1".to_owned()];
+        let mut args = vec![
+            format!("--etcd-endpoints={endpoint}"),
+            "--iface=eth0".to_owned(),
+            "-v=1".to_owned(),
+        ];
         args.extend(h.extra_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         h.daemon = Some(Flanneld::spawn_in(Some(&h.netns), &args, &[]));
@@ -148,7 +197,11 @@ impl Cluster {
     /// Waits for host `i`'s subnet.env only (no pod wiring): `FLANNEL_SUBNET`.
     pub fn wait_lease(&mut self, i: usize) -> String {
         let h = &mut self.hosts[i];
-        let subnet = h.daemon.as_mut().expect("daemon started").wait_subnet(Duration::from_secs(30));
+        let subnet = h
+            .daemon
+            .as_mut()
+            .expect("daemon started")
+            .wait_subnet(Duration::from_secs(30));
         h.subnet = Some(subnet.clone());
         subnet
     }
@@ -159,7 +212,10 @@ impl Cluster {
         let subnet = d.wait_subnet(Duration::from_secs(30));
         let mtu = std::fs::read_to_string(&d.subnet_file)
             .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("FLANNEL_MTU=").map(str::to_owned)))
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("FLANNEL_MTU=").map(str::to_owned))
+            })
             .unwrap_or_else(|| "1472".into());
         if !h.pod_ready || h.subnet.as_deref() != Some(subnet.as_str()) {
             let (ns, pns) = (h.netns.clone(), h.pod_netns.clone());
@@ -168,11 +224,25 @@ impl Cluster {
             }
             let (gw, len) = subnet.split_once('/').unwrap();
             let pod = pod_ip_of(&subnet);
-            sh(Some(&ns), "ip", &["link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", &pns]);
+            sh(
+                Some(&ns),
+                "ip",
+                &[
+                    "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", &pns,
+                ],
+            );
             sh(Some(&ns), "ip", &["addr", "add", &subnet, "dev", "pod0"]);
             sh(Some(&ns), "ip", &["link", "set", "pod0", "up"]);
-            sh(Some(&pns), "ip", &["addr", "add", &format!("{pod}/{len}"), "dev", "eth0"]);
-            sh(Some(&pns), "ip", &["link", "set", "eth0", "mtu", &mtu, "up"]);
+            sh(
+                Some(&pns),
+                "ip",
+                &["addr", "add", &format!("{pod}/{len}"), "dev", "eth0"],
+            );
+            sh(
+                Some(&pns),
+                "ip",
+                &["link", "set", "eth0", "mtu", &mtu, "up"],
+            );
             sh(Some(&pns), "ip", &["route", "add", "default", "via", gw]);
             h.pod_ready = true;
         }
@@ -188,12 +258,22 @@ impl Cluster {
     /// One ping from pod `from` to `ip`, waiting at most `wait` for the reply.
     pub fn ping_once(&self, from: usize, ip: &str, wait: Duration) -> bool {
         let w = wait.as_secs().max(1).to_string();
-        run(Some(&self.hosts[from].pod_netns), "ping", &["-c", "1", "-W", &w, "-n", "-q", ip]).status.success()
+        run(
+            Some(&self.hosts[from].pod_netns),
+            "ping",
+            &["-c", "1", "-W", &w, "-n", "-q", ip],
+        )
+        .status
+        .success()
     }
 
     /// Pings until one reply arrives or `timeout` passes.
     pub fn ping(&self, from: usize, ip: &str, timeout: Duration) -> bool {
-        wait_until(timeout, || self.ping_once(from, ip, Duration::from_secs(1)).then_some(())).is_some()
+        wait_until(timeout, || {
+            self.ping_once(from, ip, Duration::from_secs(1))
+                .then_some(())
+        })
+        .is_some()
     }
 
     /// iperf3 TCP from pod `from` to pod `to` for `secs`: received Gbit/s.
@@ -208,16 +288,26 @@ impl Cluster {
         let target = self.pod_ip(to);
         let (secs, streams) = (secs.to_string(), streams.to_string());
         let out = wait_until(Duration::from_secs(5), || {
-            let o = run(Some(&self.hosts[from].pod_netns), "iperf3", &["-c", &target, "-p", "5201", "-t", &secs, "-P", &streams, "-J"]);
+            let o = run(
+                Some(&self.hosts[from].pod_netns),
+                "iperf3",
+                &[
+                    "-c", &target, "-p", "5201", "-t", &secs, "-P", &streams, "-J",
+                ],
+            );
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            (o.status.success() || !text.contains("unable to connect")).then_some((o.status.success(), text))
+            (o.status.success() || !text.contains("unable to connect"))
+                .then_some((o.status.success(), text))
         })
         .ok_or("iperf3 server never accepted")?;
         if !out.0 {
             return Err(format!("iperf3 failed: {}", out.1));
         }
         let v: serde_json::Value = serde_json::from_str(&out.1).map_err(|e| e.to_string())?;
-        v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).ok_or_else(|| format!("no throughput in {}", out.1))
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+            .ok_or_else(|| format!("no throughput in {}", out.1))
     }
 
     /// Kills host `i`'s daemon with SIGKILL (its TUN device goes with it).
@@ -246,7 +336,10 @@ impl Cluster {
         let (ip, len) = subnet.split_once('/').unwrap();
         let mut o: Vec<u8> = ip.split('.').map(|x| x.parse().unwrap()).collect();
         o[3] -= 1;
-        format!("/coreos.com/network/subnets/{}.{}.{}.{}-{len}", o[0], o[1], o[2], o[3])
+        format!(
+            "/coreos.com/network/subnets/{}.{}.{}.{}-{len}",
+            o[0], o[1], o[2], o[3]
+        )
     }
 }
 

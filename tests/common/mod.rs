@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -54,18 +54,24 @@ pub fn probe(cap: Cap) -> Result<(), String> {
         }
         Cap::Veth => run_ok(
             "unshare",
-            &["-n", "ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1"],
+            &[
+                "-n", "ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1",
+            ],
         ),
         Cap::Vxlan => run_ok(
             "unshare",
-            &["-n", "ip", "link", "add", "vx0", "type", "vxlan", "id", "1", "dstport", "8472"],
+            &[
+                "-n", "ip", "link", "add", "vx0", "type", "vxlan", "id", "1", "dstport", "8472",
+            ],
         ),
         Cap::Etcd => run_ok("etcd", &["--version"]).and_then(|_| run_ok("etcdctl", &["version"])),
         Cap::CniPlugins => {
             if Path::new(&format!("{CNI_PLUGIN_DIR}/bridge")).exists() {
                 Ok(())
             } else {
-                Err(format!("{CNI_PLUGIN_DIR}/bridge is missing (apt install containernetworking-plugins)"))
+                Err(format!(
+                    "{CNI_PLUGIN_DIR}/bridge is missing (apt install containernetworking-plugins)"
+                ))
             }
         }
         Cap::Iptables => run_ok("iptables", &["--version"]),
@@ -91,9 +97,18 @@ fn nix_is_root() -> bool {
 }
 
 fn run_ok(cmd: &str, args: &[&str]) -> Result<(), String> {
-    match Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).output() {
+    match Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("`{cmd} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) => Err(format!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
         Err(e) => Err(format!("`{cmd}` cannot run: {e}")),
     }
 }
@@ -116,7 +131,10 @@ pub fn skip_or_fail(cap: Cap, why: &str) {
     let required = wanted
         .split(',')
         .any(|w| w.trim() == "all" || w.trim().eq_ignore_ascii_case(&format!("{cap:?}")));
-    assert!(!required, "{test}: required capability {cap:?} missing: {why}");
+    assert!(
+        !required,
+        "{test}: required capability {cap:?} missing: {why}"
+    );
     eprintln!("SKIP {test}: needs {cap:?}: {why}");
 }
 
@@ -136,13 +154,21 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 
 /// A free TCP port on 127.0.0.1 (the kernel picks it; the race until use is small).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A name unique to this process and call, short enough for interface names.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 10000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// TLS material for etcd: a CA, a server cert for 127.0.0.1, a client cert.
@@ -159,18 +185,68 @@ impl TlsFiles {
     pub fn generate(dir: &Path) -> TlsFiles {
         let p = |n: &str| dir.join(n);
         let sh = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        sh(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flannel-test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt"]);
-        std::fs::write(p("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        sh(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=flannel-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
         std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
         for (name, cn) in [("server", "127.0.0.1"), ("client", "flanneld")] {
-            sh(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-keyout",
-                &format!("{name}.key"), "-out", &format!("{name}.csr")]);
-            sh(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")]);
+            sh(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            sh(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ]);
         }
         TlsFiles {
             ca: p("ca.crt"),
@@ -222,7 +298,11 @@ impl Etcd {
 
     /// Starts an etcd that requires client certificates signed by `tls.ca`.
     pub fn start_tls(tls: &TlsFiles) -> Etcd {
-        Etcd::launch(Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())))
+        Etcd::launch(Some((
+            tls.server_cert.clone(),
+            tls.server_key.clone(),
+            tls.ca.clone(),
+        )))
     }
 
     fn launch(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
@@ -245,7 +325,11 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = in_netns(self.netns.as_deref(), "etcd");
         cmd.arg("--name")
             .arg("test")
@@ -265,12 +349,23 @@ impl Etcd {
             .stdout(Stdio::null())
             .stderr(log);
         if let Some((cert, key, ca)) = &self.tls {
-            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key).arg("--trusted-ca-file").arg(ca);
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca);
             cmd.arg("--client-cert-auth");
         }
         self.child = Some(cmd.spawn().expect("start etcd"));
-        let ok = wait_until(Duration::from_secs(20), || self.ctl(&["endpoint", "health"]).ok().map(|_| ()));
-        assert!(ok.is_some(), "etcd did not become healthy; log:\n{}", self.log_text());
+        let ok = wait_until(Duration::from_secs(20), || {
+            self.ctl(&["endpoint", "health"]).ok().map(|_| ())
+        });
+        assert!(
+            ok.is_some(),
+            "etcd did not become healthy; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -280,11 +375,17 @@ impl Etcd {
     /// Runs `etcdctl` (API v3) against this etcd; `Ok(stdout)` on success.
     pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = in_netns(self.netns.as_deref(), "etcdctl");
-        cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint).arg("--command-timeout=5s");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.endpoint)
+            .arg("--command-timeout=5s");
         if let Some((_, _, ca)) = &self.tls {
             let dir = ca.parent().unwrap();
             cmd.arg("--cacert").arg(ca);
-            cmd.arg("--cert").arg(dir.join("client.crt")).arg("--key").arg(dir.join("client.key"));
+            cmd.arg("--cert")
+                .arg(dir.join("client.crt"))
+                .arg("--key")
+                .arg(dir.join("client.key"));
         }
         let out = cmd.args(args).output().map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -296,7 +397,8 @@ impl Etcd {
 
     /// Like [`Etcd::ctl`] but panics on failure.
     pub fn must(&self, args: &[&str]) -> String {
-        self.ctl(args).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+        self.ctl(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
     }
 
     /// Writes the network config under the default prefix.
@@ -308,7 +410,11 @@ impl Etcd {
     pub fn leases(&self) -> Vec<(String, String)> {
         let out = self.must(&["get", "--prefix", "/coreos.com/network/subnets/"]);
         let lines: Vec<&str> = out.lines().collect();
-        lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect()
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_owned(), c[1].to_owned()))
+            .collect()
     }
 
     /// Stops etcd (SIGKILL) keeping its data dir.
@@ -368,7 +474,10 @@ impl Flanneld {
             log: Arc::new(Mutex::new(String::new())),
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         f.start();
         f
@@ -392,8 +501,14 @@ impl Flanneld {
         }
         let mut child = cmd.spawn().expect("start flanneld");
         for pipe in [
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -420,7 +535,8 @@ impl Flanneld {
         let file = self.subnet_file.clone();
         let got = wait_until(timeout, || {
             let text = std::fs::read_to_string(&file).ok()?;
-            text.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=").map(str::to_owned))
+            text.lines()
+                .find_map(|l| l.strip_prefix("FLANNEL_SUBNET=").map(str::to_owned))
         });
         match got {
             Some(s) => s,
@@ -434,7 +550,9 @@ impl Flanneld {
 
     /// The exit status if the process has ended.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the process to exit by itself.
@@ -445,7 +563,10 @@ impl Flanneld {
     /// Sends a signal (`"TERM"`, `"KILL"`, …) to the process.
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
         }
     }
 
@@ -492,6 +613,21 @@ pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
     }
 }
 
+/// Runs `cmd` with `stdin` as its standard input and captures its output. A
+/// program that exits before reading its input (a CNI `VERSION`) is no error.
+pub fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let _ = pipe.write_all(stdin.as_bytes());
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
 /// A minimal HTTP/1.0 GET (enough for the health endpoints).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -500,11 +636,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((code, body))
 }
 
 pub mod cluster;
+pub mod kernel;
 
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
