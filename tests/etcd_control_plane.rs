@@ -435,3 +435,31 @@ fn a_bad_config_file_fails_before_etcd_is_contacted() {
     assert_eq!(d.wait_exit(secs(10)).and_then(|s| s.code()), Some(1), "{}", d.log());
     assert!(d.log().contains("invalid network config: SubnetMax: 10.5.0.7 is not on a /24 boundary"), "{}", d.log());
 }
+
+#[test]
+fn fails_over_between_members_of_an_etcd_cluster() {
+    require!(Cap::Etcd);
+    let mut members = Etcd::start_cluster(3);
+    members[0].put_config(NET16);
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint.clone()).collect();
+    let ep = format!("--etcd-endpoints={}", endpoints.join(","));
+    let mut a = Flanneld::spawn(&[&ep, "--iface=lo", "--public-ip=127.0.0.1"], &[]);
+    let key = key_of(&a.wait_subnet(secs(20)));
+    // Lose each member in turn (quorum stays): whichever member the daemon's
+    // watch and writes used, it carries on through the others.
+    for i in 0..3 {
+        members[i].stop();
+        let other = &members[(i + 1) % 3];
+        // The survivors may first have to elect a new leader.
+        wait_until(secs(20), || other.ctl(&["del", &key]).ok()).expect("delete through a survivor");
+        let back = wait_until(secs(20), || lease_value(other, &key));
+        assert!(back.is_some(), "member {i} down: lease not re-acquired:\n{}", a.log());
+        members[i].restart();
+    }
+    members[2].stop();
+    let mut b = Flanneld::spawn(&[&ep, "--iface=lo", "--public-ip=127.0.0.2"], &[]);
+    let net = key_of(&b.wait_subnet(secs(30))).rsplit('/').next().unwrap().replace('-', "/");
+    wait_until(secs(20), || a.log().contains(&format!("lease added subnet={net}")).then_some(()))
+        .unwrap_or_else(|| panic!("watch did not fail over:\n{}", a.log()));
+    assert!(a.try_exit().is_none());
+}

@@ -87,6 +87,19 @@ pub struct Registry {
     client: Client,
     prefix: String,
     ttl: Duration,
+    /// How often a request that found its endpoint unavailable is sent again.
+    attempts: usize,
+}
+
+/// gRPC status code `UNAVAILABLE`.
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// Whether etcd (or the way to it) was unavailable for this request. The client balances
+/// requests over every endpoint, including ones that are down, so such a request is simply
+/// sent again: another endpoint gets its turn. (A retried create or rewrite is safe: both are
+/// conditional transactions.)
+fn is_unavailable(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() as i32 == GRPC_UNAVAILABLE)
 }
 
 /// Upper bound on acquisition rounds lost to other hosts' concurrent creations.
@@ -108,7 +121,24 @@ impl Registry {
             co = co.with_tls(tls_options(opts)?);
         }
         let client = Client::connect(&opts.endpoints, Some(co)).await.map_err(etcd_err("connect"))?;
-        Ok(Registry { client, prefix: opts.prefix.clone(), ttl: lease_ttl() })
+        let attempts = 3 * opts.endpoints.len().max(1);
+        Ok(Registry { client, prefix: opts.prefix.clone(), ttl: lease_ttl(), attempts })
+    }
+
+    /// Runs one etcd request, sending it again while it meets an unavailable endpoint.
+    async fn call<T, F, Fut>(&self, op: &'static str, mut request: F) -> Result<T, RegistryError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match request(self.client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_unavailable(&e) && attempt < self.attempts => attempt += 1,
+                Err(e) => return Err(etcd_err(op)(e)),
+            }
+        }
     }
 
     /// The TTL leases are granted with.
@@ -118,27 +148,36 @@ impl Registry {
 
     /// A cheap request that succeeds only when etcd answers.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        let mut c = self.client.clone();
-        c.get(compat::config_key(&self.prefix), Some(GetOptions::new().with_count_only()))
-            .await
-            .map(|_| ())
-            .map_err(etcd_err("get config"))
+        let key = compat::config_key(&self.prefix);
+        self.call("get config", |mut c| {
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The network config text, or `None` while the key does not exist.
     pub async fn get_config(&self) -> Result<Option<String>, RegistryError> {
-        let mut c = self.client.clone();
-        let resp = c.get(compat::config_key(&self.prefix), None).await.map_err(etcd_err("get config"))?;
+        let key = compat::config_key(&self.prefix);
+        let resp = self
+            .call("get config", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Every key under the subnets prefix, and the revision of the listing.
     pub async fn list_raw(&self) -> Result<(Vec<RawEvent>, i64), RegistryError> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(compat::subnets_prefix(&self.prefix), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_err("list leases"))?;
+        let prefix = compat::subnets_prefix(&self.prefix);
+        let resp = self
+            .call("list leases", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let raw = resp
             .kvs()
@@ -224,22 +263,21 @@ impl Registry {
     /// Creates `key` only if it does not exist, attached to a fresh etcd lease.
     /// `Ok(None)` when it already exists.
     async fn create(&self, key: SubnetKey, attrs: &LeaseAttrs) -> Result<Option<HeldLease>, RegistryError> {
-        let mut c = self.client.clone();
-        let grant = c.lease_grant(self.ttl.as_secs() as i64, None).await.map_err(etcd_err("grant lease"))?;
+        let grant = self.grant().await?;
         let k = self.key_of(&key);
         let value = attrs.to_json();
         let txn = Txn::new()
             .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k, value, Some(PutOptions::new().with_lease(grant.id())))]);
-        let resp = match c.txn(txn).await {
+        let resp = match self.txn("create lease", txn).await {
             Ok(r) => r,
             Err(e) => {
-                let _ = c.lease_revoke(grant.id()).await;
-                return Err(etcd_err("create lease")(e));
+                self.revoke(grant.id()).await;
+                return Err(e);
             }
         };
         if !resp.succeeded() {
-            let _ = c.lease_revoke(grant.id()).await;
+            self.revoke(grant.id()).await;
             return Ok(None);
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -255,35 +293,30 @@ impl Registry {
 
     /// Compare-and-swap rewrite of `old` (by `mod_revision`) with `attrs`.
     async fn rewrite(&self, old: &Lease, attrs: &LeaseAttrs) -> Result<Option<HeldLease>, RegistryError> {
-        let mut c = self.client.clone();
         let k = self.key_of(&old.key);
         let (put_opts, grant_id, ttl) = if old.is_reservation() {
             (None, 0, None)
         } else {
-            let g = c.lease_grant(self.ttl.as_secs() as i64, None).await.map_err(etcd_err("grant lease"))?;
+            let g = self.grant().await?;
             (Some(PutOptions::new().with_lease(g.id())), g.id(), Some(self.ttl))
         };
         let txn = Txn::new()
             .when([Compare::mod_revision(k.clone(), CompareOp::Equal, old.mod_revision)])
             .and_then([TxnOp::put(k, attrs.to_json(), put_opts)]);
-        let resp = match c.txn(txn).await {
+        let resp = match self.txn("rewrite lease", txn).await {
             Ok(r) => r,
             Err(e) => {
-                if grant_id != 0 {
-                    let _ = c.lease_revoke(grant_id).await;
-                }
-                return Err(etcd_err("rewrite lease")(e));
+                self.revoke(grant_id).await;
+                return Err(e);
             }
         };
         if !resp.succeeded() {
-            if grant_id != 0 {
-                let _ = c.lease_revoke(grant_id).await;
-            }
+            self.revoke(grant_id).await;
             return Ok(None);
         }
         // The previous etcd lease now holds no key; free it early (best effort).
-        if old.etcd_lease != 0 && old.etcd_lease != grant_id {
-            let _ = c.lease_revoke(old.etcd_lease).await;
+        if old.etcd_lease != grant_id {
+            self.revoke(old.etcd_lease).await;
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let lease = Lease { key: old.key, attrs: attrs.clone(), etcd_lease: grant_id, mod_revision: rev };
@@ -291,13 +324,11 @@ impl Registry {
     }
 
     async fn delete_if_unchanged(&self, old: &Lease) -> Result<(), RegistryError> {
-        let mut c = self.client.clone();
         let k = self.key_of(&old.key);
         let txn = Txn::new()
             .when([Compare::mod_revision(k.clone(), CompareOp::Equal, old.mod_revision)])
             .and_then([TxnOp::delete(k, None)]);
-        c.txn(txn).await.map_err(etcd_err("delete lease"))?;
-        Ok(())
+        self.txn("delete lease", txn).await.map(|_| ())
     }
 
     /// Renews our lease: a fresh TTL and our attributes, but only if the key is
@@ -311,16 +342,46 @@ impl Registry {
 
     /// Opens a watch on every lease key, starting at `revision`.
     pub async fn watch_from(&self, revision: i64) -> Result<WatchStream, RegistryError> {
-        let mut c = self.client.clone();
+        let prefix = compat::subnets_prefix(&self.prefix);
         let opts = WatchOptions::new().with_prefix().with_start_revision(revision);
-        c.watch(compat::subnets_prefix(&self.prefix), Some(opts)).await.map_err(etcd_err("watch leases"))
+        self.call("watch leases", |mut c| {
+            let (prefix, opts) = (prefix.clone(), opts.clone());
+            async move { c.watch(prefix, Some(opts)).await }
+        })
+        .await
     }
 
     /// Deletes a lease key (used by tests and operators' tools).
     pub async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
-        let mut c = self.client.clone();
-        c.delete(self.key_of(key), None).await.map_err(etcd_err("delete lease"))?;
-        Ok(())
+        let k = self.key_of(key);
+        self.call("delete lease", |mut c| {
+            let k = k.clone();
+            async move { c.delete(k, None).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Grants a fresh etcd lease with our TTL.
+    async fn grant(&self) -> Result<etcd_client::LeaseGrantResponse, RegistryError> {
+        let ttl = self.ttl.as_secs() as i64;
+        self.call("grant lease", |mut c| async move { c.lease_grant(ttl, None).await }).await
+    }
+
+    /// Runs a transaction (all ours are conditional, so sending one again is safe).
+    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse, RegistryError> {
+        self.call(op, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// Revokes an etcd lease, best effort (0 means none); a leftover expires by itself.
+    async fn revoke(&self, id: i64) {
+        if id != 0 {
+            let _ = self.call("revoke lease", |mut c| async move { c.lease_revoke(id).await }).await;
+        }
     }
 }
 

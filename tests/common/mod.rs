@@ -266,6 +266,8 @@ pub struct Etcd {
     /// Network namespace etcd runs in (`None`: the test's own).
     netns: Option<String>,
     host: String,
+    /// Member name and `--initial-cluster` value (a single member by default).
+    member: Option<(String, String)>,
     dir: tempfile::TempDir,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
     child: Option<Child>,
@@ -287,6 +289,7 @@ impl Etcd {
             peer_port: 2380,
             netns: Some(netns.to_owned()),
             host: ip.to_owned(),
+            member: None,
             log: dir.path().join("etcd.log"),
             dir,
             tls: None,
@@ -315,6 +318,7 @@ impl Etcd {
             peer_port: free_port(),
             netns: None,
             host: "127.0.0.1".into(),
+            member: None,
             log: dir.path().join("etcd.log"),
             dir,
             tls,
@@ -324,7 +328,56 @@ impl Etcd {
         etcd
     }
 
+    /// Starts an `n`-member etcd cluster on loopback (all members at once: none
+    /// is healthy before a quorum is up) and waits until every member answers.
+    pub fn start_cluster(n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(port, peer_port))| {
+                let dir = tempfile::tempdir().unwrap();
+                Etcd {
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                    port,
+                    peer_port,
+                    netns: None,
+                    host: "127.0.0.1".into(),
+                    member: Some((format!("m{i}"), initial.clone())),
+                    log: dir.path().join("etcd.log"),
+                    dir,
+                    tls: None,
+                    child: None,
+                }
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn_process();
+        }
+        for m in &members {
+            m.wait_healthy();
+        }
+        members
+    }
+
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_healthy();
+    }
+
+    fn spawn_process(&mut self) {
+        let (name, initial_cluster) = self.member.clone().unwrap_or_else(|| {
+            (
+                "test".into(),
+                format!("test=http://{}:{}", self.host, self.peer_port),
+            )
+        });
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -332,7 +385,7 @@ impl Etcd {
             .unwrap();
         let mut cmd = in_netns(self.netns.as_deref(), "etcd");
         cmd.arg("--name")
-            .arg("test")
+            .arg(name)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--listen-client-urls")
@@ -344,7 +397,7 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(format!("http://{}:{}", self.host, self.peer_port))
             .arg("--initial-cluster")
-            .arg(format!("test=http://{}:{}", self.host, self.peer_port))
+            .arg(initial_cluster)
             .env("ETCD_UNSUPPORTED_ARCH", "")
             .stdout(Stdio::null())
             .stderr(log);
@@ -358,6 +411,9 @@ impl Etcd {
             cmd.arg("--client-cert-auth");
         }
         self.child = Some(cmd.spawn().expect("start etcd"));
+    }
+
+    fn wait_healthy(&self) {
         let ok = wait_until(Duration::from_secs(20), || {
             self.ctl(&["endpoint", "health"]).ok().map(|_| ())
         });
