@@ -2,6 +2,14 @@
 //! array vs hash map), and the egress/ingress pipeline over in-memory queues (classification,
 //! TTL rewrite, counters; no syscalls).
 //!
+//! The issue-5 set: `route_lookup_sizes` (1, 100 and 10 000 routes, one lookup per element),
+//! `classify_encap` (egress verdicts for a batch of 64 packets read from TUN: parse, route,
+//! TTL rewrite) and `decap_validate` (ingress verdicts for a batch of 64 datagrams: peer check,
+//! header checksum, anti-spoofing, TTL rewrite).
+//!
+//! `tcp_segment` cuts a 64 KiB TCP super-packet into 1432-byte segments (the GSO layout);
+//! `gro_coalesce` merges 44 segments of one flow back into one super-packet.
+//!
 //! `cargo bench --bench datapath`; kept short for the 2-core dev and CI machines.
 
 use std::hint::black_box;
@@ -10,8 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use flannel_rs::datapath::offload::{
+    build_tcp4, coalesce_finish, coalesce_push, coalesce_start, segment_tcp4,
+};
 use flannel_rs::datapath::packet::{build_ipv4, PROTO_UDP};
-use flannel_rs::datapath::pipeline::{IcmpResponder, MemIo, Origin, Pipeline};
+use flannel_rs::datapath::pipeline::{
+    egress_verdict, ingress_verdict, IcmpResponder, MemIo, Origin, Pipeline, Verdict,
+};
 use flannel_rs::datapath::route::{Route, RouteTable, Routes};
 use flannel_rs::datapath::stats::WorkerStats;
 
@@ -96,5 +109,181 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_lookup, pipeline);
+/// Lookups of hitting destinations in tables of 1, 100 and 10 000 /24 routes (10 000 needs a
+/// /8 network: still the direct-indexed array).
+fn route_lookup_sizes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup_sizes");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (network, n) in [
+        ("10.5.0.0/16", 1u32),
+        ("10.5.0.0/16", 100),
+        ("10.0.0.0/8", 10_000),
+    ] {
+        let t = table(network, 24, n);
+        // 1024 destinations spread over every route, host part varying.
+        let dsts: Vec<Ipv4Addr> = (0..1024u32)
+            .map(|k| {
+                let r = &t.routes()[(k as usize * 7919) % t.len()];
+                Ipv4Addr::from(u32::from(r.subnet.network()) + 1 + k % 250)
+            })
+            .collect();
+        g.throughput(Throughput::Elements(dsts.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &dsts, |b, dsts| {
+            b.iter(|| {
+                dsts.iter()
+                    .filter(|d| t.lookup(black_box(**d)).is_some())
+                    .count()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// 64 packets of mixed sizes (64 B to 1400 B) from `src` to `dst` addresses in 255 subnets.
+fn batch_of_64(from_own: bool) -> Vec<Vec<u8>> {
+    let own = Ipv4Addr::new(10, 5, 0, 9);
+    (0..64u8)
+        .map(|k| {
+            let remote = Ipv4Addr::new(10, 5, 1 + k % 200, 9);
+            let (src, dst) = if from_own {
+                (own, remote)
+            } else {
+                (remote, own)
+            };
+            let size = if k % 4 == 0 { 64 } else { 1400 };
+            build_ipv4(src, dst, PROTO_UDP, 64, &vec![0xab; size - 20])
+        })
+        .collect()
+}
+
+fn classify_encap(c: &mut Criterion) {
+    let mut g = c.benchmark_group("classify_encap");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let t = table("10.5.0.0/16", 24, 255);
+    let batch = batch_of_64(true);
+    let mut icmp = IcmpResponder::new(Ipv4Addr::new(10, 5, 0, 0));
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("batch_64", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |bufs| {
+                bufs.iter_mut()
+                    .map(|buf| {
+                        let len = buf.len();
+                        egress_verdict(buf, len, &t, &mut icmp)
+                    })
+                    .filter(|v| matches!(v, Verdict::Forward { .. }))
+                    .count()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn decap_validate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decap_validate");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let t = table("10.5.0.0/16", 24, 255);
+    let batch = batch_of_64(false);
+    // The peer that owns each packet's source subnet, as the socket would report it.
+    let srcs: Vec<SocketAddrV4> = batch
+        .iter()
+        .map(|p| {
+            t.lookup(Ipv4Addr::new(p[12], p[13], p[14], p[15]))
+                .expect("route")
+        })
+        .collect();
+    g.throughput(Throughput::Elements(64));
+    for strict in [true, false] {
+        let name = if strict {
+            "batch_64_strict"
+        } else {
+            "batch_64"
+        };
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || batch.clone(),
+                |bufs| {
+                    bufs.iter_mut()
+                        .zip(&srcs)
+                        .map(|(buf, src)| {
+                            let len = buf.len();
+                            ingress_verdict(buf, len, *src, &t, strict)
+                        })
+                        .filter(|v| matches!(v, Verdict::Deliver { .. }))
+                        .count()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn tcp_segment(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tcp_segment");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let data: Vec<u8> = (0..65_000u32).map(|i| i as u8).collect();
+    let pkt = build_tcp4(
+        Ipv4Addr::new(10, 5, 1, 2),
+        Ipv4Addr::new(10, 5, 2, 2),
+        1,
+        0x18,
+        &data,
+    );
+    let mut out = vec![0u8; 70_000];
+    g.throughput(Throughput::Bytes(pkt.len() as u64));
+    g.bench_function("64k_mss_1432", |b| {
+        b.iter(|| segment_tcp4(black_box(&pkt), 1432, &mut out).map(|s| s.count))
+    });
+    g.finish();
+}
+
+fn gro_coalesce(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gro_coalesce");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let data: Vec<u8> = (0..44 * 1448u32).map(|i| i as u8).collect();
+    let pkt = build_tcp4(
+        Ipv4Addr::new(10, 5, 1, 2),
+        Ipv4Addr::new(10, 5, 2, 2),
+        1,
+        0x18,
+        &data,
+    );
+    let mut segs = vec![0u8; 70_000];
+    let s = segment_tcp4(&pkt, 1448, &mut segs).expect("segments");
+    let segments: Vec<&[u8]> = (0..s.count)
+        .map(|k| &segs[k * s.segment_len..((k + 1) * s.segment_len).min(s.total)])
+        .collect();
+    let mut out = vec![0u8; 65_536];
+    g.throughput(Throughput::Elements(segments.len() as u64));
+    g.bench_function("44_segments", |b| {
+        b.iter(|| {
+            let mut cur = coalesce_start(&mut out, black_box(segments[0])).expect("start");
+            for seg in &segments[1..] {
+                coalesce_push(&mut out, &mut cur, seg);
+            }
+            coalesce_finish(&mut out, &cur);
+            cur.len
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    route_lookup_sizes,
+    pipeline,
+    classify_encap,
+    decap_validate,
+    tcp_segment,
+    gro_coalesce
+);
 criterion_main!(benches);

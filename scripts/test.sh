@@ -55,6 +55,9 @@ if [ -f fuzz/Cargo.toml ]; then
     cargo build --manifest-path fuzz/Cargo.toml 2>&1 | tail -3
 fi
 
+echo "==> building benches (release; run them with scripts/bench.sh)"
+cargo bench --no-run --locked 2>&1 | tail -3
+
 echo "==> running tests"
 log=$(mktemp)
 set +e

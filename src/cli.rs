@@ -59,7 +59,12 @@ pub struct Cli {
     pub etcd_username: String,
 
     /// Password for BasicAuth to etcd.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub etcd_password: String,
 
     /// Interface to use (IP or name) for inter-host communication. May be repeated; the first that exists wins.
@@ -142,6 +147,17 @@ pub struct Cli {
     /// udp backend: I/O method.
     #[arg(long, env = "FLANNELD_UDP_IO", value_enum, default_value_t = UdpIo::Auto)]
     pub udp_io: UdpIo,
+
+    /// udp backend: most packets moved per system call. 1 is upstream's design (one packet
+    /// per read/send, on the recvmmsg/sendmsg path), kept as a benchmark baseline.
+    #[arg(long, env = "FLANNELD_UDP_BATCH")]
+    pub udp_batch: Option<usize>,
+
+    /// udp backend: send runs of packets to one peer with one UDP GSO send (the wire still
+    /// carries one inner packet per datagram). recvmmsg/sendmsg path only so far.
+    #[arg(long, env = "FLANNELD_UDP_GSO", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub udp_gso: bool,
 }
 
 /// A flag combination that upstream also refuses.
@@ -164,7 +180,12 @@ impl Cli {
 
     /// The etcd endpoints, split and trimmed.
     pub fn endpoints(&self) -> Vec<String> {
-        self.etcd_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Checks what clap cannot: ranges and cross-flag rules.
@@ -176,12 +197,16 @@ impl Cli {
             });
         }
         if self.endpoints().is_empty() {
-            return Err(FlagError { flag: "etcd-endpoints", reason: "no endpoint given".into() });
+            return Err(FlagError {
+                flag: "etcd-endpoints",
+                reason: "no endpoint given".into(),
+            });
         }
         if self.kube_subnet_mgr {
             return Err(FlagError {
                 flag: "kube-subnet-mgr",
-                reason: "the Kubernetes subnet manager is not supported by flannel-rs; use etcd".into(),
+                reason: "the Kubernetes subnet manager is not supported by flannel-rs; use etcd"
+                    .into(),
             });
         }
         if self.etcd_keyfile.is_empty() != self.etcd_certfile.is_empty() {
@@ -193,7 +218,10 @@ impl Cli {
         self.public_ip()?;
         self.public_ipv6()?;
         for re in &self.iface_regex {
-            regex::Regex::new(re).map_err(|e| FlagError { flag: "iface-regex", reason: format!("{re:?}: {e}") })?;
+            regex::Regex::new(re).map_err(|e| FlagError {
+                flag: "iface-regex",
+                reason: format!("{re:?}: {e}"),
+            })?;
         }
         if !self.iface_can_reach.is_empty() && self.iface_can_reach.parse::<IpAddr>().is_err() {
             return Err(FlagError {
@@ -202,7 +230,16 @@ impl Cli {
             });
         }
         if self.udp_workers == Some(0) {
-            return Err(FlagError { flag: "udp-workers", reason: "must be at least 1".into() });
+            return Err(FlagError {
+                flag: "udp-workers",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.udp_batch == Some(0) {
+            return Err(FlagError {
+                flag: "udp-batch",
+                reason: "must be at least 1".into(),
+            });
         }
         Ok(())
     }
@@ -231,9 +268,10 @@ fn parse_opt<T: std::str::FromStr>(text: &str, flag: &'static str) -> Result<Opt
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| FlagError { flag, reason: format!("{text:?} is not a valid address") })
+    text.parse().map(Some).map_err(|_| FlagError {
+        flag,
+        reason: format!("{text:?} is not a valid address"),
+    })
 }
 
 /// Go's boolean syntax for flags and `FLANNELD_*` values.
@@ -250,8 +288,10 @@ where
     T: Into<OsString>,
 {
     let cmd = Cli::command();
-    let longs: Vec<String> =
-        cmd.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+    let longs: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect();
     let mut out = Vec::new();
     let mut done = false;
     for (i, arg) in args.into_iter().map(Into::into).enumerate() {
@@ -296,7 +336,10 @@ mod tests {
     #[test]
     fn defaults_match_upstream() {
         let c = parse(&[]);
-        assert_eq!(c.etcd_endpoints, "http://127.0.0.1:4001,http://127.0.0.1:2379");
+        assert_eq!(
+            c.etcd_endpoints,
+            "http://127.0.0.1:4001,http://127.0.0.1:2379"
+        );
         assert_eq!(c.endpoints().len(), 2);
         assert_eq!(c.etcd_prefix, "/coreos.com/network");
         assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
@@ -313,7 +356,16 @@ mod tests {
 
     #[test]
     fn single_and_double_dash_both_work() {
-        let c = parse(&["-etcd-prefix=/a", "--iface", "eth0", "-iface=10.0.0.1", "-v", "3", "-healthz-port", "8080"]);
+        let c = parse(&[
+            "-etcd-prefix=/a",
+            "--iface",
+            "eth0",
+            "-iface=10.0.0.1",
+            "-v",
+            "3",
+            "-healthz-port",
+            "8080",
+        ]);
         assert_eq!(c.etcd_prefix, "/a");
         assert_eq!(c.iface, vec!["eth0", "10.0.0.1"]);
         assert_eq!(c.v, 3);
@@ -338,17 +390,37 @@ mod tests {
             let c = parse(&["--subnet-lease-renew-margin", bad]);
             assert_eq!(c.validate().unwrap_err().flag, "subnet-lease-renew-margin");
         }
-        assert!(parse(&["--subnet-lease-renew-margin=1439"]).validate().is_ok());
+        assert!(parse(&["--subnet-lease-renew-margin=1439"])
+            .validate()
+            .is_ok());
     }
 
     #[test]
     fn cross_flag_rules() {
-        assert_eq!(parse(&["--public-ip=nope"]).validate().unwrap_err().flag, "public-ip");
-        assert_eq!(parse(&["--etcd-keyfile=/k"]).validate().unwrap_err().flag, "etcd-certfile");
-        assert_eq!(parse(&["--iface-regex=("]).validate().unwrap_err().flag, "iface-regex");
-        assert_eq!(parse(&["-kube-subnet-mgr"]).validate().unwrap_err().flag, "kube-subnet-mgr");
-        assert_eq!(parse(&["--etcd-endpoints=,"]).validate().unwrap_err().flag, "etcd-endpoints");
-        assert_eq!(parse(&["--public-ip=192.0.2.7"]).public_ip().unwrap(), Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(
+            parse(&["--public-ip=nope"]).validate().unwrap_err().flag,
+            "public-ip"
+        );
+        assert_eq!(
+            parse(&["--etcd-keyfile=/k"]).validate().unwrap_err().flag,
+            "etcd-certfile"
+        );
+        assert_eq!(
+            parse(&["--iface-regex=("]).validate().unwrap_err().flag,
+            "iface-regex"
+        );
+        assert_eq!(
+            parse(&["-kube-subnet-mgr"]).validate().unwrap_err().flag,
+            "kube-subnet-mgr"
+        );
+        assert_eq!(
+            parse(&["--etcd-endpoints=,"]).validate().unwrap_err().flag,
+            "etcd-endpoints"
+        );
+        assert_eq!(
+            parse(&["--public-ip=192.0.2.7"]).public_ip().unwrap(),
+            Some(Ipv4Addr::new(192, 0, 2, 7))
+        );
     }
 
     #[test]

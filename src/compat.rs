@@ -57,8 +57,14 @@ mod tests {
 
     #[test]
     fn keys_tolerate_a_trailing_slash_in_the_prefix() {
-        assert_eq!(config_key("/coreos.com/network"), "/coreos.com/network/config");
-        assert_eq!(config_key("/coreos.com/network/"), "/coreos.com/network/config");
+        assert_eq!(
+            config_key("/coreos.com/network"),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(
+            config_key("/coreos.com/network/"),
+            "/coreos.com/network/config"
+        );
         assert_eq!(subnets_prefix("/x/"), "/x/subnets/");
     }
 }

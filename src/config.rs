@@ -21,7 +21,10 @@ pub struct ConfigError {
 }
 
 fn err(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_owned(), reason: reason.into() }
+    ConfigError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// The `Backend` section: its type, and the raw object for the backend to read.
@@ -35,7 +38,10 @@ pub struct BackendConfig {
 impl BackendConfig {
     /// A backend option by name, matched case-insensitively (`Port`, `port`…).
     pub fn option(&self, name: &str) -> Option<&Value> {
-        self.raw.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.raw
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 }
 
@@ -69,8 +75,8 @@ impl NetworkConfig {
 
     /// Parses and validates config JSON.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| err("config", format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| err("config", format!("not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(err("config", "must be a JSON object"));
         };
@@ -80,28 +86,48 @@ impl NetworkConfig {
         let enable_ipv6 = c.bool("EnableIPv6")?.unwrap_or(false);
         let enable_nftables = c.bool("EnableNFTables")?.unwrap_or(false);
         if !enable_ipv4 && !enable_ipv6 {
-            return Err(err("EnableIPv4", "at least one of EnableIPv4 and EnableIPv6 must be true"));
+            return Err(err(
+                "EnableIPv4",
+                "at least one of EnableIPv4 and EnableIPv6 must be true",
+            ));
         }
 
         let ipv4 = if enable_ipv4 {
-            let network = c
-                .cidr::<Ipv4Net>("Network")?
-                .ok_or_else(|| err("Network", "missing: please define a correct Network parameter in the flannel config"))?;
-            Some(family_range(&c, &FamilyKeys::V4, IpNet::V4(network.trunc()))?)
+            let network = c.cidr::<Ipv4Net>("Network")?.ok_or_else(|| {
+                err(
+                    "Network",
+                    "missing: please define a correct Network parameter in the flannel config",
+                )
+            })?;
+            Some(family_range(
+                &c,
+                &FamilyKeys::V4,
+                IpNet::V4(network.trunc()),
+            )?)
         } else {
             None
         };
         let ipv6 = if enable_ipv6 {
-            let network = c
-                .cidr::<Ipv6Net>("IPv6Network")?
-                .ok_or_else(|| err("IPv6Network", "missing: please define a correct IPv6Network parameter in the flannel config"))?;
-            Some(family_range(&c, &FamilyKeys::V6, IpNet::V6(network.trunc()))?)
+            let network = c.cidr::<Ipv6Net>("IPv6Network")?.ok_or_else(|| {
+                err(
+                    "IPv6Network",
+                    "missing: please define a correct IPv6Network parameter in the flannel config",
+                )
+            })?;
+            Some(family_range(
+                &c,
+                &FamilyKeys::V6,
+                IpNet::V6(network.trunc()),
+            )?)
         } else {
             None
         };
 
         let backend = match c.get("Backend") {
-            None | Some(Value::Null) => BackendConfig { kind: BackendKind::Udp, raw: Map::new() },
+            None | Some(Value::Null) => BackendConfig {
+                kind: BackendKind::Udp,
+                raw: Map::new(),
+            },
             Some(Value::Object(raw)) => {
                 let ty = CiObject(raw.clone());
                 let name = match ty.get("Type") {
@@ -111,12 +137,20 @@ impl NetworkConfig {
                 };
                 let kind = BackendKind::parse(&name)
                     .ok_or_else(|| err("Backend.Type", format!("unknown backend type {name:?}")))?;
-                BackendConfig { kind, raw: raw.clone() }
+                BackendConfig {
+                    kind,
+                    raw: raw.clone(),
+                }
             }
             Some(_) => return Err(err("Backend", "must be a JSON object")),
         };
 
-        Ok(NetworkConfig { ipv4, ipv6, enable_nftables, backend })
+        Ok(NetworkConfig {
+            ipv4,
+            ipv6,
+            enable_nftables,
+            backend,
+        })
     }
 }
 
@@ -163,16 +197,25 @@ fn family_range(c: &CiObject, k: &FamilyKeys, network: IpNet) -> Result<SubnetRa
             if prefix > k.max_prefix {
                 return Err(err(
                     k.network,
-                    format!("network is too small. Minimum useful network prefix is /{}", k.max_prefix),
+                    format!(
+                        "network is too small. Minimum useful network prefix is /{}",
+                        k.max_prefix
+                    ),
                 ));
             }
             k.default_len.max(prefix + 2)
         }
         Some(len) if len > u64::from(k.max_subnet_len) => {
-            return Err(err(k.len, format!("must be less than /{}", k.max_subnet_len + 1)))
+            return Err(err(
+                k.len,
+                format!("must be less than /{}", k.max_subnet_len + 1),
+            ))
         }
         Some(len) if len < u64::from(prefix) + 2 => {
-            return Err(err(k.len, "network must be able to accommodate at least four subnets"))
+            return Err(err(
+                k.len,
+                "network must be able to accommodate at least four subnets",
+            ))
         }
         Some(len) => len as u8,
     };
@@ -188,10 +231,16 @@ fn family_range(c: &CiObject, k: &FamilyKeys, network: IpNet) -> Result<SubnetRa
         };
         let v = to_u128(addr);
         if v < net_lo || v > net_hi {
-            return Err(err(key, format!("{addr} is not in the range of the network {network}")));
+            return Err(err(
+                key,
+                format!("{addr} is not in the range of the network {network}"),
+            ));
         }
         if !v.is_multiple_of(step) {
-            return Err(err(key, format!("{addr} is not on a /{subnet_len} boundary")));
+            return Err(err(
+                key,
+                format!("{addr} is not on a /{subnet_len} boundary"),
+            ));
         }
         Ok(addr)
     };
@@ -201,7 +250,12 @@ fn family_range(c: &CiObject, k: &FamilyKeys, network: IpNet) -> Result<SubnetRa
     if to_u128(min) > to_u128(max) {
         return Err(err(k.min, format!("{min} is above {} {max}", k.max)));
     }
-    Ok(SubnetRange { network, subnet_len, min, max })
+    Ok(SubnetRange {
+        network,
+        subnet_len,
+        min,
+        max,
+    })
 }
 
 /// A JSON object whose keys are looked up case-insensitively (last match wins,
@@ -210,7 +264,11 @@ struct CiObject(Map<String, Value>);
 
 impl CiObject {
     fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     fn bool(&self, name: &str) -> Result<Option<bool>, ConfigError> {
@@ -224,9 +282,10 @@ impl CiObject {
     fn uint(&self, name: &str) -> Result<Option<u64>, ConfigError> {
         match self.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => {
-                n.as_u64().map(Some).ok_or_else(|| err(name, format!("must be a non-negative integer, not {n}")))
-            }
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| err(name, format!("must be a non-negative integer, not {n}"))),
             Some(other) => Err(err(name, format!("must be an integer, not {other}"))),
         }
     }
@@ -242,18 +301,29 @@ impl CiObject {
 
     fn cidr<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ConfigError> {
         self.string(name)?
-            .map(|s| s.parse().map_err(|_| err(name, format!("{s:?} is not a valid CIDR of this address family"))))
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    err(
+                        name,
+                        format!("{s:?} is not a valid CIDR of this address family"),
+                    )
+                })
+            })
             .transpose()
     }
 
     fn ip(&self, name: &str, width: u32) -> Result<Option<IpAddr>, ConfigError> {
-        let Some(s) = self.string(name)? else { return Ok(None) };
+        let Some(s) = self.string(name)? else {
+            return Ok(None);
+        };
         let parsed = if width == 32 {
             s.parse::<Ipv4Addr>().map(IpAddr::V4).ok()
         } else {
             s.parse::<Ipv6Addr>().map(IpAddr::V6).ok()
         };
-        parsed.map(Some).ok_or_else(|| err(name, format!("{s:?} is not a valid address of this family")))
+        parsed
+            .map(Some)
+            .ok_or_else(|| err(name, format!("{s:?} is not a valid address of this family")))
     }
 }
 
@@ -277,15 +347,27 @@ mod tests {
     fn slash16_defaults_like_upstream() {
         let c = parse(r#"{"Network":"10.5.0.0/16"}"#);
         let r = c.ipv4.unwrap();
-        assert_eq!((r.subnet_len, r.min, r.max), (24, ip("10.5.1.0"), ip("10.5.255.0")));
-        assert_eq!(c.backend.kind, BackendKind::Udp, "no Backend means udp, as upstream's code does");
+        assert_eq!(
+            (r.subnet_len, r.min, r.max),
+            (24, ip("10.5.1.0"), ip("10.5.255.0"))
+        );
+        assert_eq!(
+            c.backend.kind,
+            BackendKind::Udp,
+            "no Backend means udp, as upstream's code does"
+        );
         assert!(c.ipv6.is_none());
         assert!(!c.enable_nftables);
     }
 
     #[test]
     fn subnet_len_defaults_follow_the_network_size() {
-        for (net, len) in [("10.0.0.0/8", 24), ("10.0.0.0/22", 24), ("10.0.0.0/23", 25), ("10.0.0.0/28", 30)] {
+        for (net, len) in [
+            ("10.0.0.0/8", 24),
+            ("10.0.0.0/22", 24),
+            ("10.0.0.0/23", 25),
+            ("10.0.0.0/28", 30),
+        ] {
             let c = parse(&format!(r#"{{"Network":"{net}"}}"#));
             assert_eq!(c.ipv4.unwrap().subnet_len, len, "{net}");
         }
@@ -294,23 +376,60 @@ mod tests {
 
     #[test]
     fn subnet_len_limits() {
-        assert_eq!(error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#), "SubnetLen");
-        assert_eq!(error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#), "SubnetLen");
-        assert_eq!(parse(r#"{"Network":"10.0.0.0/16","SubnetLen":18}"#).ipv4.unwrap().subnet_len, 18);
-        assert_eq!(parse(r#"{"Network":"10.0.0.0/16","SubnetLen":30}"#).ipv4.unwrap().subnet_len, 30);
-        assert_eq!(error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#), "SubnetLen");
-        assert_eq!(error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#), "SubnetLen");
+        assert_eq!(
+            error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#),
+            "SubnetLen"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#),
+            "SubnetLen"
+        );
+        assert_eq!(
+            parse(r#"{"Network":"10.0.0.0/16","SubnetLen":18}"#)
+                .ipv4
+                .unwrap()
+                .subnet_len,
+            18
+        );
+        assert_eq!(
+            parse(r#"{"Network":"10.0.0.0/16","SubnetLen":30}"#)
+                .ipv4
+                .unwrap()
+                .subnet_len,
+            30
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#),
+            "SubnetLen"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#),
+            "SubnetLen"
+        );
     }
 
     #[test]
     fn subnet_min_max_are_checked() {
-        let c = parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.20.0"}"#);
+        let c =
+            parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.20.0"}"#);
         let r = c.ipv4.unwrap();
         assert_eq!((r.min, r.max), (ip("10.5.10.0"), ip("10.5.20.0")));
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.1.0"}"#), "SubnetMin");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.7"}"#), "SubnetMin");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","SubnetMax":"10.4.1.0"}"#), "SubnetMax");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","SubnetMax":"banana"}"#), "SubnetMax");
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.6.1.0"}"#),
+            "SubnetMin"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.7"}"#),
+            "SubnetMin"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","SubnetMax":"10.4.1.0"}"#),
+            "SubnetMax"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","SubnetMax":"banana"}"#),
+            "SubnetMax"
+        );
         assert_eq!(
             error_key(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.8.0"}"#),
             "SubnetMin"
@@ -319,7 +438,9 @@ mod tests {
 
     #[test]
     fn keys_match_case_insensitively_and_unknown_keys_are_ignored() {
-        let c = parse(r#"{"network":"10.5.0.0/16","subnetlen":26,"backend":{"type":"ALLOC"},"Whatever":1}"#);
+        let c = parse(
+            r#"{"network":"10.5.0.0/16","subnetlen":26,"backend":{"type":"ALLOC"},"Whatever":1}"#,
+        );
         assert_eq!(c.ipv4.unwrap().subnet_len, 26);
         assert_eq!(c.backend.kind, BackendKind::Alloc);
     }
@@ -337,16 +458,33 @@ mod tests {
         assert_eq!(error_key("not json"), "config");
         assert_eq!(error_key("[1]"), "config");
         let e = NetworkConfig::parse("{").unwrap_err();
-        assert!(e.to_string().starts_with("invalid network config: config: not valid JSON"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invalid network config: config: not valid JSON"),
+            "{e}"
+        );
     }
 
     #[test]
     fn backend_type_is_validated() {
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#), "Backend.Type");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","Backend":{}}"#), "Backend.Type");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","Backend":{"Type":1}}"#), "Backend.Type");
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","Backend":"udp"}"#), "Backend");
-        let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":4,"port":4789}}"#);
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#),
+            "Backend.Type"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","Backend":{}}"#),
+            "Backend.Type"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","Backend":{"Type":1}}"#),
+            "Backend.Type"
+        );
+        assert_eq!(
+            error_key(r#"{"Network":"10.5.0.0/16","Backend":"udp"}"#),
+            "Backend"
+        );
+        let c =
+            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":4,"port":4789}}"#);
         assert_eq!(c.backend.kind, BackendKind::Vxlan);
         assert_eq!(c.backend.option("Port"), Some(&Value::from(4789)));
         assert_eq!(c.backend.option("vni"), Some(&Value::from(4)));
@@ -354,23 +492,41 @@ mod tests {
 
     #[test]
     fn ipv6_defaults_and_checks() {
-        let c = parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56"}"#);
+        let c = parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"2001:cafe:42::/56"}"#,
+        );
         let r = c.ipv6.unwrap();
-        assert_eq!((r.subnet_len, r.min, r.max), (64, ip("2001:cafe:42:1::"), ip("2001:cafe:42:ff::")));
+        assert_eq!(
+            (r.subnet_len, r.min, r.max),
+            (64, ip("2001:cafe:42:1::"), ip("2001:cafe:42:ff::"))
+        );
         let small = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/120"}"#);
         assert_eq!(small.ipv6.unwrap().subnet_len, 122);
         assert!(small.ipv4.is_none());
-        assert_eq!(error_key(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#), "IPv6Network");
-        assert_eq!(error_key(r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/125"}"#), "IPv6Network");
         assert_eq!(
-            error_key(r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#),
+            error_key(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#),
+            "IPv6Network"
+        );
+        assert_eq!(
+            error_key(r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/125"}"#),
+            "IPv6Network"
+        );
+        assert_eq!(
+            error_key(
+                r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#
+            ),
             "IPv6SubnetLen"
         );
         assert_eq!(
-            error_key(r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#),
+            error_key(
+                r#"{"EnableIPv6":true,"EnableIPv4":false,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#
+            ),
             "IPv6SubnetMin"
         );
-        assert_eq!(error_key(r#"{"EnableIPv6":"yes","Network":"10.5.0.0/16"}"#), "EnableIPv6");
+        assert_eq!(
+            error_key(r#"{"EnableIPv6":"yes","Network":"10.5.0.0/16"}"#),
+            "EnableIPv6"
+        );
         assert_eq!(error_key(r#"{"EnableIPv4":false}"#), "EnableIPv4");
     }
 

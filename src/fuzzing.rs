@@ -9,7 +9,9 @@ use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 
 /// Network config JSON: parsing never panics; a valid config's ranges are sane.
 pub fn net_conf(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(c) = NetworkConfig::parse(text) {
         for r in [c.ipv4, c.ipv6].into_iter().flatten() {
             assert!(r.subnet_len >= r.network.prefix_len() + 2);
@@ -22,19 +24,26 @@ pub fn net_conf(data: &[u8]) {
 /// Lease values and keys written by other nodes: parse, and a parsed value
 /// re-serializes to something that parses back to the same attributes.
 pub fn lease_json(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(attrs) = LeaseAttrs::from_json(text) {
         let again = LeaseAttrs::from_json(&attrs.to_json()).expect("our own output parses");
         assert_eq!(again, attrs);
     }
     if let Ok(key) = SubnetKey::parse(text) {
-        assert_eq!(SubnetKey::parse(&key.to_string()).expect("our own key parses"), key);
+        assert_eq!(
+            SubnetKey::parse(&key.to_string()).expect("our own key parses"),
+            key
+        );
     }
 }
 
 /// subnet.env text: parse, render, parse again gives the same values.
 pub fn subnet_env(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(env) = SubnetEnv::parse(text) {
         let again = SubnetEnv::parse(&env.render()).expect("our own output parses");
         assert_eq!(again, env);
@@ -48,15 +57,22 @@ pub fn packet(data: &[u8]) {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     use crate::datapath::packet::Ipv4View;
-    use crate::datapath::pipeline::{egress_verdict, ingress_verdict, IcmpResponder, Verdict, MIN_BUFFER};
+    use crate::datapath::pipeline::{
+        egress_verdict, ingress_verdict, IcmpResponder, Verdict, MIN_BUFFER,
+    };
     use crate::datapath::route::{Route, RouteTable};
 
-    let Some((&mode, pkt)) = data.split_first() else { return };
+    let Some((&mode, pkt)) = data.split_first() else {
+        return;
+    };
     let peer = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 8285);
     let table = RouteTable::build(
         "10.5.0.0/16".parse().expect("literal"),
         24,
-        [Route { subnet: "10.5.2.0/24".parse().expect("literal"), peer }],
+        [Route {
+            subnet: "10.5.2.0/24".parse().expect("literal"),
+            peer,
+        }],
     );
     let mut buf = pkt.to_vec();
     buf.resize(pkt.len().max(MIN_BUFFER), 0);
@@ -64,13 +80,20 @@ pub fn packet(data: &[u8]) {
         let mut icmp = IcmpResponder::new(Ipv4Addr::new(10, 5, 0, 0));
         egress_verdict(&mut buf, pkt.len(), &table, &mut icmp)
     } else {
-        let from = if mode & 2 == 0 { peer } else { SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 8285) };
+        let from = if mode & 2 == 0 {
+            peer
+        } else {
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 8285)
+        };
         ingress_verdict(&mut buf, pkt.len(), from, &table, mode & 4 == 0)
     };
     match verdict {
         Verdict::Forward { len, .. } | Verdict::Reply { len } | Verdict::Deliver { len } => {
             let out = buf.get(..len).expect("verdict length within the buffer");
-            assert!(Ipv4View::new_checked(out).is_ok(), "emitted a malformed packet: {verdict:?}");
+            assert!(
+                Ipv4View::new_checked(out).is_ok(),
+                "emitted a malformed packet: {verdict:?}"
+            );
         }
         Verdict::Drop(_) => {}
     }

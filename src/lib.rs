@@ -18,8 +18,8 @@ pub mod cli;
 pub mod cni;
 pub mod compat;
 pub mod config;
-pub mod datapath;
 pub mod daemon;
+pub mod datapath;
 pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;

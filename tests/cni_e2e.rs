@@ -33,16 +33,32 @@ fn plugin(c: &Cluster, i: usize, command: &str, pod: &str, state: &std::path::Pa
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{command}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{command}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
 #[test]
 fn pods_made_by_our_plugin_ping_across_hosts_over_udp() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Tun, Cap::Etcd, Cap::CniPlugins);
+    require!(
+        Cap::Root,
+        Cap::Netns,
+        Cap::Veth,
+        Cap::Tun,
+        Cap::Etcd,
+        Cap::CniPlugins
+    );
     let mut c = Cluster::new(2, r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#);
     let state = tempfile::tempdir().unwrap();
     let mut pods = Vec::new();
@@ -52,16 +68,31 @@ fn pods_made_by_our_plugin_ping_across_hosts_over_udp() {
         let pod = c.add_netns(&format!("cni{i}"));
         let result = plugin(&c, i, "ADD", &pod, &state.path().join(format!("h{i}")));
         let v: serde_json::Value = serde_json::from_str(&result).unwrap();
-        let ip = v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+        let ip = v["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
         let prefix = subnet.rsplit_once('.').unwrap().0;
         assert!(ip.starts_with(prefix), "pod address {ip} inside {subnet}");
         pods.push((pod, ip));
     }
     let ping = |from: &str, to: &str| {
-        wait_until(secs(10), || run(Some(from), "ping", &["-c", "1", "-W", "1", to]).status.success().then_some(()))
-            .is_some()
+        wait_until(secs(10), || {
+            run(Some(from), "ping", &["-c", "1", "-W", "1", to])
+                .status
+                .success()
+                .then_some(())
+        })
+        .is_some()
     };
-    assert!(ping(&pods[0].0, &pods[1].1), "pod 0 → pod 1; log:\n{}", c.daemon(0).log());
+    assert!(
+        ping(&pods[0].0, &pods[1].1),
+        "pod 0 → pod 1; log:\n{}",
+        c.daemon(0).log()
+    );
     assert!(ping(&pods[1].0, &pods[0].1), "pod 1 → pod 0");
     for (i, (pod, _)) in pods.iter().enumerate() {
         plugin(&c, i, "DEL", pod, &state.path().join(format!("h{i}")));

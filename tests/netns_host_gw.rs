@@ -110,7 +110,12 @@ fn host_gw_refuses_peers_off_the_l2_and_recovers_deleted_routes() {
     );
     wait_routes(&c, 0, &expected(&c, &[1]), "after deleting the route");
     // The log line is read through a pipe: it may trail the kernel state a little.
-    let logged = wait_until(secs(5), || c.daemon(0).log().contains("reconcile: route replace").then_some(()));
+    let logged = wait_until(secs(5), || {
+        c.daemon(0)
+            .log()
+            .contains("reconcile: route replace")
+            .then_some(())
+    });
     assert!(logged.is_some(), "{}", c.daemon(0).log());
     assert!(c.ping(0, &c.pod_ip(1), secs(10)));
     let errors = c.daemon(0).log().matches("network is unreachable").count();

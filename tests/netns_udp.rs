@@ -29,7 +29,9 @@ macro_rules! require_udp {
 }
 
 fn tool(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tools")
+        .join(name)
 }
 
 fn all_pairs_ping(c: &Cluster) {
@@ -38,7 +40,11 @@ fn all_pairs_ping(c: &Cluster) {
         for j in 0..n {
             if i != j {
                 let ip = c.pod_ip(j);
-                assert!(c.ping(i, &ip, secs(10)), "pod {i} → pod {j} ({ip}); log of host {i}:\n{}", c.daemon(i).log());
+                assert!(
+                    c.ping(i, &ip, secs(10)),
+                    "pod {i} → pod {j} ({ip}); log of host {i}:\n{}",
+                    c.daemon(i).log()
+                );
             }
         }
     }
@@ -48,7 +54,11 @@ fn three_hosts_ping_all_pairs(io: &str) {
     let mut c = Cluster::new(3, UDP_NET);
     c.start_all(&[&format!("--udp-io={io}"), "--udp-workers=2"]);
     all_pairs_ping(&c);
-    assert!(c.daemon(0).log().contains(io), "the chosen I/O path is logged:\n{}", c.daemon(0).log());
+    assert!(
+        c.daemon(0).log().contains(io),
+        "the chosen I/O path is logged:\n{}",
+        c.daemon(0).log()
+    );
 }
 
 #[test]
@@ -70,8 +80,51 @@ fn iperf3_tcp_through_the_overlay() {
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     assert!(c.ping(0, &c.pod_ip(1), secs(10)));
-    let gbps = c.iperf(0, 1, 3, 1).unwrap_or_else(|e| panic!("{e}\n{}", c.daemon(0).log()));
+    let gbps = c
+        .iperf(0, 1, 3, 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.daemon(0).log()));
     eprintln!("iperf3 pod→pod over udp backend: {gbps:.3} Gbit/s");
+    assert!(gbps > 0.0);
+}
+
+/// UDP GSO sends (`--udp-gso`, default on, mmsg path) and plain sends: pods reach each other
+/// and TCP flows (checksummed end to end) get through both ways.
+#[test]
+fn mmsg_path_forwards_with_and_without_udp_gso() {
+    require_udp!();
+    require!(Cap::Iperf3);
+    for gso in ["--udp-gso=true", "--udp-gso=false"] {
+        let mut c = Cluster::new(2, UDP_NET);
+        c.start_all(&["--udp-io=mmsg", gso, "--udp-workers=2"]);
+        all_pairs_ping(&c);
+        let gbps = c
+            .iperf(0, 1, 2, 2)
+            .unwrap_or_else(|e| panic!("{gso}: {e}\n{}", c.daemon(0).log()));
+        assert!(gbps > 0.0, "{gso}");
+        let back = c
+            .iperf(1, 0, 2, 1)
+            .unwrap_or_else(|e| panic!("{gso}: {e}\n{}", c.daemon(1).log()));
+        assert!(back > 0.0, "{gso}");
+    }
+}
+
+/// `--udp-batch=1` (upstream's one packet per syscall, the benchmark baseline) still
+/// forwards both ways, on the mmsg path whatever `--udp-io` says.
+#[test]
+fn one_packet_per_syscall_mode_forwards() {
+    require_udp!();
+    require!(Cap::Iperf3);
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&["--udp-batch=1", "--udp-workers=1"]);
+    all_pairs_ping(&c);
+    assert!(
+        c.daemon(0).log().contains("mmsg"),
+        "batch 1 runs on the mmsg path:\n{}",
+        c.daemon(0).log()
+    );
+    let gbps = c
+        .iperf(0, 1, 2, 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.daemon(0).log()));
     assert!(gbps > 0.0);
 }
 
@@ -85,7 +138,11 @@ fn a_joining_host_is_reachable_within_a_second() {
     c.wait_ready(d);
     let ip = c.pod_ip(d);
     // The first ping may race the watch; one second is the budget.
-    assert!(c.ping(0, &ip, Duration::from_millis(1500)), "new host not reachable in time:\n{}", c.daemon(0).log());
+    assert!(
+        c.ping(0, &ip, Duration::from_millis(1500)),
+        "new host not reachable in time:\n{}",
+        c.daemon(0).log()
+    );
     assert!(c.ping(d, &c.pod_ip(1), secs(5)));
 }
 
@@ -100,11 +157,19 @@ fn a_removed_lease_gets_icmp_net_unreachable() {
     c.kill(2);
     c.etcd().must(&["del", &c.lease_key(2)]);
     let unreachable = wait_until(secs(5), || {
-        let out = run(Some(&c.hosts[0].pod_netns), "ping", &["-c", "1", "-W", "1", "-n", &target]);
+        let out = run(
+            Some(&c.hosts[0].pod_netns),
+            "ping",
+            &["-c", "1", "-W", "1", "-n", &target],
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.contains("Destination Net Unreachable").then_some(text)
     });
-    assert!(unreachable.is_some(), "no ICMP net unreachable; log:\n{}", c.daemon(0).log());
+    assert!(
+        unreachable.is_some(),
+        "no ICMP net unreachable; log:\n{}",
+        c.daemon(0).log()
+    );
     assert!(c.ping(0, &c.pod_ip(1), secs(5)), "other hosts unaffected");
 }
 
@@ -117,12 +182,21 @@ fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
     assert!(c.ping(0, &c.pod_ip(1), secs(10)));
     let after = c.restart(1);
     assert_eq!(Some(after), before, "same subnet after SIGKILL + restart");
-    assert!(c.ping(0, &c.pod_ip(1), secs(10)), "traffic resumes:\n{}", c.daemon(1).log());
+    assert!(
+        c.ping(0, &c.pod_ip(1), secs(10)),
+        "traffic resumes:\n{}",
+        c.daemon(1).log()
+    );
     assert!(c.ping(1, &c.pod_ip(0), secs(10)));
 }
 
 /// Starts `recv_udp.py` in `netns` and waits until it listens.
-fn listen(netns: &str, ip: &str, port: u16, timeout_secs: u32) -> (Child, BufReader<std::process::ChildStdout>) {
+fn listen(
+    netns: &str,
+    ip: &str,
+    port: u16,
+    timeout_secs: u32,
+) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = in_netns(Some(netns), "python3")
         .arg(tool("recv_udp.py"))
         .args([ip, &port.to_string(), &timeout_secs.to_string()])
@@ -137,7 +211,10 @@ fn listen(netns: &str, ip: &str, port: u16, timeout_secs: u32) -> (Child, BufRea
 }
 
 /// Waits for `recv_udp.py`'s verdict: the datagram bytes, or `None`.
-fn received(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> Option<(String, Vec<u8>)> {
+fn received(
+    mut child: Child,
+    mut out: BufReader<std::process::ChildStdout>,
+) -> Option<(String, Vec<u8>)> {
     let mut line = String::new();
     out.read_line(&mut line).ok()?;
     let status = child.wait().ok()?;
@@ -145,7 +222,10 @@ fn received(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> 
         return None;
     }
     let (from, hex) = line.trim().strip_prefix("from ")?.split_once(" hex:")?;
-    let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
     Some((from.to_owned(), bytes))
 }
 
@@ -160,20 +240,62 @@ fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
 
     // From a non-peer (the fabric itself, 192.0.2.254): dropped.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
-    sh(Some(&c.fabric), "python3", &[&send_raw, &host_ip(0), "8285", &pod1, &pod0, "9999", "from-stranger"]);
-    assert!(received(child, out).is_none(), "a datagram from a non-peer must be dropped");
+    sh(
+        Some(&c.fabric),
+        "python3",
+        &[
+            &send_raw,
+            &host_ip(0),
+            "8285",
+            &pod1,
+            &pod0,
+            "9999",
+            "from-stranger",
+        ],
+    );
+    assert!(
+        received(child, out).is_none(),
+        "a datagram from a non-peer must be dropped"
+    );
 
     // From host 1 (a peer), inner source inside host 1's subnet: delivered.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 5);
-    sh(Some(&c.hosts[1].netns), "python3", &[&send_raw, &host_ip(0), "8285", &pod1, &pod0, "9999", "hello-pod"]);
+    sh(
+        Some(&c.hosts[1].netns),
+        "python3",
+        &[
+            &send_raw,
+            &host_ip(0),
+            "8285",
+            &pod1,
+            &pod0,
+            "9999",
+            "hello-pod",
+        ],
+    );
     let (from, data) = received(child, out).expect("raw IPv4-in-UDP from a peer reaches the pod");
     assert_eq!(data, b"hello-pod");
     assert!(from.starts_with(&format!("{pod1}:")), "{from}");
 
     // Spoofed inner source (outside host 1's subnet) from host 1: dropped.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
-    sh(Some(&c.hosts[1].netns), "python3", &[&send_raw, &host_ip(0), "8285", "10.5.250.9", &pod0, "9999", "spoofed"]);
-    assert!(received(child, out).is_none(), "an inner source outside the peer's subnet must be dropped");
+    sh(
+        Some(&c.hosts[1].netns),
+        "python3",
+        &[
+            &send_raw,
+            &host_ip(0),
+            "8285",
+            "10.5.250.9",
+            &pod0,
+            "9999",
+            "spoofed",
+        ],
+    );
+    assert!(
+        received(child, out).is_none(),
+        "an inner source outside the peer's subnet must be dropped"
+    );
 
     // Both drops are counted (the daemon logs its counters at debug level).
     let log = wait_until(secs(15), || {
@@ -181,14 +303,23 @@ fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
         (l.contains("unknown_peer") && l.contains("spoofed")).then_some(l)
     });
     let log = log.unwrap_or_else(|| c.daemon(0).log());
-    assert!(counter(&log, "unknown_peer") >= 1 && counter(&log, "spoofed") >= 1, "drop counters in:\n{log}");
+    assert!(
+        counter(&log, "unknown_peer") >= 1 && counter(&log, "spoofed") >= 1,
+        "drop counters in:\n{log}"
+    );
 }
 
 /// The largest `name=<n>` value in the log.
 fn counter(log: &str, name: &str) -> u64 {
     let pat = format!("{name}=");
     log.match_indices(&pat)
-        .filter_map(|(i, _)| log[i + pat.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .filter_map(|(i, _)| {
+            log[i + pat.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
         .max()
         .unwrap_or(0)
 }
@@ -201,24 +332,43 @@ fn wire_format_outbound_is_the_raw_inner_packet() {
     // workers, the others send from their own ports to spread load over the peer's queues).
     c.start_all(&["--udp-workers=1"]);
     // A fake peer: a plain UDP socket on the fabric, with a lease we write by hand.
-    c.etcd().must(&["put", "/coreos.com/network/subnets/10.5.250.0-24", r#"{"PublicIP":"192.0.2.254","PublicIPv6":null}"#]);
+    c.etcd().must(&[
+        "put",
+        "/coreos.com/network/subnets/10.5.250.0-24",
+        r#"{"PublicIP":"192.0.2.254","PublicIPv6":null}"#,
+    ]);
     let (child, out) = listen(&c.fabric, FABRIC_IP, 8285, 10);
     let pod0 = c.pod_ip(0);
     let send = tool("send_udp.py").display().to_string();
     // Retry until the route exists (the watch delivers the lease within a batch).
     let sent = wait_until(secs(5), || {
-        sh(Some(&c.hosts[0].pod_netns), "python3", &[&send, "10.5.250.7", "7777", "to-the-wire"]);
+        sh(
+            Some(&c.hosts[0].pod_netns),
+            "python3",
+            &[&send, "10.5.250.7", "7777", "to-the-wire"],
+        );
         std::thread::sleep(Duration::from_millis(200));
         Some(())
     });
     assert!(sent.is_some());
     let (from, pkt) = received(child, out).expect("our daemon sent a datagram to the peer");
-    assert_eq!(from, format!("{}:8285", host_ip(0)), "sent from the interface address and port 8285");
+    assert_eq!(
+        from,
+        format!("{}:8285", host_ip(0)),
+        "sent from the interface address and port 8285"
+    );
     assert_eq!(pkt[0], 0x45, "payload starts with a plain IPv4 header");
-    assert_eq!(&pkt[12..16], &pod0.parse::<std::net::Ipv4Addr>().unwrap().octets(), "inner source is the pod");
+    assert_eq!(
+        &pkt[12..16],
+        &pod0.parse::<std::net::Ipv4Addr>().unwrap().octets(),
+        "inner source is the pod"
+    );
     assert_eq!(&pkt[16..20], &[10, 5, 250, 7], "inner destination");
     assert_eq!(pkt[9], 17, "inner UDP");
-    assert_eq!(pkt[8], 62, "TTL 64 − 1 (host forwarding) − 1 (flannel egress, as upstream)");
+    assert_eq!(
+        pkt[8], 62,
+        "TTL 64 − 1 (host forwarding) − 1 (flannel egress, as upstream)"
+    );
     assert_eq!(&pkt[28..], b"to-the-wire");
     let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
     assert_eq!(total, pkt.len(), "nothing before or after the inner packet");

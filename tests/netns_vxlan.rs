@@ -331,7 +331,10 @@ fn reconciliation_restores_what_was_deleted_by_hand_and_removes_strays() {
         .any(|l| l.starts_with("fdb")));
     wait_state(&c, 0, &want, "after deleting the FDB entry");
     // The log line is read through a pipe: it may trail the kernel state a little.
-    let line = format!("reconcile: fdb replace {mac1} dev flannel.1 dst {}", host_ip(1));
+    let line = format!(
+        "reconcile: fdb replace {mac1} dev flannel.1 dst {}",
+        host_ip(1)
+    );
     assert!(
         wait_until(secs(5), || c.daemon(0).log().contains(&line).then_some(())).is_some(),
         "{}",

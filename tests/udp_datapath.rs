@@ -131,7 +131,10 @@ fn expect_net_unreachable(raw: &mut Socket, dst: Ipv4Addr) {
         }
         assert_eq!(icmp[1], 0, "code 0: network unreachable");
         assert_eq!(checksum(icmp), 0, "ICMP checksum verifies");
-        assert_eq!((ip.src(), ip.dst(), ip.ttl()), (Ipv4Addr::new(10, 5, 0, 0), TUN_ADDR, 8));
+        assert_eq!(
+            (ip.src(), ip.dst(), ip.ttl()),
+            (Ipv4Addr::new(10, 5, 0, 0), TUN_ADDR, 8)
+        );
         // The quote is the offender's header + 8 bytes: shorter than its Total Length, so
         // read the destination field directly.
         let quoted = &icmp[8..];

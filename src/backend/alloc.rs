@@ -33,7 +33,9 @@ impl Backend for Alloc {
     async fn apply(&mut self, events: &[LeaseEvent]) {
         for ev in events {
             match ev {
-                LeaseEvent::Added(l) => tracing::info!(subnet = %l.subnet(), public_ip = %l.attrs.public_ip, "lease added"),
+                LeaseEvent::Added(l) => {
+                    tracing::info!(subnet = %l.subnet(), public_ip = %l.attrs.public_ip, "lease added")
+                }
                 LeaseEvent::Removed(l) => tracing::info!(subnet = %l.subnet(), "lease removed"),
             }
         }

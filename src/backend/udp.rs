@@ -19,7 +19,7 @@
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
 //! # Limitations
-//! IPv4 only, as upstream. No offloads yet (issue 5).
+//! IPv4 only, as upstream. UDP GSO sends on the mmsg path only; no TUN offloads yet (issue 5).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use crate::datapath::stats::StatsSnapshot;
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
 use crate::subnet::lease::{Lease, LeaseEvent};
+use crate::sys::mmsg::BATCH as MMSG_BATCH;
 use crate::sys::sockopt;
 use crate::sys::uring::UringConfig;
 
@@ -58,6 +59,14 @@ pub struct UdpOptions {
     /// our traffic over its workers (one 4-tuple lands on one socket). Upstream does not check
     /// source ports. Worker 0 always sends from `Port`.
     pub spread_source_ports: bool,
+    /// Most packets moved per system call. `Some(1)` is upstream's one-packet-per-syscall
+    /// design (a benchmark baseline) and selects the recvmmsg/sendmsg path; `None` lets the
+    /// I/O layer use its full batch.
+    pub batch: Option<usize>,
+    /// Send consecutive datagrams to one peer with one UDP GSO (`UDP_SEGMENT`) send; the wire
+    /// still carries one inner packet per datagram. On by default; used on the mmsg path only
+    /// so far (issue 5), and where the kernel refuses GSO quinn-udp falls back by itself.
+    pub gso: bool,
     /// Name of the TUN device.
     pub tun_name: String,
 }
@@ -69,6 +78,8 @@ impl Default for UdpOptions {
             io: IoChoice::Auto,
             strict_source: true,
             spread_source_ports: true,
+            batch: None,
+            gso: true,
             tun_name: UDP_TUN_NAME.to_owned(),
         }
     }
@@ -224,7 +235,12 @@ impl Backend for Udp {
         self.set.set_own(own_subnet);
         self.publish();
 
-        let io = select_io(self.opts.io)?;
+        // One packet per syscall exists only on the mmsg path (io_uring batches by design).
+        let choice = match self.opts.batch {
+            Some(1) => IoChoice::Mmsg,
+            _ => self.opts.io,
+        };
+        let io = select_io(choice)?;
         let spec = TunSpec {
             name: self.opts.tun_name.clone(),
             queues: self.settings.workers,
@@ -237,6 +253,8 @@ impl Backend for Udp {
         let cfg = WorkerConfig {
             io,
             uring: UringConfig::default(),
+            mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
+            gso: self.opts.gso,
             strict_source: self.settings.strict_source,
             // Upstream sends ICMP from the TUN address, but that address is local to this
             // host, so the kernel drops the reply as a martian before any pod sees it. The

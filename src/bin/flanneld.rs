@@ -14,7 +14,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help prints to stdout and exits 0; real errors exit 1 (Go's flag exits 2).
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     if cli.version {
@@ -27,7 +31,11 @@ fn main() -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::from(1);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flanneld: cannot start the async runtime: {e}");
@@ -51,8 +59,9 @@ fn init_logging(v: u32) {
         1..=3 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info,tonic=info")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info,tonic=info"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

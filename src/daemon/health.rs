@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::cancel::CancelToken;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -14,7 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use super::cancel::CancelToken;
 
 use crate::compat;
 
@@ -46,7 +46,11 @@ pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'stati
 }
 
 /// Binds the listener (so a busy port fails start-up) and serves until `stop`.
-pub async fn serve(addr: SocketAddr, ready: Readiness, stop: CancelToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    ready: Readiness,
+    stop: CancelToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "health server listening (/healthz, /readyz)");
     Ok(tokio::spawn(async move {
@@ -64,7 +68,9 @@ pub async fn serve(addr: SocketAddr, ready: Readiness, stop: CancelToken) -> std
                     *resp.status_mut() = code;
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     }))
@@ -76,10 +82,25 @@ mod tests {
 
     #[test]
     fn responses_match_upstream() {
-        assert_eq!(respond(&Method::GET, "/healthz", false), (StatusCode::OK, "flanneld is running"));
-        assert_eq!(respond(&Method::GET, "/readyz", false), (StatusCode::SERVICE_UNAVAILABLE, "flanneld is not ready yet"));
-        assert_eq!(respond(&Method::GET, "/readyz", true), (StatusCode::OK, "flanneld is ready"));
-        assert_eq!(respond(&Method::GET, "/nope", true).0, StatusCode::NOT_FOUND);
-        assert_eq!(respond(&Method::POST, "/healthz", true).0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            respond(&Method::GET, "/healthz", false),
+            (StatusCode::OK, "flanneld is running")
+        );
+        assert_eq!(
+            respond(&Method::GET, "/readyz", false),
+            (StatusCode::SERVICE_UNAVAILABLE, "flanneld is not ready yet")
+        );
+        assert_eq!(
+            respond(&Method::GET, "/readyz", true),
+            (StatusCode::OK, "flanneld is ready")
+        );
+        assert_eq!(
+            respond(&Method::GET, "/nope", true).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&Method::POST, "/healthz", true).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

@@ -17,22 +17,24 @@ use anyhow::{anyhow, bail, Context};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, Instant};
 
-use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, Extension};
 use crate::backend::host_gw::HostGw;
 use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
+use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
 use crate::cli::{Cli, UdpIo};
-use crate::datapath::IoChoice;
 use crate::config::NetworkConfig;
+use crate::datapath::IoChoice;
 use crate::exec::iface::{self, IfaceRequest};
 use crate::exec::masq;
 use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{judge_own_change, renew_delay, renew_retry, OwnVerdict};
 use crate::subnet::lease::{LeaseAttrs, LeaseEvent, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{raw_events, AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError, Renewal};
+use crate::subnet::registry::{
+    raw_events, AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError, Renewal,
+};
 use crate::subnet::watch::{LeaseSet, OwnChange};
 use cancel::{cancel_pair, CancelToken};
 use health::Readiness;
@@ -60,7 +62,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(read_config_file(path)?),
         None => None,
     };
-    let Some(registry) = until_stopped(&stop, connect(&cli)).await else { return Ok(()) };
+    let Some(registry) = until_stopped(&stop, connect(&cli)).await else {
+        return Ok(());
+    };
     let config = match file_config {
         Some(c) => c,
         None => match until_stopped(&stop, load_config(&cli, &registry)).await {
@@ -80,14 +84,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         public_ipv6: cli.public_ipv6()?,
         want_ipv6: config.ipv6.is_some(),
     };
-    let ext = iface::discover(&req).await.context("choosing the external interface")?;
+    let ext = iface::discover(&req)
+        .await
+        .context("choosing the external interface")?;
     tracing::info!(
         iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu,
         "using external interface"
     );
 
-    let ctx = BackendContext { config: config.clone(), iface: ext };
-    let daemon = Daemon { cli: &cli, registry, ready, stop };
+    let ctx = BackendContext {
+        config: config.clone(),
+        iface: ext,
+    };
+    let daemon = Daemon {
+        cli: &cli,
+        registry,
+        ready,
+        stop,
+    };
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
         BackendKind::Udp => {
@@ -96,7 +110,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 UdpIo::Uring => IoChoice::Uring,
                 UdpIo::Mmsg => IoChoice::Mmsg,
             };
-            let opts = UdpOptions { workers: cli.udp_workers, io, ..UdpOptions::default() };
+            let opts = UdpOptions {
+                workers: cli.udp_workers,
+                io,
+                batch: cli.udp_batch,
+                gso: cli.udp_gso,
+                ..UdpOptions::default()
+            };
             daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await
         }
         BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx)?, &ctx).await,
@@ -131,7 +151,11 @@ struct WatchMsg {
 }
 
 impl Daemon<'_> {
-    async fn run_backend<B: Backend>(self, mut backend: B, ctx: &BackendContext) -> anyhow::Result<()> {
+    async fn run_backend<B: Backend>(
+        self,
+        mut backend: B,
+        ctx: &BackendContext,
+    ) -> anyhow::Result<()> {
         let battrs = backend.prepare().await.context("preparing the backend")?;
         let attrs = LeaseAttrs {
             public_ip: ctx.iface.public_ip,
@@ -142,15 +166,23 @@ impl Daemon<'_> {
         };
         let mut acquire = AcquireRequest {
             attrs,
-            ipv4: ctx.config.ipv4.ok_or_else(|| anyhow!("IPv4 network missing"))?,
+            ipv4: ctx
+                .config
+                .ipv4
+                .ok_or_else(|| anyhow!("IPv4 network missing"))?,
             ipv6: ctx.config.ipv6,
             preferred: previous_subnet(&self.cli.subnet_file),
         };
-        let Some(held) = until_stopped(&self.stop, self.acquire(&acquire)).await else { return Ok(()) };
+        let Some(held) = until_stopped(&self.stop, self.acquire(&acquire)).await else {
+            return Ok(());
+        };
         let mut held = held?;
         tracing::info!(subnet = %held.lease.key, "acquired lease");
 
-        backend.start(&held.lease).await.context("starting the backend")?;
+        backend
+            .start(&held.lease)
+            .await
+            .context("starting the backend")?;
         // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
         let rules_cfg = masq::RulesConfig::from_daemon(self.cli, &ctx.config, &held.lease.key);
@@ -163,7 +195,12 @@ impl Daemon<'_> {
 
         let (own_tx, own_rx) = watch::channel(Some(held.lease.key));
         let (tx, mut rx) = mpsc::channel::<WatchMsg>(64);
-        let watcher = tokio::spawn(watch_leases(self.registry.clone(), own_rx, tx, self.stop.clone()));
+        let watcher = tokio::spawn(watch_leases(
+            self.registry.clone(),
+            own_rx,
+            tx,
+            self.stop.clone(),
+        ));
 
         let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
         let mut renew_at = next_renewal(&held, margin);
@@ -206,7 +243,9 @@ impl Daemon<'_> {
             if lost {
                 tracing::warn!(subnet = %held.lease.key, "our lease was deleted or taken over; re-acquiring");
                 acquire.preferred = Some(held.lease.key);
-                let Some(again) = until_stopped(&self.stop, self.acquire(&acquire)).await else { break };
+                let Some(again) = until_stopped(&self.stop, self.acquire(&acquire)).await else {
+                    break;
+                };
                 let again = again?;
                 if again.lease.key != held.lease.key {
                     tracing::error!(
@@ -249,7 +288,12 @@ impl Daemon<'_> {
         }
     }
 
-    fn write_subnet_env(&self, config: &NetworkConfig, held: &HeldLease, mtu: u32) -> anyhow::Result<()> {
+    fn write_subnet_env(
+        &self,
+        config: &NetworkConfig,
+        held: &HeldLease,
+        mtu: u32,
+    ) -> anyhow::Result<()> {
         let env = SubnetEnv {
             network: config.network_v4(),
             subnet: Some(first_host_v4(held.lease.key.ipv4)),
@@ -272,11 +316,15 @@ fn previous_subnet(path: &Path) -> Option<SubnetKey> {
             return None;
         }
     };
-    Some(SubnetKey { ipv4: env.subnet?.trunc(), ipv6: env.ipv6_subnet.map(|n| n.trunc()) })
+    Some(SubnetKey {
+        ipv4: env.subnet?.trunc(),
+        ipv6: env.ipv6_subnet.map(|n| n.trunc()),
+    })
 }
 
 fn next_renewal(held: &HeldLease, margin: Duration) -> Option<Instant> {
-    held.ttl.map(|ttl| Instant::now() + renew_delay(ttl, margin))
+    held.ttl
+        .map(|ttl| Instant::now() + renew_delay(ttl, margin))
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -287,7 +335,10 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 /// Runs `fut` unless the daemon is told to stop first.
-async fn until_stopped<T>(stop: &CancelToken, fut: impl std::future::Future<Output = T>) -> Option<T> {
+async fn until_stopped<T>(
+    stop: &CancelToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         v = fut => Some(v),
         _ = stop.cancelled() => None,
@@ -304,7 +355,8 @@ async fn connect(cli: &Cli) -> Registry {
         certfile: non_empty(&cli.etcd_certfile).map(PathBuf::from),
         keyfile: non_empty(&cli.etcd_keyfile).map(PathBuf::from),
         username: non_empty(&cli.etcd_username),
-        password: non_empty(&cli.etcd_password).or_else(|| non_empty(&cli.etcd_username).map(|_| String::new())),
+        password: non_empty(&cli.etcd_password)
+            .or_else(|| non_empty(&cli.etcd_username).map(|_| String::new())),
     };
     if opts.certfile.is_none() {
         tracing::warn!("connecting to etcd without a client certificate; use --etcd-certfile/--etcd-keyfile for mutual TLS");
@@ -332,7 +384,8 @@ async fn connect(cli: &Cli) -> Registry {
 
 /// Reads and validates the `--net-config-path` file.
 fn read_config_file(path: &Path) -> anyhow::Result<NetworkConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading --net-config-path {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --net-config-path {}", path.display()))?;
     Ok(NetworkConfig::parse(&text)?)
 }
 
@@ -383,7 +436,9 @@ async fn watch_leases(
             Err(e) => {
                 let d = backoff.next();
                 if !outage {
-                    tracing::warn!("lease watch: etcd unreachable, retrying (backoff up to 5s): {e}");
+                    tracing::warn!(
+                        "lease watch: etcd unreachable, retrying (backoff up to 5s): {e}"
+                    );
                     outage = true;
                 }
                 tokio::select! { _ = sleep(d) => continue, _ = stop.cancelled() => return }
@@ -395,7 +450,15 @@ async fn watch_leases(
         }
         backoff = Backoff::new();
         let out = set.resync(raw, rev);
-        if tx.send(WatchMsg { events: out.events, own: out.own, resync: true }).await.is_err() {
+        if tx
+            .send(WatchMsg {
+                events: out.events,
+                own: out.own,
+                resync: true,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -456,7 +519,10 @@ impl Backoff {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

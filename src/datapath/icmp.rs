@@ -231,13 +231,25 @@ mod tests {
     fn no_reply_for_icmp_fragments_or_non_unicast() {
         let mut out = [0u8; MAX_REPLY];
         let icmp = |payload: &[u8]| {
-            build_ipv4(Ipv4Addr::new(10, 5, 1, 7), Ipv4Addr::new(10, 5, 99, 1), PROTO_ICMP, 64, payload)
+            build_ipv4(
+                Ipv4Addr::new(10, 5, 1, 7),
+                Ipv4Addr::new(10, 5, 99, 1),
+                PROTO_ICMP,
+                64,
+                payload,
+            )
         };
         // An ICMP error (here: another destination unreachable) never gets an error back…
         let error = icmp(&[3; 16]);
-        assert_eq!(net_unreachable(&Ipv4View::new_checked(&error).unwrap(), TUN, &mut out), None);
+        assert_eq!(
+            net_unreachable(&Ipv4View::new_checked(&error).unwrap(), TUN, &mut out),
+            None
+        );
         let truncated = icmp(&[]);
-        assert_eq!(net_unreachable(&Ipv4View::new_checked(&truncated).unwrap(), TUN, &mut out), None);
+        assert_eq!(
+            net_unreachable(&Ipv4View::new_checked(&truncated).unwrap(), TUN, &mut out),
+            None
+        );
         // …but a query (an echo request) does, as a kernel router answers it.
         let echo = icmp(&[8; 16]);
         assert!(net_unreachable(&Ipv4View::new_checked(&echo).unwrap(), TUN, &mut out).is_some());

@@ -3,6 +3,8 @@
 //!
 //! - [`packet`], [`icmp`], [`route`]: pure parsing, ICMP building and route lookup (fuzzed,
 //!   benched, tested without root).
+//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (issue 5;
+//!   not wired in yet).
 //! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the I/O layer.
 //! - [`stats`]: per-worker counters.
 //! - [`worker`]: spawning, stopping and logging the worker threads.
@@ -13,6 +15,7 @@
 
 pub mod device;
 pub mod icmp;
+pub mod offload;
 pub mod packet;
 pub mod pipeline;
 pub mod route;

@@ -494,7 +494,15 @@ mod tests {
 
     #[test]
     fn egress_icmp_errors_are_never_answered_but_pings_are() {
-        let icmp = |ty: u8| build_ipv4(ip("10.5.1.7"), ip("10.5.99.1"), PROTO_ICMP, 64, &[ty, 0, 0, 0, 0, 0, 0, 0]);
+        let icmp = |ty: u8| {
+            build_ipv4(
+                ip("10.5.1.7"),
+                ip("10.5.99.1"),
+                PROTO_ICMP,
+                64,
+                &[ty, 0, 0, 0, 0, 0, 0, 0],
+            )
+        };
         let error = icmp(3);
         let v = egress_verdict(&mut buffer(&error), error.len(), &table(), &mut responder());
         assert_eq!(v, Verdict::Drop(DropReason::NoRoute));

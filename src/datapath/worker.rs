@@ -40,6 +40,10 @@ pub struct QueueFds {
 pub struct WorkerConfig {
     pub io: IoKind,
     pub uring: UringConfig,
+    /// Packets per read/receive round on the mmsg path (1 ..= `sys::mmsg::BATCH`).
+    pub mmsg_batch: usize,
+    /// Send runs of datagrams to one peer with UDP GSO (`UDP_SEGMENT`; mmsg path only so far).
+    pub gso: bool,
     /// Drop inbound packets whose inner source is outside the sending peer's subnet.
     pub strict_source: bool,
     /// Source address of ICMP "network unreachable" replies (see `backend::udp`).
@@ -165,19 +169,21 @@ fn run_worker(
                 return;
             }
         },
-        IoKind::Mmsg => match MmsgIo::new(fds, cfg.uring.buf_size, stats) {
-            Ok(mut io) => {
-                let _ = ready.send(Ok(()));
-                pipeline.run(&mut io)
+        IoKind::Mmsg => {
+            match MmsgIo::new(fds, cfg.uring.buf_size, cfg.mmsg_batch, cfg.gso, stats) {
+                Ok(mut io) => {
+                    let _ = ready.send(Ok(()));
+                    pipeline.run(&mut io)
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(io::Error::new(
+                        e.kind(),
+                        format!("worker {index}: setting up sockets: {e}"),
+                    )));
+                    return;
+                }
             }
-            Err(e) => {
-                let _ = ready.send(Err(io::Error::new(
-                    e.kind(),
-                    format!("worker {index}: setting up sockets: {e}"),
-                )));
-                return;
-            }
-        },
+        }
     };
     match result {
         Ok(()) => tracing::debug!(worker = index, "udp worker stopped"),

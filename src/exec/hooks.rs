@@ -226,7 +226,12 @@ mod tests {
 
     #[tokio::test]
     async fn commands_run_through_sh_with_the_variables_in_the_environment() {
-        let out = run(&hook("echo a; echo \"$SUBNET\" && printf '%s' \"${SUBNET%/*}\"", "")).await.unwrap();
+        let out = run(&hook(
+            "echo a; echo \"$SUBNET\" && printf '%s' \"${SUBNET%/*}\"",
+            "",
+        ))
+        .await
+        .unwrap();
         assert_eq!(out.output, "a\n10.5.3.0/24\n10.5.3.0");
         let err = run(&hook("  ", "")).await.unwrap_err();
         assert!(matches!(err, HookError::Empty { .. }), "{err}");
@@ -241,7 +246,9 @@ mod tests {
         }
         let err = run(&hook("/nonexistent/prog x", "")).await.unwrap_err();
         match &err {
-            HookError::Failed { status, .. } => assert_eq!(status.code(), Some(127), "sh: not found"),
+            HookError::Failed { status, .. } => {
+                assert_eq!(status.code(), Some(127), "sh: not found")
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert!(err.to_string().contains("TestCommand"), "{err}");

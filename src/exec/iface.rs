@@ -54,7 +54,11 @@ impl IfaceInfo {
     }
 
     fn ranked(&self) -> impl Iterator<Item = &IfaceAddr> {
-        let mut v: Vec<&IfaceAddr> = self.addrs.iter().filter(|a| !a.deprecated_or_tentative).collect();
+        let mut v: Vec<&IfaceAddr> = self
+            .addrs
+            .iter()
+            .filter(|a| !a.deprecated_or_tentative)
+            .collect();
         v.sort_by_key(|a| (!a.scope_global, !a.permanent));
         v.into_iter()
     }
@@ -74,7 +78,9 @@ pub struct IfaceRequest {
 /// Interface selection failures, in upstream's words where it has them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IfaceError {
-    #[error("failed to find interface to use that matches the interfaces and/or regexes provided ({0})")]
+    #[error(
+        "failed to find interface to use that matches the interfaces and/or regexes provided ({0})"
+    )]
     NoMatch(String),
     #[error("failed to get default interface: no IPv4 default route")]
     NoDefaultRoute,
@@ -101,14 +107,20 @@ pub struct RouteHints {
 
 /// Picks the interface and its address. Pure: `inventory` and `hints` come
 /// from netlink (or a test).
-pub fn select(inventory: &[IfaceInfo], req: &IfaceRequest, hints: RouteHints) -> Result<ExternalInterface, IfaceError> {
+pub fn select(
+    inventory: &[IfaceInfo],
+    req: &IfaceRequest,
+    hints: RouteHints,
+) -> Result<ExternalInterface, IfaceError> {
     let (iface, addr) = choose(inventory, req, hints)?;
     if iface.mtu == 0 {
         return Err(IfaceError::ZeroMtu(iface.name.clone()));
     }
     let iface_addr = match addr {
         Some(IpAddr::V4(v4)) => v4,
-        _ => iface.best_v4().ok_or_else(|| IfaceError::NoAddress(iface.name.clone()))?,
+        _ => iface
+            .best_v4()
+            .ok_or_else(|| IfaceError::NoAddress(iface.name.clone()))?,
     };
     let iface_addr_v6 = match addr {
         Some(IpAddr::V6(v6)) => Some(v6),
@@ -124,7 +136,11 @@ pub fn select(inventory: &[IfaceInfo], req: &IfaceRequest, hints: RouteHints) ->
         iface_addr,
         iface_addr_v6: if req.want_ipv6 { iface_addr_v6 } else { None },
         public_ip: req.public_ip.unwrap_or(iface_addr),
-        public_ipv6: if req.want_ipv6 { req.public_ipv6.or(iface_addr_v6) } else { None },
+        public_ipv6: if req.want_ipv6 {
+            req.public_ipv6.or(iface_addr_v6)
+        } else {
+            None
+        },
     })
 }
 
@@ -137,7 +153,10 @@ fn choose<'a>(
     if !req.ifaces.is_empty() || !req.regexes.is_empty() {
         for want in &req.ifaces {
             if let Ok(ip) = want.parse::<IpAddr>() {
-                if let Some(i) = inventory.iter().find(|i| i.addrs.iter().any(|a| a.ip == ip)) {
+                if let Some(i) = inventory
+                    .iter()
+                    .find(|i| i.addrs.iter().any(|a| a.ip == ip))
+                {
                     return Ok((i, Some(ip)));
                 }
             } else if let Some(i) = inventory.iter().find(|i| &i.name == want) {
@@ -145,7 +164,9 @@ fn choose<'a>(
             }
         }
         for pattern in &req.regexes {
-            let Ok(re) = Regex::new(pattern) else { continue };
+            let Ok(re) = Regex::new(pattern) else {
+                continue;
+            };
             for i in inventory {
                 if let Some(a) = i.addrs.iter().find(|a| re.is_match(&a.ip.to_string())) {
                     return Ok((i, Some(a.ip)));
@@ -155,21 +176,32 @@ fn choose<'a>(
                 return Ok((i, None));
             }
         }
-        let asked = req.ifaces.iter().chain(&req.regexes).cloned().collect::<Vec<_>>().join(", ");
+        let asked = req
+            .ifaces
+            .iter()
+            .chain(&req.regexes)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(IfaceError::NoMatch(asked));
     }
     if let Some(dst) = req.can_reach {
         let idx = hints.can_reach_oif.ok_or(IfaceError::NoRouteTo(dst))?;
-        return by_index(idx).map(|i| (i, None)).ok_or(IfaceError::NoRouteTo(dst));
+        return by_index(idx)
+            .map(|i| (i, None))
+            .ok_or(IfaceError::NoRouteTo(dst));
     }
     let idx = hints.default_oif.ok_or(IfaceError::NoDefaultRoute)?;
-    by_index(idx).map(|i| (i, None)).ok_or(IfaceError::NoDefaultRoute)
+    by_index(idx)
+        .map(|i| (i, None))
+        .ok_or(IfaceError::NoDefaultRoute)
 }
 
 /// Queries netlink and selects the external interface.
 pub async fn discover(req: &IfaceRequest) -> Result<ExternalInterface, IfaceError> {
     let nl = |e: rtnetlink::Error| IfaceError::Netlink(e.to_string());
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| IfaceError::Netlink(e.to_string()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| IfaceError::Netlink(e.to_string()))?;
     let conn_task = tokio::spawn(conn);
     let result = async {
         let inventory = inventory(&handle).await.map_err(nl)?;
@@ -191,7 +223,12 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
     let mut out = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await? {
-        let mut info = IfaceInfo { name: String::new(), index: msg.header.index, mtu: 0, addrs: Vec::new() };
+        let mut info = IfaceInfo {
+            name: String::new(),
+            index: msg.header.index,
+            mtu: 0,
+            addrs: Vec::new(),
+        };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => info.name = n,
@@ -207,7 +244,10 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
-        let (Some(ip), Some(info)) = (ip, out.iter_mut().find(|i| i.index == msg.header.index)) else { continue };
+        let (Some(ip), Some(info)) = (ip, out.iter_mut().find(|i| i.index == msg.header.index))
+        else {
+            continue;
+        };
         let flags = msg.header.flags;
         info.addrs.push(IfaceAddr {
             ip,
@@ -223,8 +263,12 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
 /// The interface the kernel routes `dst` through (RTM_GETROUTE for one address).
 async fn route_oif(handle: &Handle, dst: IpAddr) -> Option<u32> {
     let msg = match dst {
-        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(v4, 32).build(),
-        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(v6, 128).build(),
+        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .build(),
     };
     let mut routes = handle.route().get(msg).execute();
     let route = routes.try_next().await.ok()??;
@@ -232,7 +276,10 @@ async fn route_oif(handle: &Handle, dst: IpAddr) -> Option<u32> {
 }
 
 async fn default_oif(handle: &Handle) -> Result<Option<u32>, rtnetlink::Error> {
-    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
     while let Some(r) = routes.try_next().await? {
         let is_default = r.header.address_family == AddressFamily::Inet
             && r.header.destination_prefix_length == 0
@@ -258,19 +305,38 @@ mod tests {
     use super::*;
 
     fn addr(ip: &str, global: bool) -> IfaceAddr {
-        IfaceAddr { ip: ip.parse().unwrap(), scope_global: global, permanent: true, deprecated_or_tentative: false }
+        IfaceAddr {
+            ip: ip.parse().unwrap(),
+            scope_global: global,
+            permanent: true,
+            deprecated_or_tentative: false,
+        }
     }
 
     fn inv() -> Vec<IfaceInfo> {
         vec![
-            IfaceInfo { name: "lo".into(), index: 1, mtu: 65536, addrs: vec![addr("127.0.0.1", false), addr("::1", false)] },
+            IfaceInfo {
+                name: "lo".into(),
+                index: 1,
+                mtu: 65536,
+                addrs: vec![addr("127.0.0.1", false), addr("::1", false)],
+            },
             IfaceInfo {
                 name: "eth0".into(),
                 index: 2,
                 mtu: 1500,
-                addrs: vec![addr("fe80::1", false), addr("192.0.2.10", true), addr("2001:db8::10", true)],
+                addrs: vec![
+                    addr("fe80::1", false),
+                    addr("192.0.2.10", true),
+                    addr("2001:db8::10", true),
+                ],
             },
-            IfaceInfo { name: "eth1".into(), index: 3, mtu: 9000, addrs: vec![addr("198.51.100.7", true)] },
+            IfaceInfo {
+                name: "eth1".into(),
+                index: 3,
+                mtu: 9000,
+                addrs: vec![addr("198.51.100.7", true)],
+            },
         ]
     }
 
@@ -280,62 +346,162 @@ mod tests {
 
     #[test]
     fn default_route_interface_is_the_fallback() {
-        let e = select(&inv(), &req(), RouteHints { default_oif: Some(2), ..Default::default() }).unwrap();
-        assert_eq!((e.name.as_str(), e.mtu, e.iface_addr.to_string()), ("eth0", 1500, "192.0.2.10".into()));
+        let e = select(
+            &inv(),
+            &req(),
+            RouteHints {
+                default_oif: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.mtu, e.iface_addr.to_string()),
+            ("eth0", 1500, "192.0.2.10".into())
+        );
         assert_eq!(e.public_ip, e.iface_addr);
-        assert_eq!(select(&inv(), &req(), RouteHints::default()).unwrap_err(), IfaceError::NoDefaultRoute);
+        assert_eq!(
+            select(&inv(), &req(), RouteHints::default()).unwrap_err(),
+            IfaceError::NoDefaultRoute
+        );
     }
 
     #[test]
     fn iface_by_name_or_ip_first_match_wins() {
-        let r = IfaceRequest { ifaces: vec!["nope".into(), "198.51.100.7".into(), "eth0".into()], ..req() };
-        assert_eq!(select(&inv(), &r, RouteHints::default()).unwrap().name, "eth1");
-        let r = IfaceRequest { ifaces: vec!["lo".into()], public_ip: Some("127.0.0.3".parse().unwrap()), ..req() };
+        let r = IfaceRequest {
+            ifaces: vec!["nope".into(), "198.51.100.7".into(), "eth0".into()],
+            ..req()
+        };
+        assert_eq!(
+            select(&inv(), &r, RouteHints::default()).unwrap().name,
+            "eth1"
+        );
+        let r = IfaceRequest {
+            ifaces: vec!["lo".into()],
+            public_ip: Some("127.0.0.3".parse().unwrap()),
+            ..req()
+        };
         let e = select(&inv(), &r, RouteHints::default()).unwrap();
-        assert_eq!((e.iface_addr.to_string(), e.public_ip.to_string()), ("127.0.0.1".into(), "127.0.0.3".into()));
+        assert_eq!(
+            (e.iface_addr.to_string(), e.public_ip.to_string()),
+            ("127.0.0.1".into(), "127.0.0.3".into())
+        );
     }
 
     #[test]
     fn regex_matches_addresses_before_names() {
-        let r = IfaceRequest { regexes: vec![r"^198\.51\.".into()], ..req() };
-        assert_eq!(select(&inv(), &r, RouteHints::default()).unwrap().name, "eth1");
-        let r = IfaceRequest { regexes: vec!["^eth".into()], ..req() };
-        assert_eq!(select(&inv(), &r, RouteHints::default()).unwrap().name, "eth0");
+        let r = IfaceRequest {
+            regexes: vec![r"^198\.51\.".into()],
+            ..req()
+        };
+        assert_eq!(
+            select(&inv(), &r, RouteHints::default()).unwrap().name,
+            "eth1"
+        );
+        let r = IfaceRequest {
+            regexes: vec!["^eth".into()],
+            ..req()
+        };
+        assert_eq!(
+            select(&inv(), &r, RouteHints::default()).unwrap().name,
+            "eth0"
+        );
     }
 
     #[test]
     fn explicit_requests_that_match_nothing_fail() {
-        let r = IfaceRequest { ifaces: vec!["wlan9".into()], regexes: vec!["^zz".into()], ..req() };
-        let e = select(&inv(), &r, RouteHints { default_oif: Some(2), ..Default::default() }).unwrap_err();
-        assert!(matches!(e, IfaceError::NoMatch(ref s) if s.contains("wlan9")), "{e}");
+        let r = IfaceRequest {
+            ifaces: vec!["wlan9".into()],
+            regexes: vec!["^zz".into()],
+            ..req()
+        };
+        let e = select(
+            &inv(),
+            &r,
+            RouteHints {
+                default_oif: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, IfaceError::NoMatch(ref s) if s.contains("wlan9")),
+            "{e}"
+        );
     }
 
     #[test]
     fn can_reach_uses_the_route_hint() {
-        let r = IfaceRequest { can_reach: Some("203.0.113.1".parse().unwrap()), ..req() };
-        let hints = RouteHints { can_reach_oif: Some(3), default_oif: Some(2) };
+        let r = IfaceRequest {
+            can_reach: Some("203.0.113.1".parse().unwrap()),
+            ..req()
+        };
+        let hints = RouteHints {
+            can_reach_oif: Some(3),
+            default_oif: Some(2),
+        };
         assert_eq!(select(&inv(), &r, hints).unwrap().name, "eth1");
-        assert!(matches!(select(&inv(), &r, RouteHints::default()), Err(IfaceError::NoRouteTo(_))));
+        assert!(matches!(
+            select(&inv(), &r, RouteHints::default()),
+            Err(IfaceError::NoRouteTo(_))
+        ));
     }
 
     #[test]
     fn ipv6_prefers_global_addresses_and_is_required_when_enabled() {
-        let r = IfaceRequest { ifaces: vec!["eth0".into()], want_ipv6: true, ..req() };
+        let r = IfaceRequest {
+            ifaces: vec!["eth0".into()],
+            want_ipv6: true,
+            ..req()
+        };
         let e = select(&inv(), &r, RouteHints::default()).unwrap();
         assert_eq!(e.public_ipv6, Some("2001:db8::10".parse().unwrap()));
-        let r = IfaceRequest { ifaces: vec!["eth1".into()], want_ipv6: true, ..req() };
-        assert!(matches!(select(&inv(), &r, RouteHints::default()), Err(IfaceError::NoAddressV6(_))));
-        let r = IfaceRequest { ifaces: vec!["eth0".into()], ..req() };
-        assert_eq!(select(&inv(), &r, RouteHints::default()).unwrap().public_ipv6, None);
+        let r = IfaceRequest {
+            ifaces: vec!["eth1".into()],
+            want_ipv6: true,
+            ..req()
+        };
+        assert!(matches!(
+            select(&inv(), &r, RouteHints::default()),
+            Err(IfaceError::NoAddressV6(_))
+        ));
+        let r = IfaceRequest {
+            ifaces: vec!["eth0".into()],
+            ..req()
+        };
+        assert_eq!(
+            select(&inv(), &r, RouteHints::default())
+                .unwrap()
+                .public_ipv6,
+            None
+        );
     }
 
     #[test]
     fn deprecated_addresses_are_skipped_and_zero_mtu_refused() {
         let mut i = inv();
-        i[2].addrs.insert(0, IfaceAddr { deprecated_or_tentative: true, ..addr("198.51.100.1", true) });
-        let r = IfaceRequest { ifaces: vec!["eth1".into()], ..req() };
-        assert_eq!(select(&i, &r, RouteHints::default()).unwrap().iface_addr.to_string(), "198.51.100.7");
+        i[2].addrs.insert(
+            0,
+            IfaceAddr {
+                deprecated_or_tentative: true,
+                ..addr("198.51.100.1", true)
+            },
+        );
+        let r = IfaceRequest {
+            ifaces: vec!["eth1".into()],
+            ..req()
+        };
+        assert_eq!(
+            select(&i, &r, RouteHints::default())
+                .unwrap()
+                .iface_addr
+                .to_string(),
+            "198.51.100.7"
+        );
         i[2].mtu = 0;
-        assert!(matches!(select(&i, &r, RouteHints::default()), Err(IfaceError::ZeroMtu(_))));
+        assert!(matches!(
+            select(&i, &r, RouteHints::default()),
+            Err(IfaceError::ZeroMtu(_))
+        ));
     }
 }

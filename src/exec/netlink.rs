@@ -500,22 +500,29 @@ impl Host for Netlink {
     }
 
     async fn set_link(&mut self, index: u32, change: &LinkChange) -> Result<(), HostError> {
-        let mut b = LinkUnspec::new_with_index(index);
-        if change.up {
-            b = b.up();
+        // One request per attribute: the kernel refuses a whole request for one bad
+        // attribute (an MTU above what a VXLAN-over-IPv6 device allows, say), and the
+        // device must still come up so routes through it can be installed.
+        let mut requests = Vec::new();
+        if let Some(mac) = change.mac {
+            requests.push((
+                "MAC",
+                LinkUnspec::new_with_index(index).address(mac.0.to_vec()),
+            ));
         }
         if let Some(mtu) = change.mtu {
-            b = b.mtu(mtu);
+            requests.push(("MTU", LinkUnspec::new_with_index(index).mtu(mtu)));
         }
-        if let Some(mac) = change.mac {
-            b = b.address(mac.0.to_vec());
+        if change.up {
+            requests.push(("up", LinkUnspec::new_with_index(index).up()));
         }
-        self.handle
-            .link()
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(|e| host_err(format!("changing link #{index}"), e))
+        let mut first_error = None;
+        for (what, b) in requests {
+            if let Err(e) = self.handle.link().set(b.build()).execute().await {
+                first_error.get_or_insert(host_err(format!("changing link #{index} ({what})"), e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>, HostError> {

@@ -80,13 +80,21 @@ impl SubnetEnv {
             };
             let key = key.trim();
             let value = unquote(value.trim());
-            let err = |reason: String| EnvError { line: i + 1, key: key.to_owned(), reason };
+            let err = |reason: String| EnvError {
+                line: i + 1,
+                key: key.to_owned(),
+                reason,
+            };
             if value.contains(',') {
                 continue;
             }
             match key {
-                "FLANNEL_NETWORK" => env.network = Some(value.parse().map_err(|e| err(format!("{e}")))?),
-                "FLANNEL_SUBNET" => env.subnet = Some(value.parse().map_err(|e| err(format!("{e}")))?),
+                "FLANNEL_NETWORK" => {
+                    env.network = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+                }
+                "FLANNEL_SUBNET" => {
+                    env.subnet = Some(value.parse().map_err(|e| err(format!("{e}")))?)
+                }
                 "FLANNEL_IPV6_NETWORK" => {
                     env.ipv6_network = Some(value.parse().map_err(|e| err(format!("{e}")))?)
                 }
@@ -94,7 +102,10 @@ impl SubnetEnv {
                     env.ipv6_subnet = Some(value.parse().map_err(|e| err(format!("{e}")))?)
                 }
                 "FLANNEL_MTU" => env.mtu = Some(value.parse().map_err(|e| err(format!("{e}")))?),
-                "FLANNEL_IPMASQ" => env.ipmasq = Some(parse_go_bool(value).ok_or_else(|| err("not a boolean".into()))?),
+                "FLANNEL_IPMASQ" => {
+                    env.ipmasq =
+                        Some(parse_go_bool(value).ok_or_else(|| err("not a boolean".into()))?)
+                }
                 _ => {}
             }
         }
@@ -104,9 +115,12 @@ impl SubnetEnv {
     /// Reads and parses a file; a missing file is `Ok(None)`.
     pub fn read(path: &Path) -> io::Result<Option<Self>> {
         match fs::read_to_string(path) {
-            Ok(text) => SubnetEnv::parse(&text)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+            Ok(text) => SubnetEnv::parse(&text).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -123,12 +137,29 @@ impl SubnetEnv {
 /// Writes `data` to `path` atomically with exactly `mode` (temp file + fsync + rename).
 pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
@@ -186,7 +217,12 @@ mod tests {
                       FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
                       FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
         assert_eq!(full().render(), golden);
-        let v4_only = SubnetEnv { ipv6_network: None, ipv6_subnet: None, ipmasq: Some(true), ..full() };
+        let v4_only = SubnetEnv {
+            ipv6_network: None,
+            ipv6_subnet: None,
+            ipmasq: Some(true),
+            ..full()
+        };
         assert_eq!(
             v4_only.render(),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
@@ -200,7 +236,10 @@ mod tests {
 
     #[test]
     fn parse_tolerates_comments_quotes_and_export() {
-        let env = SubnetEnv::parse("# c\nexport FLANNEL_SUBNET=\"10.1.2.1/24\"\nFLANNEL_MTU='1400'\nOTHER=x\n").unwrap();
+        let env = SubnetEnv::parse(
+            "# c\nexport FLANNEL_SUBNET=\"10.1.2.1/24\"\nFLANNEL_MTU='1400'\nOTHER=x\n",
+        )
+        .unwrap();
         assert_eq!(env.subnet, Some("10.1.2.1/24".parse().unwrap()));
         assert_eq!(env.mtu, Some(1400));
     }
@@ -220,10 +259,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/flannel/subnet.env");
         full().write_atomic(&path).unwrap();
-        let v4_only = SubnetEnv { ipv6_network: None, ipv6_subnet: None, ..full() };
+        let v4_only = SubnetEnv {
+            ipv6_network: None,
+            ipv6_subnet: None,
+            ..full()
+        };
         v4_only.write_atomic(&path).unwrap();
         assert_eq!(SubnetEnv::read(&path).unwrap(), Some(v4_only));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
         assert_eq!(SubnetEnv::read(&dir.path().join("missing")).unwrap(), None);

@@ -22,7 +22,9 @@ pub fn renew_delay(ttl: Duration, margin: Duration) -> Duration {
 /// How long to wait before retrying a failed renewal: upstream's minute, but
 /// never so long that a short (test) lease expires meanwhile.
 pub fn renew_retry(ttl: Duration) -> Duration {
-    Duration::from_secs(60).min(ttl / 8).max(Duration::from_millis(200))
+    Duration::from_secs(60)
+        .min(ttl / 8)
+        .max(Duration::from_millis(200))
 }
 
 /// What to do about a change to our own key.
@@ -67,19 +69,43 @@ mod tests {
     #[test]
     fn renews_margin_before_expiry_or_at_half_life() {
         let day = Duration::from_secs(86400);
-        assert_eq!(renew_delay(day, Duration::from_secs(3600)), Duration::from_secs(82800));
-        assert_eq!(renew_delay(Duration::from_secs(6), Duration::from_secs(3600)), Duration::from_secs(3));
+        assert_eq!(
+            renew_delay(day, Duration::from_secs(3600)),
+            Duration::from_secs(82800)
+        );
+        assert_eq!(
+            renew_delay(Duration::from_secs(6), Duration::from_secs(3600)),
+            Duration::from_secs(3)
+        );
         assert_eq!(renew_retry(day), Duration::from_secs(60));
-        assert_eq!(renew_retry(Duration::from_secs(4)), Duration::from_millis(500));
+        assert_eq!(
+            renew_retry(Duration::from_secs(4)),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
     fn own_key_changes() {
         let held = lease("192.0.2.1", 5, 10);
-        assert_eq!(judge_own_change(&held, &OwnChange::Deleted { revision: 11 }), OwnVerdict::Lost);
-        assert_eq!(judge_own_change(&held, &OwnChange::Deleted { revision: 9 }), OwnVerdict::Ignore);
-        assert_eq!(judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 10))), OwnVerdict::Ignore);
-        assert_eq!(judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 12))), OwnVerdict::Adopt(12));
-        assert_eq!(judge_own_change(&held, &OwnChange::Written(lease("192.0.2.9", 6, 12))), OwnVerdict::Lost);
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Deleted { revision: 11 }),
+            OwnVerdict::Lost
+        );
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Deleted { revision: 9 }),
+            OwnVerdict::Ignore
+        );
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 10))),
+            OwnVerdict::Ignore
+        );
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 12))),
+            OwnVerdict::Adopt(12)
+        );
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.9", 6, 12))),
+            OwnVerdict::Lost
+        );
     }
 }

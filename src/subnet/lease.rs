@@ -69,8 +69,10 @@ impl LeaseAttrs {
     pub fn from_json(text: &str) -> Result<Self, LeaseError> {
         let fields: HashMap<String, Box<RawValue>> =
             serde_json::from_str(text).map_err(|e| LeaseError::Json(e.to_string()))?;
-        let mut by_lower: HashMap<String, Box<RawValue>> =
-            fields.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        let mut by_lower: HashMap<String, Box<RawValue>> = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         let mut take = |name: &str| by_lower.remove(name).filter(|v| v.get() != "null");
 
         let public_ip = match take("publicip") {
@@ -211,7 +213,10 @@ mod tests {
     #[test]
     fn udp_and_alloc_leases_serialize_like_upstream() {
         let attrs = LeaseAttrs::with_public_ip("192.168.64.3".parse().unwrap());
-        assert_eq!(attrs.to_json(), r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#);
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#
+        );
     }
 
     #[test]
@@ -232,18 +237,29 @@ mod tests {
 
     #[test]
     fn field_names_match_case_insensitively() {
-        let attrs = LeaseAttrs::from_json(r#"{"publicip":"10.0.0.2","backendtype":"host-gw","x":1}"#)
-            .unwrap();
+        let attrs =
+            LeaseAttrs::from_json(r#"{"publicip":"10.0.0.2","backendtype":"host-gw","x":1}"#)
+                .unwrap();
         assert_eq!(attrs.public_ip, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(attrs.backend_type.as_deref(), Some("host-gw"));
     }
 
     #[test]
     fn malformed_values_are_errors_not_panics() {
-        for text in ["", "[]", "{", r#"{"PublicIP":5}"#, r#"{"PublicIP":"::1"}"#, r#"{}"#,
-            r#"{"PublicIP":"1.2.3.4","PublicIPv6":"nope"}"#, r#"{"PublicIP":"1.2.3.4","BackendType":7}"#]
-        {
-            assert!(LeaseAttrs::from_json(text).is_err(), "{text:?} should be rejected");
+        for text in [
+            "",
+            "[]",
+            "{",
+            r#"{"PublicIP":5}"#,
+            r#"{"PublicIP":"::1"}"#,
+            r#"{}"#,
+            r#"{"PublicIP":"1.2.3.4","PublicIPv6":"nope"}"#,
+            r#"{"PublicIP":"1.2.3.4","BackendType":7}"#,
+        ] {
+            assert!(
+                LeaseAttrs::from_json(text).is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 
@@ -254,7 +270,14 @@ mod tests {
         assert_eq!(k.to_string(), "10.5.34.0-24");
         let dual = "10.42.1.0-24&2001:cafe:42:1::-64";
         assert_eq!(SubnetKey::parse(dual).unwrap().to_string(), dual);
-        for bad in ["10.5.34.0", "10.5.34.0-", "10.5.34.0-33", "x-24", "10.5.34.0-24&zz-64", "10.5.34.0-+4"] {
+        for bad in [
+            "10.5.34.0",
+            "10.5.34.0-",
+            "10.5.34.0-33",
+            "x-24",
+            "10.5.34.0-24&zz-64",
+            "10.5.34.0-+4",
+        ] {
             assert!(SubnetKey::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

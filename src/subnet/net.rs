@@ -41,7 +41,9 @@ impl SubnetRange {
 
     /// Number of subnets in `[min, max]` (saturating; IPv6 ranges can be huge).
     pub fn len(&self) -> u128 {
-        let step_bits = bits(self.min).saturating_sub(u32::from(self.subnet_len)).min(127);
+        let step_bits = bits(self.min)
+            .saturating_sub(u32::from(self.subnet_len))
+            .min(127);
         match to_u128(self.max).checked_sub(to_u128(self.min)) {
             Some(span) => (span >> step_bits).saturating_add(1),
             None => 0,
@@ -154,7 +156,10 @@ mod tests {
     fn free_subnets_start_at_min_and_skip_taken_ones() {
         let taken = [net("10.5.1.0/24"), net("10.5.3.0/24")];
         let free = range16().free_subnets(&taken, 3);
-        assert_eq!(free, vec![net("10.5.2.0/24"), net("10.5.4.0/24"), net("10.5.5.0/24")]);
+        assert_eq!(
+            free,
+            vec![net("10.5.2.0/24"), net("10.5.4.0/24"), net("10.5.5.0/24")]
+        );
     }
 
     #[test]
@@ -178,7 +183,10 @@ mod tests {
 
     #[test]
     fn candidates_are_capped() {
-        assert_eq!(range16().free_subnets(&[], MAX_CANDIDATES).len(), MAX_CANDIDATES);
+        assert_eq!(
+            range16().free_subnets(&[], MAX_CANDIDATES).len(),
+            MAX_CANDIDATES
+        );
         assert_eq!(range16().len(), 255);
     }
 
@@ -191,7 +199,10 @@ mod tests {
             max: "2001:cafe:42:ff::".parse().unwrap(),
         };
         let free = r.free_subnets(&[net("2001:cafe:42:1::/64")], 2);
-        assert_eq!(free, vec![net("2001:cafe:42:2::/64"), net("2001:cafe:42:3::/64")]);
+        assert_eq!(
+            free,
+            vec![net("2001:cafe:42:2::/64"), net("2001:cafe:42:3::/64")]
+        );
     }
 
     #[test]
@@ -206,7 +217,10 @@ mod tests {
 
     #[test]
     fn first_host_is_network_plus_one() {
-        assert_eq!(first_host_v4("10.5.52.0/24".parse().unwrap()).to_string(), "10.5.52.1/24");
+        assert_eq!(
+            first_host_v4("10.5.52.0/24".parse().unwrap()).to_string(),
+            "10.5.52.1/24"
+        );
         assert_eq!(
             first_host_v6("2001:cafe:42::/64".parse().unwrap()).to_string(),
             "2001:cafe:42::1/64"

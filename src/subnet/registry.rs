@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnet::IpNet;
 use rand::seq::IndexedRandom;
@@ -120,9 +120,16 @@ impl Registry {
         if https || opts.cafile.is_some() || opts.certfile.is_some() {
             co = co.with_tls(tls_options(opts)?);
         }
-        let client = Client::connect(&opts.endpoints, Some(co)).await.map_err(etcd_err("connect"))?;
+        let client = Client::connect(&opts.endpoints, Some(co))
+            .await
+            .map_err(etcd_err("connect"))?;
         let attempts = 3 * opts.endpoints.len().max(1);
-        Ok(Registry { client, prefix: opts.prefix.clone(), ttl: lease_ttl(), attempts })
+        Ok(Registry {
+            client,
+            prefix: opts.prefix.clone(),
+            ttl: lease_ttl(),
+            attempts,
+        })
     }
 
     /// Runs one etcd request, sending it again while it meets an unavailable endpoint.
@@ -166,7 +173,10 @@ impl Registry {
                 async move { c.get(key, None).await }
             })
             .await?;
-        Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Every key under the subnets prefix, and the revision of the listing.
@@ -199,7 +209,15 @@ impl Registry {
         let mut leases = Vec::new();
         let mut occupied = Vec::new();
         for ev in raw {
-            let RawEvent::Put { key, value, etcd_lease, mod_revision } = ev else { continue };
+            let RawEvent::Put {
+                key,
+                value,
+                etcd_lease,
+                mod_revision,
+            } = ev
+            else {
+                continue;
+            };
             if let Ok(k) = SubnetKey::parse(&key) {
                 occupied.push(k);
             }
@@ -229,7 +247,10 @@ impl Registry {
             let (leases, occupied) = self.list().await?;
 
             // 1. A lease that already has our public IP.
-            if let Some(mine) = leases.iter().find(|l| l.attrs.public_ip == req.attrs.public_ip) {
+            if let Some(mine) = leases
+                .iter()
+                .find(|l| l.attrs.public_ip == req.attrs.public_ip)
+            {
                 if compatible(mine, req) {
                     match self.take_over(mine, req).await? {
                         Some(held) => return Ok(held),
@@ -242,9 +263,10 @@ impl Registry {
             }
 
             // 2. The preferred subnet, when free and still valid.
-            let candidate = match req.preferred.filter(|p| {
-                !occupied.iter().any(|o| keys_overlap(o, p)) && compatible_key(p, req)
-            }) {
+            let candidate = match req
+                .preferred
+                .filter(|p| !occupied.iter().any(|o| keys_overlap(o, p)) && compatible_key(p, req))
+            {
                 Some(p) => p,
                 // 3. A random one of the lowest free subnets.
                 None => pick_free(req, &occupied)?,
@@ -262,13 +284,21 @@ impl Registry {
 
     /// Creates `key` only if it does not exist, attached to a fresh etcd lease.
     /// `Ok(None)` when it already exists.
-    async fn create(&self, key: SubnetKey, attrs: &LeaseAttrs) -> Result<Option<HeldLease>, RegistryError> {
+    async fn create(
+        &self,
+        key: SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<HeldLease>, RegistryError> {
         let grant = self.grant().await?;
         let k = self.key_of(&key);
         let value = attrs.to_json();
         let txn = Txn::new()
             .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, value, Some(PutOptions::new().with_lease(grant.id())))]);
+            .and_then([TxnOp::put(
+                k,
+                value,
+                Some(PutOptions::new().with_lease(grant.id())),
+            )]);
         let resp = match self.txn("create lease", txn).await {
             Ok(r) => r,
             Err(e) => {
@@ -281,27 +311,51 @@ impl Registry {
             return Ok(None);
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let lease = Lease { key, attrs: attrs.clone(), etcd_lease: grant.id(), mod_revision: rev };
-        Ok(Some(HeldLease { lease, ttl: Some(self.ttl) }))
+        let lease = Lease {
+            key,
+            attrs: attrs.clone(),
+            etcd_lease: grant.id(),
+            mod_revision: rev,
+        };
+        Ok(Some(HeldLease {
+            lease,
+            ttl: Some(self.ttl),
+        }))
     }
 
     /// Rewrites an existing lease with our attributes, if nobody changed it
     /// since it was read. A reservation stays without TTL.
-    async fn take_over(&self, old: &Lease, req: &AcquireRequest) -> Result<Option<HeldLease>, RegistryError> {
+    async fn take_over(
+        &self,
+        old: &Lease,
+        req: &AcquireRequest,
+    ) -> Result<Option<HeldLease>, RegistryError> {
         self.rewrite(old, &req.attrs).await
     }
 
     /// Compare-and-swap rewrite of `old` (by `mod_revision`) with `attrs`.
-    async fn rewrite(&self, old: &Lease, attrs: &LeaseAttrs) -> Result<Option<HeldLease>, RegistryError> {
+    async fn rewrite(
+        &self,
+        old: &Lease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<HeldLease>, RegistryError> {
         let k = self.key_of(&old.key);
         let (put_opts, grant_id, ttl) = if old.is_reservation() {
             (None, 0, None)
         } else {
             let g = self.grant().await?;
-            (Some(PutOptions::new().with_lease(g.id())), g.id(), Some(self.ttl))
+            (
+                Some(PutOptions::new().with_lease(g.id())),
+                g.id(),
+                Some(self.ttl),
+            )
         };
         let txn = Txn::new()
-            .when([Compare::mod_revision(k.clone(), CompareOp::Equal, old.mod_revision)])
+            .when([Compare::mod_revision(
+                k.clone(),
+                CompareOp::Equal,
+                old.mod_revision,
+            )])
             .and_then([TxnOp::put(k, attrs.to_json(), put_opts)]);
         let resp = match self.txn("rewrite lease", txn).await {
             Ok(r) => r,
@@ -319,14 +373,23 @@ impl Registry {
             self.revoke(old.etcd_lease).await;
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let lease = Lease { key: old.key, attrs: attrs.clone(), etcd_lease: grant_id, mod_revision: rev };
+        let lease = Lease {
+            key: old.key,
+            attrs: attrs.clone(),
+            etcd_lease: grant_id,
+            mod_revision: rev,
+        };
         Ok(Some(HeldLease { lease, ttl }))
     }
 
     async fn delete_if_unchanged(&self, old: &Lease) -> Result<(), RegistryError> {
         let k = self.key_of(&old.key);
         let txn = Txn::new()
-            .when([Compare::mod_revision(k.clone(), CompareOp::Equal, old.mod_revision)])
+            .when([Compare::mod_revision(
+                k.clone(),
+                CompareOp::Equal,
+                old.mod_revision,
+            )])
             .and_then([TxnOp::delete(k, None)]);
         self.txn("delete lease", txn).await.map(|_| ())
     }
@@ -343,7 +406,9 @@ impl Registry {
     /// Opens a watch on every lease key, starting at `revision`.
     pub async fn watch_from(&self, revision: i64) -> Result<WatchStream, RegistryError> {
         let prefix = compat::subnets_prefix(&self.prefix);
-        let opts = WatchOptions::new().with_prefix().with_start_revision(revision);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
         self.call("watch leases", |mut c| {
             let (prefix, opts) = (prefix.clone(), opts.clone());
             async move { c.watch(prefix, Some(opts)).await }
@@ -365,11 +430,18 @@ impl Registry {
     /// Grants a fresh etcd lease with our TTL.
     async fn grant(&self) -> Result<etcd_client::LeaseGrantResponse, RegistryError> {
         let ttl = self.ttl.as_secs() as i64;
-        self.call("grant lease", |mut c| async move { c.lease_grant(ttl, None).await }).await
+        self.call("grant lease", |mut c| async move {
+            c.lease_grant(ttl, None).await
+        })
+        .await
     }
 
     /// Runs a transaction (all ours are conditional, so sending one again is safe).
-    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse, RegistryError> {
+    async fn txn(
+        &self,
+        op: &'static str,
+        txn: Txn,
+    ) -> Result<etcd_client::TxnResponse, RegistryError> {
         self.call(op, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
@@ -380,7 +452,12 @@ impl Registry {
     /// Revokes an etcd lease, best effort (0 means none); a leftover expires by itself.
     async fn revoke(&self, id: i64) {
         if id != 0 {
-            let _ = self.call("revoke lease", |mut c| async move { c.lease_revoke(id).await }).await;
+            let _ = self
+                .call(
+                    "revoke lease",
+                    |mut c| async move { c.lease_revoke(id).await },
+                )
+                .await;
         }
     }
 }
@@ -399,7 +476,10 @@ pub fn raw_events(resp: &etcd_client::WatchResponse) -> Vec<RawEvent> {
                     etcd_lease: kv.lease(),
                     mod_revision: kv.mod_revision(),
                 },
-                EventType::Delete => RawEvent::Delete { key, mod_revision: kv.mod_revision() },
+                EventType::Delete => RawEvent::Delete {
+                    key,
+                    mod_revision: kv.mod_revision(),
+                },
             })
         })
         .collect()
@@ -416,13 +496,16 @@ fn lease_ttl() -> Duration {
 }
 
 fn tls_options(opts: &EtcdOptions) -> Result<TlsOptions, RegistryError> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| RegistryError::Tls(format!("{}: {e}", p.display())));
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| RegistryError::Tls(format!("{}: {e}", p.display())))
+    };
     let mut tls = TlsOptions::new();
     match &opts.cafile {
         Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
         None => {
             return Err(RegistryError::Tls(
-                "https endpoints or client certificates need --etcd-cafile to verify the server".into(),
+                "https endpoints or client certificates need --etcd-cafile to verify the server"
+                    .into(),
             ))
         }
     }
@@ -470,7 +553,10 @@ fn pick_free(req: &AcquireRequest, occupied: &[SubnetKey]) -> Result<SubnetKey, 
     let ipv6 = match &req.ipv6 {
         None => None,
         Some(range) => {
-            let taken6: Vec<IpNet> = occupied.iter().filter_map(|k| k.ipv6.map(IpNet::V6)).collect();
+            let taken6: Vec<IpNet> = occupied
+                .iter()
+                .filter_map(|k| k.ipv6.map(IpNet::V6))
+                .collect();
             match range.free_subnets(&taken6, MAX_CANDIDATES).choose(&mut rng) {
                 Some(IpNet::V6(n)) => Some(*n),
                 _ => return Err(RegistryError::OutOfSubnets(range.len())),
@@ -485,7 +571,12 @@ mod tests {
     use super::*;
 
     fn range(net: &str, len: u8, min: &str, max: &str) -> SubnetRange {
-        SubnetRange { network: net.parse().unwrap(), subnet_len: len, min: min.parse().unwrap(), max: max.parse().unwrap() }
+        SubnetRange {
+            network: net.parse().unwrap(),
+            subnet_len: len,
+            min: min.parse().unwrap(),
+            max: max.parse().unwrap(),
+        }
     }
 
     fn req() -> AcquireRequest {
@@ -516,13 +607,22 @@ mod tests {
     #[test]
     fn compatibility_follows_the_config() {
         assert!(compatible_key(&key("10.5.2.0-24"), &req()));
-        assert!(!compatible_key(&key("10.5.9.0-24"), &req()), "above SubnetMax");
+        assert!(
+            !compatible_key(&key("10.5.9.0-24"), &req()),
+            "above SubnetMax"
+        );
         assert!(!compatible_key(&key("10.5.2.0-25"), &req()), "other length");
-        assert!(!compatible_key(&key("10.5.2.0-24&fd00:0:0:1::-64"), &req()), "v6 part with IPv6 off");
+        assert!(
+            !compatible_key(&key("10.5.2.0-24&fd00:0:0:1::-64"), &req()),
+            "v6 part with IPv6 off"
+        );
         let mut dual = req();
         dual.ipv6 = Some(range("fd00::/56", 64, "fd00:0:0:1::", "fd00:0:0:ff::"));
         assert!(compatible_key(&key("10.5.2.0-24&fd00:0:0:1::-64"), &dual));
-        assert!(!compatible_key(&key("10.5.2.0-24"), &dual), "missing v6 part");
+        assert!(
+            !compatible_key(&key("10.5.2.0-24"), &dual),
+            "missing v6 part"
+        );
         let k = pick_free(&dual, &[key("10.5.1.0-24&fd00:0:0:1::-64")]).unwrap();
         assert!(k.ipv6.is_some() && k.ipv6 != key("10.5.1.0-24&fd00:0:0:1::-64").ipv6);
     }
@@ -531,6 +631,9 @@ mod tests {
     fn overlap_covers_either_family() {
         assert!(keys_overlap(&key("10.5.1.0-24"), &key("10.5.0.0-16")));
         assert!(!keys_overlap(&key("10.5.1.0-24"), &key("10.5.2.0-24")));
-        assert!(keys_overlap(&key("10.5.1.0-24&fd00::-64"), &key("10.5.2.0-24&fd00::-64")));
+        assert!(keys_overlap(
+            &key("10.5.1.0-24&fd00::-64"),
+            &key("10.5.2.0-24&fd00::-64")
+        ));
     }
 }

@@ -17,8 +17,16 @@ use super::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 /// One key change as etcd reports it (already stripped of transport types).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawEvent {
-    Put { key: String, value: Vec<u8>, etcd_lease: i64, mod_revision: i64 },
-    Delete { key: String, mod_revision: i64 },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        etcd_lease: i64,
+        mod_revision: i64,
+    },
+    Delete {
+        key: String,
+        mod_revision: i64,
+    },
 }
 
 /// What happened to this host's own key.
@@ -39,13 +47,24 @@ pub struct Outcome {
 
 /// Parses one etcd key/value into a lease. `Ok(None)` for keys that are not
 /// subnet keys at all (ignored, as upstream does).
-pub fn parse_kv(key: &str, value: &[u8], etcd_lease: i64, mod_revision: i64) -> Result<Option<Lease>, String> {
+pub fn parse_kv(
+    key: &str,
+    value: &[u8],
+    etcd_lease: i64,
+    mod_revision: i64,
+) -> Result<Option<Lease>, String> {
     let Ok(subnet) = SubnetKey::parse(key) else {
         return Ok(None);
     };
-    let text = std::str::from_utf8(value).map_err(|_| format!("lease {key}: value is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(value).map_err(|_| format!("lease {key}: value is not UTF-8"))?;
     let attrs = LeaseAttrs::from_json(text).map_err(|e| format!("lease {key}: {e}"))?;
-    Ok(Some(Lease { key: subnet, attrs, etcd_lease, mod_revision }))
+    Ok(Some(Lease {
+        key: subnet,
+        attrs,
+        etcd_lease,
+        mod_revision,
+    }))
 }
 
 /// The set of other hosts' leases as the backend knows it.
@@ -60,7 +79,10 @@ pub struct LeaseSet {
 
 impl LeaseSet {
     pub fn new(own: Option<SubnetKey>) -> Self {
-        LeaseSet { own, ..Default::default() }
+        LeaseSet {
+            own,
+            ..Default::default()
+        }
     }
 
     /// The leases of other hosts currently known.
@@ -88,7 +110,13 @@ impl LeaseSet {
         let mut fresh = BTreeMap::new();
         let mut own_seen = None;
         for ev in raw {
-            if let RawEvent::Put { key, value, etcd_lease, mod_revision } = ev {
+            if let RawEvent::Put {
+                key,
+                value,
+                etcd_lease,
+                mod_revision,
+            } = ev
+            {
                 if let Some(lease) = self.parse_logged(&key, &value, etcd_lease, mod_revision) {
                     if Some(lease.key) == self.own {
                         own_seen = Some(lease);
@@ -125,13 +153,20 @@ impl LeaseSet {
         let mut out = Outcome::default();
         for ev in raw {
             let (key, lease, revision) = match ev {
-                RawEvent::Put { key, value, etcd_lease, mod_revision } => {
+                RawEvent::Put {
+                    key,
+                    value,
+                    etcd_lease,
+                    mod_revision,
+                } => {
                     let lease = self.parse_logged(&key, &value, etcd_lease, mod_revision);
                     (key, lease, mod_revision)
                 }
                 RawEvent::Delete { key, mod_revision } => (key, None, mod_revision),
             };
-            let Ok(subnet) = SubnetKey::parse(&key) else { continue };
+            let Ok(subnet) = SubnetKey::parse(&key) else {
+                continue;
+            };
             if Some(subnet) == self.own {
                 out.own = Some(match lease {
                     Some(l) => OwnChange::Written(l),
@@ -141,7 +176,10 @@ impl LeaseSet {
             }
             match lease {
                 Some(new) => {
-                    let changed = self.others.get(&subnet).is_none_or(|old| old.attrs != new.attrs);
+                    let changed = self
+                        .others
+                        .get(&subnet)
+                        .is_none_or(|old| old.attrs != new.attrs);
                     if changed {
                         out.events.push(LeaseEvent::Added(new.clone()));
                     }
@@ -158,7 +196,13 @@ impl LeaseSet {
         out
     }
 
-    fn parse_logged(&mut self, key: &str, value: &[u8], etcd_lease: i64, mod_revision: i64) -> Option<Lease> {
+    fn parse_logged(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        etcd_lease: i64,
+        mod_revision: i64,
+    ) -> Option<Lease> {
         match parse_kv(key, value, etcd_lease, mod_revision) {
             Ok(lease) => lease,
             Err(e) => {
@@ -187,7 +231,10 @@ mod tests {
     }
 
     fn del(subnet: &str, rev: i64) -> RawEvent {
-        RawEvent::Delete { key: format!("{P}{subnet}"), mod_revision: rev }
+        RawEvent::Delete {
+            key: format!("{P}{subnet}"),
+            mod_revision: rev,
+        }
     }
 
     fn subnets(events: &[LeaseEvent]) -> Vec<String> {
@@ -207,10 +254,19 @@ mod tests {
     #[test]
     fn snapshot_then_events_filter_our_own_lease() {
         let mut set = LeaseSet::new(own());
-        let out = set.resync(vec![put("10.5.1.0-24", "1.1.1.1", 2), put("10.5.2.0-24", "2.2.2.2", 3)], 3);
+        let out = set.resync(
+            vec![
+                put("10.5.1.0-24", "1.1.1.1", 2),
+                put("10.5.2.0-24", "2.2.2.2", 3),
+            ],
+            3,
+        );
         assert_eq!(subnets(&out.events), ["+10.5.2.0-24"]);
         assert!(matches!(out.own, Some(OwnChange::Written(_))));
-        let out = set.apply(vec![put("10.5.3.0-24", "3.3.3.3", 4), del("10.5.2.0-24", 5)]);
+        let out = set.apply(vec![
+            put("10.5.3.0-24", "3.3.3.3", 4),
+            del("10.5.2.0-24", 5),
+        ]);
         assert_eq!(subnets(&out.events), ["+10.5.3.0-24", "-10.5.2.0-24"]);
         assert_eq!(out.own, None);
     }
@@ -230,18 +286,40 @@ mod tests {
     fn renewals_are_not_events_but_attribute_changes_are() {
         let mut set = LeaseSet::new(None);
         set.apply(vec![put("10.5.2.0-24", "2.2.2.2", 3)]);
-        assert!(set.apply(vec![put("10.5.2.0-24", "2.2.2.2", 9)]).events.is_empty());
-        assert_eq!(subnets(&set.apply(vec![put("10.5.2.0-24", "2.2.2.9", 10)]).events), ["+10.5.2.0-24"]);
+        assert!(set
+            .apply(vec![put("10.5.2.0-24", "2.2.2.2", 9)])
+            .events
+            .is_empty());
+        assert_eq!(
+            subnets(&set.apply(vec![put("10.5.2.0-24", "2.2.2.9", 10)]).events),
+            ["+10.5.2.0-24"]
+        );
     }
 
     #[test]
     fn resync_diffs_without_duplicates_or_losses() {
         let mut set = LeaseSet::new(own());
-        set.resync(vec![put("10.5.2.0-24", "2.2.2.2", 3), put("10.5.3.0-24", "3.3.3.3", 4)], 4);
+        set.resync(
+            vec![
+                put("10.5.2.0-24", "2.2.2.2", 3),
+                put("10.5.3.0-24", "3.3.3.3", 4),
+            ],
+            4,
+        );
         // While the watch was broken: .3 left, .4 joined, .2 renewed.
-        let out = set.resync(vec![put("10.5.2.0-24", "2.2.2.2", 8), put("10.5.4.0-24", "4.4.4.4", 9)], 9);
+        let out = set.resync(
+            vec![
+                put("10.5.2.0-24", "2.2.2.2", 8),
+                put("10.5.4.0-24", "4.4.4.4", 9),
+            ],
+            9,
+        );
         assert_eq!(subnets(&out.events), ["-10.5.3.0-24", "+10.5.4.0-24"]);
-        assert_eq!(out.own, Some(OwnChange::Deleted { revision: 9 }), "own key absent from the listing");
+        assert_eq!(
+            out.own,
+            Some(OwnChange::Deleted { revision: 9 }),
+            "own key absent from the listing"
+        );
         assert_eq!(set.others().count(), 2);
     }
 
@@ -262,13 +340,30 @@ mod tests {
             etcd_lease: 0,
             mod_revision: 3,
         };
-        let foreign = RawEvent::Put { key: format!("{P}whatever"), value: b"x".to_vec(), etcd_lease: 0, mod_revision: 4 };
-        let out = set.resync(vec![garbage.clone(), foreign, put("10.5.2.0-24", "2.2.2.2", 5)], 5);
+        let foreign = RawEvent::Put {
+            key: format!("{P}whatever"),
+            value: b"x".to_vec(),
+            etcd_lease: 0,
+            mod_revision: 4,
+        };
+        let out = set.resync(
+            vec![garbage.clone(), foreign, put("10.5.2.0-24", "2.2.2.2", 5)],
+            5,
+        );
         assert_eq!(subnets(&out.events), ["+10.5.2.0-24"]);
         // A good lease overwritten with garbage is a removal.
-        let bad = RawEvent::Put { key: format!("{P}10.5.2.0-24"), value: vec![0xff], etcd_lease: 0, mod_revision: 6 };
+        let bad = RawEvent::Put {
+            key: format!("{P}10.5.2.0-24"),
+            value: vec![0xff],
+            etcd_lease: 0,
+            mod_revision: 6,
+        };
         assert_eq!(subnets(&set.apply(vec![bad]).events), ["-10.5.2.0-24"]);
-        assert!(set.resync(vec![garbage], 7).events.iter().all(|e| matches!(e, LeaseEvent::Removed(_))));
+        assert!(set
+            .resync(vec![garbage], 7)
+            .events
+            .iter()
+            .all(|e| matches!(e, LeaseEvent::Removed(_))));
     }
 
     #[test]

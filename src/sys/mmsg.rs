@@ -33,15 +33,72 @@ enum Side {
     Ingress,
 }
 
+/// Largest UDP payload one GSO send may carry (65535 − IPv4 − UDP headers).
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// A run of datagrams to one peer being gathered for one GSO send: every datagram `seg`
+/// bytes but the last, which may be shorter (and ends the run).
+struct GsoRun {
+    buf: Box<[u8]>,
+    peer: Option<SocketAddrV4>,
+    seg: usize,
+    len: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl GsoRun {
+    fn new() -> Self {
+        GsoRun {
+            buf: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
+            peer: None,
+            seg: 0,
+            len: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Appends `contents` if it continues the run; `false` when the run must be sent first.
+    fn push(&mut self, peer: SocketAddrV4, contents: &[u8], max_segments: usize) -> bool {
+        let n = contents.len();
+        if self.count == 0 {
+            self.peer = Some(peer);
+            self.seg = n;
+            self.closed = false;
+        } else if self.closed
+            || self.peer != Some(peer)
+            || n > self.seg
+            || self.count >= max_segments
+            || self.len + n > self.buf.len()
+        {
+            return false;
+        }
+        let Some(dst) = self.buf.get_mut(self.len..self.len + n) else {
+            return false;
+        };
+        dst.copy_from_slice(contents);
+        self.len += n;
+        self.count += 1;
+        self.closed = n < self.seg;
+        true
+    }
+}
+
 /// One worker's readiness-based I/O.
 pub struct MmsgIo {
     fds: WorkerFds,
     rx_state: UdpSocketState,
     tx_state: Option<UdpSocketState>,
     buf_size: usize,
+    /// Packets per TUN-read round and per `recvmmsg` (1 ..= [`BATCH`]).
+    batch: usize,
     egress: Box<[u8]>,
     ingress: Box<[u8]>,
     metas: [RecvMeta; BATCH],
+    /// With UDP GSO (`UDP_SEGMENT`): consecutive equal-sized datagrams to one peer are copied
+    /// here and leave in one send (the kernel builds one skb for the whole run). `None`: off.
+    gso: Option<GsoRun>,
     /// Decisions waiting to be carried out at the end of the round (capacity reserved once).
     pending: Vec<(Side, usize, Action)>,
     ready: [bool; 3],
@@ -49,11 +106,19 @@ pub struct MmsgIo {
 }
 
 impl MmsgIo {
-    /// Makes the fds non-blocking and sets up the quinn-udp socket state.
+    /// Makes the fds non-blocking and sets up the quinn-udp socket state. `batch` (clamped
+    /// to 1 ..= [`BATCH`]) bounds the packets moved per round and per receive call; 1 is
+    /// upstream's one-packet-per-syscall design.
     ///
     /// # Errors
     /// Socket options quinn-udp needs could not be set.
-    pub fn new(fds: WorkerFds, buf_size: usize, stats: Arc<WorkerStats>) -> io::Result<Self> {
+    pub fn new(
+        fds: WorkerFds,
+        buf_size: usize,
+        batch: usize,
+        gso: bool,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<Self> {
         fds.tun.set_nonblocking(true)?;
         let rx_state = UdpSocketState::new((&fds.rx).into())?;
         // quinn-udp enables GRO opportunistically; the pipeline handles one datagram per
@@ -69,9 +134,11 @@ impl MmsgIo {
             rx_state,
             tx_state,
             buf_size,
+            batch: batch.clamp(1, BATCH),
             egress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             ingress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             metas: [RecvMeta::default(); BATCH],
+            gso: gso.then(GsoRun::new),
             pending: Vec::with_capacity(2 * BATCH),
             ready: [false; 3],
             stats,
@@ -82,7 +149,12 @@ impl MmsgIo {
     where
         H: FnMut(Origin, &mut [u8], usize) -> Action,
     {
-        for (k, buf) in self.egress.chunks_exact_mut(self.buf_size).enumerate() {
+        for (k, buf) in self
+            .egress
+            .chunks_exact_mut(self.buf_size)
+            .take(self.batch)
+            .enumerate()
+        {
             match self.fds.tun.recv(buf) {
                 Ok(0) => break,
                 Ok(n) => self
@@ -110,8 +182,12 @@ impl MmsgIo {
             let mut chunks = self.ingress.chunks_exact_mut(self.buf_size);
             let mut iovs: [IoSliceMut<'_>; BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            self.rx_state
-                .recv((&self.fds.rx).into(), &mut iovs, &mut self.metas)
+            let batch = self.batch;
+            self.rx_state.recv(
+                (&self.fds.rx).into(),
+                &mut iovs[..batch],
+                &mut self.metas[..batch],
+            )
         };
         let n = match received {
             Ok(n) => n,
@@ -176,7 +252,17 @@ impl MmsgIo {
                         (Some(tx), Some(state)) => (tx, state),
                         _ => (&self.fds.rx, &self.rx_state),
                     };
-                    if send(sock, state, peer, contents) {
+                    if let Some(run) = self.gso.as_mut() {
+                        let max = state.max_gso_segments();
+                        if max > 1 {
+                            if !run.push(peer, contents, max) {
+                                send_run(sock, state, run, &self.stats);
+                                run.push(peer, contents, max);
+                            }
+                            continue;
+                        }
+                    }
+                    if send(sock, state, peer, contents, None) {
                         self.stats.egress(len);
                     } else {
                         self.stats.drop_packet(DropReason::SocketError);
@@ -196,18 +282,56 @@ impl MmsgIo {
                 }
             }
         }
+        if let Some(run) = self.gso.as_mut() {
+            let (sock, state) = match (&self.fds.tx, &self.tx_state) {
+                (Some(tx), Some(state)) => (tx, state),
+                _ => (&self.fds.rx, &self.rx_state),
+            };
+            send_run(sock, state, run, &self.stats);
+        }
         pending.clear();
         self.pending = pending;
     }
 }
 
-/// Sends one datagram; waits briefly for buffer space once if the socket is full.
-fn send(sock: &UdpSocket, state: &UdpSocketState, peer: SocketAddrV4, contents: &[u8]) -> bool {
+/// Sends the gathered run (one GSO send, or a plain one for a single datagram) and empties it.
+fn send_run(sock: &UdpSocket, state: &UdpSocketState, run: &mut GsoRun, stats: &WorkerStats) {
+    let (Some(peer), Some(contents)) = (run.peer, run.buf.get(..run.len)) else {
+        run.count = 0;
+        run.len = 0;
+        return;
+    };
+    if run.count > 0 {
+        let segment = (run.count > 1).then_some(run.seg);
+        if send(sock, state, peer, contents, segment) {
+            for _ in 0..run.count - 1 {
+                stats.egress(run.seg);
+            }
+            stats.egress(run.len - run.seg * (run.count - 1));
+        } else {
+            for _ in 0..run.count {
+                stats.drop_packet(DropReason::SocketError);
+            }
+        }
+    }
+    run.count = 0;
+    run.len = 0;
+}
+
+/// Sends one datagram, or with `segment` a GSO run of datagrams of that size; waits briefly
+/// for buffer space once if the socket is full.
+fn send(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    peer: SocketAddrV4,
+    contents: &[u8],
+    segment: Option<usize>,
+) -> bool {
     let transmit = Transmit {
         destination: peer.into(),
         ecn: None,
         contents,
-        segment_size: None,
+        segment_size: segment,
         src_ip: None,
     };
     for attempt in 0..2 {

@@ -1,0 +1,629 @@
+//! End-to-end throughput of the udp backend against the kernel's VXLAN, side by side on one
+//! netns testbed (`cargo bench --bench throughput`, root only; exits cleanly without it).
+//!
+//! ```text
+//!  fabric netns: bridge br0, etcd          (tests/common/cluster.rs)
+//!     │ veth                │ veth
+//!  host0 netns: flanneld   host1 netns: flanneld
+//!     │ veth pod0            │ veth pod0
+//!  pod0 netns  ── iperf3 / ping ──▶  pod1 netns
+//! ```
+//!
+//! For each datapath (plain underlay routes, kernel VXLAN through our flanneld's vxlan
+//! backend, our udp backend on io_uring, on recvmmsg/sendmsg with and without UDP GSO, and
+//! with one packet per syscall as upstream does) it measures pod to pod: iperf3 TCP with 1
+//! and 4 streams, iperf3 UDP with 64-byte
+//! payloads (packets/s delivered and loss), and ping latency (p50, p99 over 200 pings at 10 ms),
+//! plus the daemons' CPU time per GB and per million packets (`/proc/<pid>/stat`) and their
+//! peak RSS (`VmHWM`). Each figure is the median of `FLANNEL_BENCH_RUNS` runs (default 3) of
+//! `FLANNEL_BENCH_SECS` seconds (default 4). Results: one table on stdout, and
+//! `target/bench/throughput.json` and `target/bench/throughput.svg`.
+//!
+//! Throughput is only ever reported here, never asserted.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::cluster::{host_ip, run, sh, Cluster};
+use common::{in_netns, probe, wait_until, Cap};
+use serde_json::{json, Value};
+
+const NETWORK: &str = "10.5.0.0/16";
+
+/// One datapath under test.
+struct Mode {
+    key: &'static str,
+    label: &'static str,
+    /// `None`: plain routes over the underlay, no daemon.
+    backend: Option<&'static str>,
+    flags: &'static [&'static str],
+}
+
+const MODES: [Mode; 6] = [
+    Mode {
+        key: "underlay",
+        label: "underlay (no overlay)",
+        backend: None,
+        flags: &[],
+    },
+    Mode {
+        key: "vxlan",
+        label: "kernel VXLAN",
+        backend: Some("vxlan"),
+        flags: &[],
+    },
+    Mode {
+        key: "udp",
+        label: "udp (io_uring)",
+        backend: Some("udp"),
+        flags: &[],
+    },
+    Mode {
+        key: "udp-mmsg",
+        label: "udp (mmsg, no GSO)",
+        backend: Some("udp"),
+        flags: &["--udp-io=mmsg", "--udp-gso=false"],
+    },
+    Mode {
+        key: "udp-mmsg-gso",
+        label: "udp (mmsg + UDP GSO)",
+        backend: Some("udp"),
+        flags: &["--udp-io=mmsg"],
+    },
+    Mode {
+        key: "udp-1pkt",
+        label: "udp (1 pkt/syscall)",
+        backend: Some("udp"),
+        flags: &["--udp-batch=1", "--udp-workers=1", "--udp-gso=false"],
+    },
+];
+
+/// One figure of a mode, for the plot.
+type Metric = fn(&Figures) -> f64;
+
+/// The medians of one mode.
+#[derive(Default, Clone)]
+struct Figures {
+    tcp1: f64,
+    tcp4: f64,
+    udp_pps: f64,
+    udp_loss: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_s_per_gb: Option<f64>,
+    cpu_s_per_mpkt: Option<f64>,
+    rss_mb: Option<f64>,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and a multi-minute measurement in a debug build is no test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("throughput bench: not run (use `cargo bench --bench throughput`)");
+        return;
+    }
+    let caps = [
+        Cap::Root,
+        Cap::Netns,
+        Cap::Veth,
+        Cap::Vxlan,
+        Cap::Tun,
+        Cap::Etcd,
+        Cap::Iperf3,
+    ];
+    let missing: Vec<String> = caps
+        .iter()
+        .filter_map(|&c| probe(c).err().map(|e| format!("{c:?}: {e}")))
+        .collect();
+    if !missing.is_empty() {
+        println!("throughput bench skipped: it needs root, network namespaces, etcd and iperf3.");
+        for m in missing {
+            println!("  missing {m}");
+        }
+        return;
+    }
+    let runs: usize = env_or("FLANNEL_BENCH_RUNS", 3).max(1);
+    let secs: u32 = env_or("FLANNEL_BENCH_SECS", 4).max(1);
+    let only: Option<String> = std::env::var("FLANNEL_BENCH_MODES").ok();
+    let machine = machine();
+    println!("flanneld: {}", common::flanneld_bin());
+    println!("machine: {machine}; {runs} runs x {secs} s per figure");
+
+    let mut cluster = Cluster::new(2, &config("vxlan"));
+    let mut results: Vec<(&Mode, Figures)> = Vec::new();
+    // VXLAN first: it leases the subnets that the underlay's plain routes then reuse (each
+    // daemon gets its own lease back on every restart: same public IP).
+    let order = [
+        "vxlan",
+        "underlay",
+        "udp",
+        "udp-mmsg",
+        "udp-mmsg-gso",
+        "udp-1pkt",
+    ];
+    for key in order {
+        let mode = MODES.iter().find(|m| m.key == key).expect("mode");
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|k| k == key))
+            && key != "vxlan"
+        {
+            continue;
+        }
+        println!("== {}", mode.label);
+        let figures = run_mode(&mut cluster, mode, runs, secs);
+        results.push((mode, figures));
+    }
+    results.sort_by_key(|(m, _)| MODES.iter().position(|x| x.key == m.key));
+    let base = results
+        .iter()
+        .find(|(m, _)| m.key == "vxlan")
+        .map(|(_, f)| f.clone())
+        .unwrap_or_default();
+    let table = render_table(&results, &base);
+    println!("\n{table}");
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let json = to_json(&results, &base, &machine, runs, secs);
+    std::fs::write(
+        dir.join("throughput.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("throughput.svg"), svg(&results, &machine)).unwrap();
+    std::fs::write(dir.join("throughput.md"), format!("{machine}\n\n{table}")).unwrap();
+    println!(
+        "wrote {0}/throughput.json, {0}/throughput.svg, {0}/throughput.md",
+        dir.display()
+    );
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("nproc {cpus}, Linux {}", kernel.trim())
+}
+
+fn out_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench")
+}
+
+fn config(backend: &str) -> String {
+    format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"{backend}"}}}}"#)
+}
+
+/// Sets the datapath up, measures it `runs` times, tears it down again.
+fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
+    let mut pids = Vec::new();
+    match mode.backend {
+        Some(backend) => {
+            c.etcd().put_config(&config(backend));
+            c.start_all(mode.flags);
+            for i in 0..2 {
+                let mtu = subnet_env(c, i, "FLANNEL_MTU").unwrap_or_else(|| "1472".into());
+                sh(
+                    Some(&c.hosts[i].pod_netns),
+                    "ip",
+                    &["link", "set", "eth0", "mtu", &mtu],
+                );
+                pids.push(c.daemon(i).child.as_ref().expect("daemon running").id());
+            }
+        }
+        None => underlay_routes(c, "add"),
+    }
+    let peer = c.pod_ip(1);
+    assert!(
+        c.ping(0, &peer, Duration::from_secs(20)),
+        "{}: pod 0 cannot reach pod 1",
+        mode.label
+    );
+
+    let mut samples: Vec<Figures> = Vec::new();
+    let (mut tcp_cpu, mut tcp_bytes, mut udp_cpu, mut udp_pkts) = (0.0, 0.0, 0.0, 0.0);
+    for run_no in 0..runs {
+        let mut f = Figures::default();
+        let cpu0 = cpu_seconds(&pids);
+        let (g1, b1) = iperf_tcp(c, secs, 1);
+        let (g4, b4) = iperf_tcp(c, secs, 4);
+        let cpu1 = cpu_seconds(&pids);
+        let (pps, loss, pkts) = iperf_udp64(c, secs);
+        let cpu2 = cpu_seconds(&pids);
+        let (p50, p99) = ping_latency(c, &peer);
+        (f.tcp1, f.tcp4, f.udp_pps, f.udp_loss, f.p50_us, f.p99_us) = (g1, g4, pps, loss, p50, p99);
+        tcp_cpu += cpu1 - cpu0;
+        tcp_bytes += b1 + b4;
+        udp_cpu += cpu2 - cpu1;
+        udp_pkts += pkts;
+        println!(
+            "  run {}: tcp1 {g1:.2} Gbit/s, tcp4 {g4:.2} Gbit/s, udp64 {:.0} kpps ({loss:.1}% lost), ping p50 {p50:.0} µs p99 {p99:.0} µs",
+            run_no + 1,
+            pps / 1e3
+        );
+        samples.push(f);
+    }
+    let med = |get: fn(&Figures) -> f64| median(samples.iter().map(get).collect());
+    let mut out = Figures {
+        tcp1: med(|f| f.tcp1),
+        tcp4: med(|f| f.tcp4),
+        udp_pps: med(|f| f.udp_pps),
+        udp_loss: med(|f| f.udp_loss),
+        p50_us: med(|f| f.p50_us),
+        p99_us: med(|f| f.p99_us),
+        ..Figures::default()
+    };
+    if !pids.is_empty() {
+        out.rss_mb = pids.iter().filter_map(|&p| peak_rss_mb(p)).reduce(f64::max);
+    }
+    // Only the udp backend forwards in the daemon; with VXLAN the kernel does the work.
+    if mode.backend == Some("udp") {
+        out.cpu_s_per_gb = (tcp_bytes > 0.0).then(|| tcp_cpu / (tcp_bytes / 1e9));
+        out.cpu_s_per_mpkt = (udp_pkts > 0.0).then(|| udp_cpu / (udp_pkts / 1e6));
+    }
+    match mode.backend {
+        Some(_) => {
+            for i in 0..2 {
+                c.kill(i);
+                // The vxlan device outlives its daemon (as upstream's); the TUN does not.
+                let _ = run(Some(&c.hosts[i].netns), "ip", &["link", "del", "flannel.1"]);
+            }
+        }
+        None => underlay_routes(c, "del"),
+    }
+    out
+}
+
+/// Plain routes from each host to the other's pod subnet via its underlay address, pod MTU
+/// 1500: the no-overlay reference.
+fn underlay_routes(c: &Cluster, op: &str) {
+    for (i, other) in [(0usize, 1usize), (1, 0)] {
+        let subnet = c.hosts[other].subnet.as_deref().expect("subnet leased");
+        let net: ipnet::Ipv4Net = subnet.parse().expect("FLANNEL_SUBNET");
+        let (net, via) = (net.trunc().to_string(), host_ip(other));
+        sh(
+            Some(&c.hosts[i].netns),
+            "ip",
+            &["route", op, &net, "via", &via, "dev", "eth0"],
+        );
+        if op == "add" {
+            sh(
+                Some(&c.hosts[i].pod_netns),
+                "ip",
+                &["link", "set", "eth0", "mtu", "1500"],
+            );
+        }
+    }
+}
+
+fn subnet_env(c: &Cluster, i: usize, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(&c.daemon(i).subnet_file).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix('='))
+            .map(str::to_owned)
+    })
+}
+
+/// Runs iperf3 from pod 0 to pod 1 with `args`; the parsed JSON report, or `Null` when three
+/// attempts failed (the figure then drops out of the median, and the error is printed).
+fn iperf3(c: &Cluster, args: &[&str]) -> Value {
+    let target = c.pod_ip(1);
+    let mut full = vec!["-c", target.as_str(), "-p", "5201", "-J"];
+    full.extend_from_slice(args);
+    for attempt in 1..=3 {
+        let mut server = in_netns(Some(&c.hosts[1].pod_netns), "iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 server");
+        let report = wait_until(Duration::from_secs(5), || {
+            let o = run(Some(&c.hosts[0].pod_netns), "iperf3", &full);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            (o.status.success() || !text.contains("unable to connect")).then_some(text)
+        });
+        let _ = server.kill();
+        let _ = server.wait();
+        let v: Value = serde_json::from_str(&report.unwrap_or_default()).unwrap_or(Value::Null);
+        match v["error"].as_str() {
+            None if v.is_object() => return v,
+            err => println!(
+                "  iperf3 {args:?} attempt {attempt} failed: {}",
+                err.unwrap_or("no report")
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Value::Null
+}
+
+/// TCP with `streams` streams: (Gbit/s received, bytes received).
+fn iperf_tcp(c: &Cluster, secs: u32, streams: u32) -> (f64, f64) {
+    let (secs, streams) = (secs.to_string(), streams.to_string());
+    let v = iperf3(c, &["-t", &secs, "-P", &streams]);
+    let sum = &v["end"]["sum_received"];
+    (
+        sum["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9,
+        sum["bytes"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// UDP with 64-byte payloads, unlimited rate: (packets/s delivered, loss %, packets sent).
+fn iperf_udp64(c: &Cluster, secs: u32) -> (f64, f64, f64) {
+    let secs = secs.to_string();
+    let v = iperf3(c, &["-u", "-l", "64", "-b", "0", "-t", &secs]);
+    // The receiver's view (iperf3 >= 3.11 reports it as `sum_received`; older ones in `sum`).
+    let sum = if v["end"]["sum_received"].is_object() {
+        &v["end"]["sum_received"]
+    } else {
+        &v["end"]["sum"]
+    };
+    let Some(packets) = sum["packets"].as_f64() else {
+        return (f64::NAN, f64::NAN, 0.0);
+    };
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().filter(|s| *s > 0.0).unwrap_or(1.0);
+    let delivered = (packets - lost).max(0.0);
+    let loss = if packets > 0.0 {
+        100.0 * lost / packets
+    } else {
+        100.0
+    };
+    (delivered / seconds, loss, packets)
+}
+
+/// 200 pings 10 ms apart from pod 0 to pod 1: (p50, p99) round trip in µs.
+fn ping_latency(c: &Cluster, peer: &str) -> (f64, f64) {
+    let out = run(
+        Some(&c.hosts[0].pod_netns),
+        "ping",
+        &["-n", "-c", "200", "-i", "0.01", "-W", "1", peer],
+    );
+    let mut rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|ms| ms * 1000.0)
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    if rtts.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+/// utime + stime of the processes, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Clock ticks per second (100 on every common Linux build; asked once to be exact).
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    pids.iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn ratio(x: f64, base: f64) -> f64 {
+    if base > 0.0 && base.is_finite() {
+        x / base
+    } else {
+        f64::NAN
+    }
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |x| format!("{x:.prec$}"))
+}
+
+fn render_table(results: &[(&Mode, Figures)], base: &Figures) -> String {
+    let mut t = String::new();
+    t.push_str("| datapath | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP loss | ping p50 µs | ping p99 µs | daemon CPU s/GB | daemon CPU s/Mpkt | daemon peak RSS MB |\n");
+    t.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (m, f) in results {
+        let _ = writeln!(
+            t,
+            "| {} | {:.2} ({:.2}×) | {:.2} ({:.2}×) | {:.0} ({:.2}×) | {:.1} % | {:.0} ({:.2}×) | {:.0} | {} | {} | {} |",
+            m.label,
+            f.tcp1,
+            ratio(f.tcp1, base.tcp1),
+            f.tcp4,
+            ratio(f.tcp4, base.tcp4),
+            f.udp_pps / 1e3,
+            ratio(f.udp_pps, base.udp_pps),
+            f.udp_loss,
+            f.p50_us,
+            ratio(f.p50_us, base.p50_us),
+            f.p99_us,
+            opt(f.cpu_s_per_gb, 2),
+            opt(f.cpu_s_per_mpkt, 2),
+            opt(f.rss_mb, 1),
+        );
+    }
+    t.push_str("\nRatios in parentheses are to kernel VXLAN (for latency, lower is better). CPU and RSS are the two flanneld processes' (utime+stime, VmHWM); the kernel datapaths' CPU is not attributed to a process.\n");
+    t
+}
+
+fn to_json(
+    results: &[(&Mode, Figures)],
+    base: &Figures,
+    machine: &str,
+    runs: usize,
+    secs: u32,
+) -> Value {
+    let rows: Vec<Value> = results
+        .iter()
+        .map(|(m, f)| {
+            json!({
+                "mode": m.key,
+                "label": m.label,
+                "flags": m.flags,
+                "tcp1_gbps": f.tcp1, "tcp1_vs_vxlan": ratio(f.tcp1, base.tcp1),
+                "tcp4_gbps": f.tcp4, "tcp4_vs_vxlan": ratio(f.tcp4, base.tcp4),
+                "udp64_pps": f.udp_pps, "udp64_vs_vxlan": ratio(f.udp_pps, base.udp_pps),
+                "udp64_loss_percent": f.udp_loss,
+                "ping_p50_us": f.p50_us, "ping_p50_vs_vxlan": ratio(f.p50_us, base.p50_us),
+                "ping_p99_us": f.p99_us,
+                "cpu_s_per_gb": f.cpu_s_per_gb,
+                "cpu_s_per_mpkt": f.cpu_s_per_mpkt,
+                "peak_rss_mb": f.rss_mb,
+            })
+        })
+        .collect();
+    json!({ "machine": machine, "runs": runs, "seconds_per_run": secs, "results": rows })
+}
+
+/// Four bar-chart panels (TCP 1, TCP 4, UDP 64 B, ping p50), one bar per datapath.
+fn svg(results: &[(&Mode, Figures)], machine: &str) -> String {
+    const COLORS: [&str; 6] = [
+        "#9e9e9e", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728",
+    ];
+    let panels: [(&str, Metric); 4] = [
+        ("TCP 1 stream (Gbit/s)", |f| f.tcp1),
+        ("TCP 4 streams (Gbit/s)", |f| f.tcp4),
+        ("UDP 64 B (kpps delivered)", |f| f.udp_pps / 1e3),
+        ("ping p50 (µs, lower is better)", |f| f.p50_us),
+    ];
+    let (pw, ph, top) = (300.0, 220.0, 60.0);
+    let width = pw * panels.len() as f64 + 20.0;
+    let height = top + ph + 40.0 + 20.0 * results.len() as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="20" font-size="14">flannel-rs udp backend vs kernel VXLAN, pod to pod over netns ({})</text>"#,
+        esc(machine)
+    );
+    for (p, (title, get)) in panels.iter().enumerate() {
+        let x0 = 10.0 + pw * p as f64;
+        let max = results
+            .iter()
+            .map(|(_, f)| get(f))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-weight="bold">{}</text>"#,
+            x0 + 10.0,
+            top - 10.0,
+            esc(title)
+        );
+        let bw = (pw - 40.0) / results.len().max(1) as f64;
+        for (k, (_, f)) in results.iter().enumerate() {
+            let v = get(f);
+            let h = if max > 0.0 && v.is_finite() {
+                (ph - 20.0) * v / max
+            } else {
+                0.0
+            };
+            let x = x0 + 10.0 + bw * k as f64;
+            let y = top + ph - h;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"/>"#,
+                bw * 0.8,
+                COLORS[k % COLORS.len()]
+            );
+            let label = if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+                x + bw * 0.4,
+                y - 3.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+            x0 + 5.0,
+            top + ph,
+            x0 + pw - 25.0,
+            top + ph
+        );
+    }
+    for (k, (m, _)) in results.iter().enumerate() {
+        let y = top + ph + 25.0 + 20.0 * k as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="20" y="{}" width="12" height="12" fill="{}"/>"#,
+            y - 10.0,
+            COLORS[k % COLORS.len()]
+        );
+        let _ = writeln!(s, r#"<text x="38" y="{y}">{}</text>"#, esc(m.label));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn esc(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every benchmark: the criterion micro-benches (short measurement times for 2-core
+# machines) and the end-to-end netns throughput bench (root; skips with a message otherwise),
+# then prints where the results are.
+#
+#   scripts/bench.sh                    # everything
+#   FLANNEL_BENCH_RUNS=5 FLANNEL_BENCH_SECS=10 scripts/bench.sh   # longer throughput runs
+#   FLANNEL_BENCH_MODES=udp,udp-mmsg scripts/bench.sh             # a subset (vxlan always runs)
+#
+# The throughput bench needs iperf3, ping, iproute2 and etcd (scripts/test.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+
+echo "==> criterion micro-benches"
+cargo bench --locked --bench datapath -- --warm-up-time 0.5 --measurement-time 1 2>&1 \
+    | grep -Ev '^(Benchmarking|Gnuplot|$)' || true
+
+echo "==> end-to-end throughput (netns testbed)"
+cargo bench --locked --bench throughput
+
+echo
+echo "==> results"
+echo "  criterion:   $target/criterion/"
+echo "  throughput:  $target/bench/throughput.md (table), throughput.json, throughput.svg (plot)"
