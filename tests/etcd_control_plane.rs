@@ -34,6 +34,21 @@ fn key_of(subnet_env_value: &str) -> String {
     format!("/coreos.com/network/subnets/{net}-{len}")
 }
 
+/// The network form of a `FLANNEL_SUBNET` value, as the daemon logs it (`10.5.3.0/24`).
+fn net_of(subnet_env_value: &str) -> String {
+    key_of(subnet_env_value)
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .replace('-', "/")
+}
+
+/// Waits until daemon `d` has logged `line`; panics with `what` and the log otherwise.
+fn wait_log(d: &Flanneld, line: &str, timeout: Duration, what: &str) {
+    wait_until(timeout, || d.log().contains(line).then_some(()))
+        .unwrap_or_else(|| panic!("{what}:\n{}", d.log()));
+}
+
 fn lease_value(etcd: &Etcd, key: &str) -> Option<String> {
     let out = etcd.must(&["get", key, "--print-value-only"]);
     let v = out.trim();
@@ -90,17 +105,9 @@ fn three_daemons_hold_distinct_leases_in_upstream_format() {
             if i == j {
                 continue;
             }
-            let net = key_of(s).rsplit('/').next().unwrap().replace('-', "/");
-            let seen = wait_until(secs(10), || {
-                d.log()
-                    .contains(&format!("lease added subnet={net}"))
-                    .then_some(())
-            });
-            assert!(
-                seen.is_some(),
-                "daemon {i} never saw {net}; log:\n{}",
-                d.log()
-            );
+            let net = net_of(s);
+            let what = format!("daemon {i} never saw {net}");
+            wait_log(d, &format!("lease added subnet={net}"), secs(10), &what);
         }
     }
 }
@@ -257,22 +264,22 @@ fn watcher_sees_hosts_join_and_expire() {
         &[],
         &[("FLANNEL_RS_TEST_LEASE_TTL_SECS", "3")],
     );
-    let sb = key_of(&b.wait_subnet(secs(20)));
-    let net = sb.rsplit('/').next().unwrap().replace('-', "/");
-    wait_until(secs(10), || {
-        a.log()
-            .contains(&format!("lease added subnet={net}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("join not seen:\n{}", a.log()));
+    let subnet = b.wait_subnet(secs(20));
+    let (sb, net) = (key_of(&subnet), net_of(&subnet));
+    wait_log(
+        &a,
+        &format!("lease added subnet={net}"),
+        secs(10),
+        "join not seen",
+    );
     // B dies; its short lease expires; A sees the removal.
     b.kill();
-    wait_until(secs(15), || {
-        a.log()
-            .contains(&format!("lease removed subnet={net}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("expiry not seen:\n{}", a.log()));
+    wait_log(
+        &a,
+        &format!("lease removed subnet={net}"),
+        secs(15),
+        "expiry not seen",
+    );
     assert!(lease_value(&etcd, &sb).is_none());
 }
 
@@ -355,17 +362,13 @@ fn etcd_restart_under_a_running_daemon() {
     assert!(lease_value(&etcd, &key).is_some(), "lease survives");
     // The watch resumed: a host joining after the outage is seen.
     let mut b = daemon(&etcd, "127.0.0.2", &[], &[]);
-    let net = key_of(&b.wait_subnet(secs(20)))
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .replace('-', "/");
-    wait_until(secs(20), || {
-        a.log()
-            .contains(&format!("lease added subnet={net}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("watch did not resume:\n{}", a.log()));
+    let net = net_of(&b.wait_subnet(secs(20)));
+    wait_log(
+        &a,
+        &format!("lease added subnet={net}"),
+        secs(20),
+        "watch did not resume",
+    );
     assert!(a.try_exit().is_none());
 }
 
@@ -679,16 +682,12 @@ fn fails_over_between_members_of_an_etcd_cluster() {
     }
     members[2].stop();
     let mut b = Flanneld::spawn(&[&ep, "--iface=lo", "--public-ip=127.0.0.2"], &[]);
-    let net = key_of(&b.wait_subnet(secs(30)))
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .replace('-', "/");
-    wait_until(secs(20), || {
-        a.log()
-            .contains(&format!("lease added subnet={net}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("watch did not fail over:\n{}", a.log()));
+    let net = net_of(&b.wait_subnet(secs(30)));
+    wait_log(
+        &a,
+        &format!("lease added subnet={net}"),
+        secs(20),
+        "watch did not fail over",
+    );
     assert!(a.try_exit().is_none());
 }
