@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::pipeline::{IcmpResponder, Pipeline};
+use super::pipeline::{IcmpResponder, PacketIo, Pipeline};
 use super::route::Routes;
 use super::stats::{StatsSnapshot, WorkerStats};
 use super::IoKind;
@@ -155,36 +155,37 @@ fn run_worker(
     stats: Arc<WorkerStats>,
     ready: mpsc::SyncSender<io::Result<()>>,
 ) {
-    let result = match cfg.io {
-        IoKind::Uring => match UringIo::new(fds, cfg.uring, stats) {
+    // Report set-up to `Workers::spawn` (which waits for every worker), then run.
+    fn run_on<I: PacketIo>(
+        io: io::Result<I>,
+        what: &str,
+        index: usize,
+        pipeline: &mut Pipeline,
+        ready: &mpsc::SyncSender<io::Result<()>>,
+    ) -> Option<io::Result<()>> {
+        match io {
             Ok(mut io) => {
                 let _ = ready.send(Ok(()));
-                pipeline.run(&mut io)
+                Some(pipeline.run(&mut io))
             }
             Err(e) => {
-                let _ = ready.send(Err(io::Error::new(
-                    e.kind(),
-                    format!("worker {index}: setting up io_uring: {e}"),
-                )));
-                return;
-            }
-        },
-        IoKind::Mmsg => {
-            match MmsgIo::new(fds, cfg.uring.buf_size, cfg.mmsg_batch, cfg.gso, stats) {
-                Ok(mut io) => {
-                    let _ = ready.send(Ok(()));
-                    pipeline.run(&mut io)
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(io::Error::new(
-                        e.kind(),
-                        format!("worker {index}: setting up sockets: {e}"),
-                    )));
-                    return;
-                }
+                let msg = format!("worker {index}: setting up {what}: {e}");
+                let _ = ready.send(Err(io::Error::new(e.kind(), msg)));
+                None
             }
         }
+    }
+    let result = match cfg.io {
+        IoKind::Uring => {
+            let io = UringIo::new(fds, cfg.uring, stats);
+            run_on(io, "io_uring", index, &mut pipeline, &ready)
+        }
+        IoKind::Mmsg => {
+            let io = MmsgIo::new(fds, cfg.uring.buf_size, cfg.mmsg_batch, cfg.gso, stats);
+            run_on(io, "sockets", index, &mut pipeline, &ready)
+        }
     };
+    let Some(result) = result else { return };
     match result {
         Ok(()) => tracing::debug!(worker = index, "udp worker stopped"),
         Err(e) => {
