@@ -10,8 +10,8 @@
 //! ```
 //!
 //! For each datapath (plain underlay routes, kernel VXLAN through our flanneld's vxlan
-//! backend, our udp backend on io_uring, on recvmmsg/sendmsg with and without UDP GSO, and
-//! with one packet per syscall as upstream does) it measures pod to pod: iperf3 TCP with 1
+//! backend, our udp backend on io_uring with and without TUN/UDP offloads, on
+//! recvmmsg/sendmsg with offloads, and with one packet per syscall as upstream does) it measures pod to pod: iperf3 TCP with 1
 //! and 4 streams, iperf3 UDP with 64-byte
 //! payloads (packets/s delivered and loss), and ping latency (p50, p99 over 200 pings at 10 ms),
 //! plus the daemons' CPU time per GB and per million packets (`/proc/<pid>/stat`) and their
@@ -59,19 +59,19 @@ const MODES: [Mode; 6] = [
     },
     Mode {
         key: "udp",
-        label: "udp (io_uring)",
+        label: "udp (io_uring, offloads)",
         backend: Some("udp"),
         flags: &[],
     },
     Mode {
-        key: "udp-mmsg",
-        label: "udp (mmsg, no GSO)",
+        key: "udp-nooff",
+        label: "udp (io_uring, no offloads)",
         backend: Some("udp"),
-        flags: &["--udp-io=mmsg", "--udp-gso=false"],
+        flags: &["--udp-offload=false"],
     },
     Mode {
-        key: "udp-mmsg-gso",
-        label: "udp (mmsg + UDP GSO)",
+        key: "udp-mmsg",
+        label: "udp (mmsg, offloads)",
         backend: Some("udp"),
         flags: &["--udp-io=mmsg"],
     },
@@ -79,7 +79,12 @@ const MODES: [Mode; 6] = [
         key: "udp-1pkt",
         label: "udp (1 pkt/syscall)",
         backend: Some("udp"),
-        flags: &["--udp-batch=1", "--udp-workers=1", "--udp-gso=false"],
+        flags: &[
+            "--udp-batch=1",
+            "--udp-workers=1",
+            "--udp-gso=false",
+            "--udp-offload=false",
+        ],
     },
 ];
 
@@ -142,8 +147,8 @@ fn main() {
         "vxlan",
         "underlay",
         "udp",
+        "udp-nooff",
         "udp-mmsg",
-        "udp-mmsg-gso",
         "udp-1pkt",
     ];
     for key in order {

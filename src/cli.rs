@@ -158,6 +158,13 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_UDP_GSO", value_parser = go_bool, num_args = 0..=1,
           require_equals = true, default_value = "true", default_missing_value = "true")]
     pub udp_gso: bool,
+
+    /// udp backend: TUN offloads. The kernel hands over TCP super-packets of up to 64 KiB,
+    /// which leave in UDP GSO sends, one inner packet per datagram as upstream's wire format
+    /// wants; received datagrams come in with UDP GRO and go back to the TUN coalesced.
+    #[arg(long, env = "FLANNELD_UDP_OFFLOAD", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub udp_offload: bool,
 }
 
 /// A flag combination that upstream also refuses.

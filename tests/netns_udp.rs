@@ -87,24 +87,73 @@ fn iperf3_tcp_through_the_overlay() {
     assert!(gbps > 0.0);
 }
 
-/// UDP GSO sends (`--udp-gso`, default on, mmsg path) and plain sends: pods reach each other
-/// and TCP flows (checksummed end to end) get through both ways.
+/// A counter from the daemon's "udp datapath stopped: …" log line (`"<n> <name>"`, or
+/// `"<name> <n> pkts/…"`).
+fn stopped_counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("udp datapath stopped"))
+        .unwrap_or_else(|| panic!("no final datapath stats in the log:\n{log}"));
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    let number_before = words.windows(2).find(|w| w[1] == name).map(|w| w[0]);
+    let number_after = words.windows(2).find(|w| w[0] == name).map(|w| w[1]);
+    number_before
+        .and_then(|n| n.parse().ok())
+        .or_else(|| number_after.and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Both I/O paths with TUN offloads on (the default: TCP super-packets cut into UDP GSO sends,
+/// UDP GRO coalesced back into super-packets) and off, and the mmsg path's UDP GSO runs on and
+/// off: pods reach each other, TCP flows (checksummed end to end, so a wrong segment or
+/// coalesced packet would stall them) get through both ways, and the final counters show
+/// whether super-packets were really used.
 #[test]
-fn mmsg_path_forwards_with_and_without_udp_gso() {
+fn both_io_paths_forward_with_and_without_offloads() {
     require_udp!();
     require!(Cap::Iperf3);
-    for gso in ["--udp-gso=true", "--udp-gso=false"] {
+    let modes: [&[&str]; 5] = [
+        &["--udp-io=uring", "--udp-offload=true"],
+        &["--udp-io=uring", "--udp-offload=false"],
+        &["--udp-io=mmsg", "--udp-offload=true"],
+        &["--udp-io=mmsg", "--udp-offload=false", "--udp-gso=true"],
+        &["--udp-io=mmsg", "--udp-offload=false", "--udp-gso=false"],
+    ];
+    for flags in modes {
         let mut c = Cluster::new(2, UDP_NET);
-        c.start_all(&["--udp-io=mmsg", gso, "--udp-workers=2"]);
+        let mut args = flags.to_vec();
+        args.push("--udp-workers=2");
+        c.start_all(&args);
         all_pairs_ping(&c);
         let gbps = c
             .iperf(0, 1, 2, 2)
-            .unwrap_or_else(|e| panic!("{gso}: {e}\n{}", c.daemon(0).log()));
-        assert!(gbps > 0.0, "{gso}");
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", c.daemon(0).log()));
+        assert!(gbps > 0.0, "{flags:?}");
         let back = c
             .iperf(1, 0, 2, 1)
-            .unwrap_or_else(|e| panic!("{gso}: {e}\n{}", c.daemon(1).log()));
-        assert!(back > 0.0, "{gso}");
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", c.daemon(1).log()));
+        assert!(back > 0.0, "{flags:?}");
+        eprintln!("{flags:?}: {gbps:.2} Gbit/s there, {back:.2} back");
+        let logs = [c.stop(0), c.stop(1)];
+        let offload = flags.contains(&"--udp-offload=true");
+        for (i, log) in logs.iter().enumerate() {
+            let (tso, gro) = (
+                stopped_counter(log, "tso_reads"),
+                stopped_counter(log, "gro_writes"),
+            );
+            // Each host sent a bulk TCP flow and received one.
+            assert_eq!(
+                tso > 0,
+                offload,
+                "{flags:?} host {i}: {tso} super-packets read"
+            );
+            assert_eq!(
+                gro > 0,
+                offload,
+                "{flags:?} host {i}: {gro} coalesced writes"
+            );
+            assert!(stopped_counter(log, "ingress") > 0, "{flags:?} host {i}");
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub struct UdpOptions {
     /// still carries one inner packet per datagram. On by default; used on the mmsg path only
     /// so far (issue 5), and where the kernel refuses GSO quinn-udp falls back by itself.
     pub gso: bool,
+    /// TUN offloads (TCP super-packets cut into GSO sends, UDP GRO coalesced back). On by
+    /// default; off with one packet per syscall (`batch: Some(1)`), upstream's design.
+    pub offload: bool,
     /// Name of the TUN device.
     pub tun_name: String,
 }
@@ -80,6 +83,7 @@ impl Default for UdpOptions {
             spread_source_ports: true,
             batch: None,
             gso: true,
+            offload: true,
             tun_name: UDP_TUN_NAME.to_owned(),
         }
     }
@@ -241,12 +245,14 @@ impl Backend for Udp {
             _ => self.opts.io,
         };
         let io = select_io(choice)?;
+        let offload = self.opts.offload && self.opts.batch != Some(1);
         let spec = TunSpec {
             name: self.opts.tun_name.clone(),
             queues: self.settings.workers,
             mtu: self.settings.mtu,
             addr: own_subnet.network(),
             network: self.settings.network,
+            offload,
         };
         let queues = device::create(&spec).await?;
         let fds = self.bind_sockets(queues)?;
@@ -255,6 +261,7 @@ impl Backend for Udp {
             uring: UringConfig::default(),
             mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
             gso: self.opts.gso,
+            offload,
             strict_source: self.settings.strict_source,
             // Upstream sends ICMP from the TUN address, but that address is local to this
             // host, so the kernel drops the reply as a martian before any pod sees it. The
@@ -271,6 +278,7 @@ impl Backend for Udp {
             port = self.settings.port,
             workers = self.settings.workers,
             %io,
+            offload,
             strict_source = self.settings.strict_source,
             "udp backend running"
         );

@@ -115,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 io,
                 batch: cli.udp_batch,
                 gso: cli.udp_gso,
+                offload: cli.udp_offload,
                 ..UdpOptions::default()
             };
             daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await

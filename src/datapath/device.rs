@@ -32,6 +32,8 @@ pub struct TunSpec {
     pub addr: Ipv4Addr,
     /// The whole overlay network, routed via the device.
     pub network: Ipv4Net,
+    /// Open with `IFF_VNET_HDR` and TCP segmentation/checksum offloads (see `sys::tun`).
+    pub offload: bool,
 }
 
 /// A configuration step that failed, with the device it was for.
@@ -66,7 +68,7 @@ pub async fn create(spec: &TunSpec) -> Result<Vec<TunQueue>, DeviceError> {
         queues: spec.queues,
         source,
     };
-    let queues = tun::open_queues(&spec.name, spec.queues).map_err(create_err)?;
+    let queues = tun::open_queues(&spec.name, spec.queues, spec.offload).map_err(create_err)?;
     let first = queues
         .first()
         .ok_or_else(|| create_err(std::io::Error::other("no queue opened")))?;

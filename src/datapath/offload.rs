@@ -4,13 +4,18 @@
 //! wire format stays upstream's. [`segment_tcp4`] cuts one super-packet into MSS-sized segments
 //! laid out back to back in one buffer, every segment but the last exactly
 //! [`Segments::segment_len`] bytes: the layout a single `UDP_SEGMENT` (GSO) send wants.
-//! [`coalesce_start`], [`coalesce_push`] and [`coalesce_finish`] do the reverse on receive
-//! (GRO): consecutive segments of one flow become one super-packet for a TUN write with a
-//! virtio-net header (`gso_size` and `hdr_len` from [`Coalesced`]).
+//! [`to_wire`] decides, from the virtio-net header the TUN read came with, whether a packet
+//! is segmented or only gets its partial checksum finished. [`write_coalesced`] does the
+//! reverse on receive (GRO, with [`coalesce_start`], [`coalesce_push`], [`coalesce_finish`]):
+//! consecutive segments of one flow become one super-packet for a TUN write with a
+//! virtio-net header, gathered in place.
 //!
-//! Pure, allocation-free and panic-free on any input; benched in `benches/datapath.rs`. Not
-//! wired into the workers yet: the TUN is still opened without `IFF_VNET_HDR`, so nothing
-//! produces or accepts super-packets (issue 5).
+//! Pure, allocation-free and panic-free on any input; benched in `benches/datapath.rs`. Both
+//! I/O layers (`sys::uring`, `sys::mmsg`) use it when the TUN is opened with offloads.
+//!
+//! Why not tun-rs's own offload helpers: they split a super-packet into one buffer per
+//! segment and coalesce by copying, while a `UDP_SEGMENT` send wants the segments back to back
+//! in one buffer and a TUN write can gather the payloads in place with `writev`.
 
 use super::packet::{fill_header_checksum, Ipv4View};
 
@@ -137,12 +142,13 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, 
     })
 }
 
-/// A TCP/IPv4 super-packet being built by [`coalesce_start`] and [`coalesce_push`] in a caller's
-/// buffer: the receive-side counterpart of [`segment_tcp4`] (GRO), for writing many segments
-/// of one flow to a TUN with `IFF_VNET_HDR` as one packet.
+/// A run of TCP/IPv4 segments of one flow that will reach the TUN as one super-packet: the
+/// receive-side counterpart of [`segment_tcp4`] (GRO). Nothing is copied: the first segment
+/// stays where it is and gets the merged packet's header ([`coalesce_finish`]); the payloads
+/// of the segments after it are gathered behind it by one `writev` ([`write_coalesced`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalesced {
-    /// Bytes of the super-packet so far (headers plus payload).
+    /// Bytes of the merged packet so far (headers plus every payload).
     pub len: usize,
     /// Segments merged.
     pub segments: usize,
@@ -150,6 +156,8 @@ pub struct Coalesced {
     pub gso_size: usize,
     /// IPv4 plus TCP header length: the virtio-net header's `hdr_len`.
     pub hdr_len: usize,
+    /// The last segment merged carried PSH; the merged packet carries it.
+    psh: bool,
     /// A shorter segment or a PSH ended the run: nothing more may be appended.
     closed: bool,
 }
@@ -158,8 +166,8 @@ pub struct Coalesced {
 /// SYN, FIN, RST, URG, ECN signals — is delivered on its own).
 const FLAG_ACK: u8 = 0x10;
 
-/// The IPv4 and TCP header lengths of a coalescable segment, or `None`.
-fn tcp4_headers(seg: &[u8]) -> Option<(usize, usize)> {
+/// The IPv4 and TCP header lengths and IP total length of a coalescable segment, or `None`.
+fn tcp4_headers(seg: &[u8]) -> Option<(usize, usize, usize)> {
     let view = Ipv4View::new_checked(seg).ok()?;
     let frag = seg.get(6..8)?;
     let ihl = view.header_len();
@@ -176,74 +184,68 @@ fn tcp4_headers(seg: &[u8]) -> Option<(usize, usize)> {
     (doff >= TCP_MIN_HEADER
         && doff < tcp.len()
         && (flags == FLAG_ACK || flags == FLAG_ACK | FLAG_PSH))
-        .then_some((ihl, doff))
+        .then_some((ihl, doff, view.total_len()))
 }
 
-/// Starts a super-packet in `out` with the segment `seg` (copied). `None` when `seg` is not
-/// a coalescable TCP/IPv4 data segment (then deliver it as it is) or `out` is too small.
-pub fn coalesce_start(out: &mut [u8], seg: &[u8]) -> Option<Coalesced> {
-    let (ihl, doff) = tcp4_headers(seg)?;
-    let total = Ipv4View::new_checked(seg).ok()?.total_len();
-    out.get_mut(..total)?.copy_from_slice(seg.get(..total)?);
+/// Starts a run with the segment `first`. `None` when it is not a coalescable TCP/IPv4 data
+/// segment (then deliver it as it is).
+pub fn coalesce_start(first: &[u8]) -> Option<Coalesced> {
+    let (ihl, doff, total) = tcp4_headers(first)?;
     let hdr_len = ihl + doff;
+    let psh = first
+        .get(ihl + TCP_FLAGS)
+        .is_some_and(|f| f & FLAG_PSH != 0);
     Some(Coalesced {
         len: total,
         segments: 1,
         gso_size: total - hdr_len,
         hdr_len,
-        closed: seg.get(ihl + TCP_FLAGS).is_some_and(|f| f & FLAG_PSH != 0),
+        psh,
+        closed: psh,
     })
 }
 
-/// Appends `seg` to the super-packet in `out` if it is the next segment of the same flow with
+/// Adds `seg` to the run started by `first` if it is the next segment of the same flow with
 /// identical headers (but for length, id, sequence number and checksums), at most
-/// `cur.gso_size` of payload, and the result stays within 64 KiB. Returns whether it did; if
-/// not, finish `cur` and start a new one.
-pub fn coalesce_push(out: &mut [u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
+/// `cur.gso_size` of payload, and the merged packet stays within 64 KiB. Returns whether it
+/// did; the caller then gathers `seg[cur.hdr_len..]` (up to its IP total length) behind the
+/// run. Rules as Linux's `tcp_gro_receive`: same ACK, window and options; a segment shorter
+/// than the first, or one with PSH, is the last.
+pub fn coalesce_push(first: &[u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
     if cur.closed {
         return false;
     }
-    let Some((ihl, doff)) = tcp4_headers(seg) else {
+    let Some((ihl, doff, seg_total)) = tcp4_headers(seg) else {
         return false;
     };
     let hdr = ihl + doff;
-    let Some(seg_total) = Ipv4View::new_checked(seg).ok().map(|v| v.total_len()) else {
-        return false;
-    };
     let plen = seg_total - hdr;
     if hdr != cur.hdr_len || plen > cur.gso_size || cur.len + plen > usize::from(u16::MAX) {
         return false;
     }
-    let (Some(first), Some(h)) = (out.get(..hdr), seg.get(..hdr)) else {
+    let (Some(f), Some(h)) = (first.get(..hdr), seg.get(..hdr)) else {
         return false;
     };
-    // IPv4: version..TOS, flags..protocol, addresses. TCP: ports, ack, offset..urgent pointer
-    // but the checksum, options. PSH may differ (it closes the run).
     let t = ihl;
-    let same = first[0..2] == h[0..2]
-        && first[6..10] == h[6..10]
-        && first[12..20] == h[12..20]
-        && first[t..t + 4] == h[t..t + 4]
-        && first[t + 8..t + 13] == h[t + 8..t + 13]
-        && first[t + 13] & !FLAG_PSH == h[t + 13] & !FLAG_PSH
-        && first[t + 14..t + 16] == h[t + 14..t + 16]
-        && first[t + 18..hdr] == h[t + 18..hdr];
+    // Version/IHL/TOS; flags and fragment offset, TTL, protocol; addresses; ports; ACK number
+    // and data offset; flags but PSH; window; urgent pointer and options.
+    let same = f[0..2] == h[0..2]
+        && f[6..10] == h[6..10]
+        && f[12..20] == h[12..20]
+        && f[t..t + 4] == h[t..t + 4]
+        && f[t + 8..t + 13] == h[t + 8..t + 13]
+        && f[t + 13] & !FLAG_PSH == h[t + 13] & !FLAG_PSH
+        && f[t + 14..t + 16] == h[t + 14..t + 16]
+        && f[t + 18..hdr] == h[t + 18..hdr];
     let seq = |p: &[u8]| u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]);
     let payload_so_far = (cur.len - cur.hdr_len) as u32;
-    if !same || seq(h) != seq(first).wrapping_add(payload_so_far) {
+    if !same || seq(h) != seq(f).wrapping_add(payload_so_far) {
         return false;
     }
-    let (Some(dst), Some(src)) = (
-        out.get_mut(cur.len..cur.len + plen),
-        seg.get(hdr..seg_total),
-    ) else {
-        return false;
-    };
-    dst.copy_from_slice(src);
     cur.len += plen;
     cur.segments += 1;
-    if h[t + 13] & FLAG_PSH != 0 {
-        out[t + 13] |= FLAG_PSH;
+    if h[t + TCP_FLAGS] & FLAG_PSH != 0 {
+        cur.psh = true;
         cur.closed = true;
     }
     if plen < cur.gso_size {
@@ -252,24 +254,220 @@ pub fn coalesce_push(out: &mut [u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
     true
 }
 
-/// Finishes the super-packet in `out[..cur.len]`: IP total length, header checksum and a full
-/// TCP checksum (the TUN then needs no `NEEDS_CSUM` hint).
-pub fn coalesce_finish(out: &mut [u8], cur: &Coalesced) {
-    let Some(pkt) = out.get_mut(..cur.len) else {
-        return;
+/// Gives the run's first segment `first` (its own bytes, not yet the gathered payloads) the
+/// header of the merged packet and returns the virtio-net header to write it with.
+///
+/// A run of one segment is left untouched and goes without offload (`GSO_NONE`). Otherwise:
+/// IP total length and header checksum of the merged packet, PSH if any segment had it, and
+/// in the TCP checksum field the pseudo-header sum with `NEEDS_CSUM`: the kernel treats the
+/// packet as `CHECKSUM_PARTIAL` (as if a local socket had sent it), finishing the checksum
+/// only if the packet leaves through a device that needs one. Each segment was protected by
+/// the UDP checksum of the datagram that carried it.
+pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
+    if cur.segments < 2 {
+        return VnetHdr::default();
+    }
+    let Some(ihl) = first.first().map(|b| usize::from(b & 0x0f) * 4) else {
+        return VnetHdr::default();
     };
-    let Some(ihl) = pkt.first().map(|b| usize::from(b & 0x0f) * 4) else {
-        return;
+    let Some(h) = first.get_mut(..cur.hdr_len) else {
+        return VnetHdr::default();
     };
-    pkt[2..4].copy_from_slice(&(cur.len as u16).to_be_bytes());
-    fill_header_checksum(&mut pkt[..ihl]);
-    pkt[ihl + TCP_CHECKSUM..ihl + TCP_CHECKSUM + 2].fill(0);
-    let sum = sum_words(&pkt[12..20])
-        + u64::from(PROTO_TCP)
-        + (cur.len - ihl) as u64
-        + sum_words(&pkt[ihl..]);
-    let csum = !fold(sum);
-    pkt[ihl + TCP_CHECKSUM..ihl + TCP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
+    h[2..4].copy_from_slice(&(cur.len as u16).to_be_bytes());
+    fill_header_checksum(&mut h[..ihl]);
+    if cur.psh {
+        h[ihl + TCP_FLAGS] |= FLAG_PSH;
+    }
+    let pseudo = sum_words(&h[12..20]) + u64::from(PROTO_TCP) + (cur.len - ihl) as u64;
+    h[ihl + TCP_CHECKSUM..ihl + TCP_CHECKSUM + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    VnetHdr {
+        flags: VNET_F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: cur.hdr_len as u16,
+        gso_size: cur.gso_size as u16,
+        csum_start: ihl as u16,
+        csum_offset: TCP_CHECKSUM as u16,
+    }
+}
+
+/// Most segments merged into one TUN write (Linux's UDP GRO merges at most 64 datagrams, so a
+/// run rarely gets longer; a longer one is simply cut).
+pub const MAX_RUN: usize = 64;
+
+/// Writes the packets `packets` (each `(offset, len)` in `buf`, in arrival order) to a TUN
+/// opened with `IFF_VNET_HDR`: every run of consecutive segments of one TCP flow as one
+/// super-packet, everything else alone, each behind its virtio-net header. `write` gets the
+/// pieces of one TUN write (to gather with `writev`), the packets it carries and their bytes.
+///
+/// Only the merged packets' headers in `buf` are rewritten; nothing is copied or allocated.
+pub fn write_coalesced<W>(buf: &mut [u8], packets: &[(usize, usize)], mut write: W)
+where
+    W: FnMut(&[std::io::IoSlice<'_>], usize, usize),
+{
+    let mut i = 0;
+    while let Some(&(off, len)) = packets.get(i) {
+        let Some(first) = buf.get(off..off + len) else {
+            i += 1;
+            continue;
+        };
+        let mut run_end = i + 1;
+        let mut vnet = VnetHdr::default();
+        if let Some(mut cur) = coalesce_start(first) {
+            while run_end - i < MAX_RUN {
+                let next = packets.get(run_end).and_then(|&(o, l)| buf.get(o..o + l));
+                match next {
+                    Some(seg) if coalesce_push(first, &mut cur, seg) => run_end += 1,
+                    _ => break,
+                }
+            }
+            if let Some(first) = buf.get_mut(off..off + len) {
+                vnet = coalesce_finish(first, &cur);
+            }
+        }
+        let hdr = vnet.encode();
+        let hdr_len = usize::from(vnet.hdr_len);
+        let mut pieces = [std::io::IoSlice::new(&[]); MAX_RUN + 1];
+        pieces[0] = std::io::IoSlice::new(&hdr);
+        pieces[1] = std::io::IoSlice::new(buf.get(off..off + len).unwrap_or_default());
+        let mut bytes = len;
+        for (piece, &(o, l)) in pieces[2..].iter_mut().zip(&packets[i + 1..run_end]) {
+            // A merged segment's payload ends at its IP total length (`tcp4_headers` checked
+            // it lies within `l`).
+            let total = buf
+                .get(o..o + l)
+                .and_then(|s| Ipv4View::new_checked(s).ok())
+                .map_or(0, |v| v.total_len());
+            let payload = buf.get(o + hdr_len..o + total).unwrap_or_default();
+            bytes += payload.len();
+            *piece = std::io::IoSlice::new(payload);
+        }
+        write(&pieces[..run_end - i + 1], run_end - i, bytes);
+        i = run_end;
+    }
+}
+
+/// Length of `struct virtio_net_hdr` (without the mergeable-buffers field): the prefix of
+/// every read from and write to a TUN opened with `IFF_VNET_HDR`.
+pub const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` holds only the
+/// pseudo-header sum; whoever sends the packet on must finish it.
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_NONE`, `_TCPV4` and the `_ECN` bit.
+pub const GSO_NONE: u8 = 0;
+pub const GSO_TCPV4: u8 = 1;
+pub const GSO_ECN: u8 = 0x80;
+
+/// `struct virtio_net_hdr` (`<linux/virtio_net.h>`). The TUN uses the host's byte order for
+/// it (legacy virtio, no `TUNSETVNETLE`/`BE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Reads the header at the start of `b`; `None` if `b` is shorter than one.
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        let b = b.first_chunk::<VNET_HDR_LEN>()?;
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        })
+    }
+
+    pub fn encode(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+}
+
+/// How a packet read from a TUN with offloads goes on the wire (see [`to_wire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `pkt[..len]` as one datagram (its checksum finished if the kernel left it partial).
+    Whole { len: usize },
+    /// The segments [`segment_tcp4`] wrote to the scratch buffer.
+    Segmented(Segments),
+}
+
+/// Readies `pkt[..len]`, read from a TUN with `IFF_VNET_HDR` behind header `vnet` (and already
+/// past the egress verdict), for the wire, where every datagram is one whole IPv4 packet with
+/// valid checksums: a TCP super-packet is cut into `gso_size` segments in `scratch`; a single
+/// packet with a partial checksum gets it finished in place.
+///
+/// # Errors
+/// A GSO type we never enabled (only `TUN_F_TSO4` is), or headers that do not add up.
+pub fn to_wire(
+    vnet: &VnetHdr,
+    pkt: &mut [u8],
+    len: usize,
+    scratch: &mut [u8],
+) -> Result<Wire, SegmentError> {
+    let pkt = pkt.get_mut(..len).ok_or(SegmentError::Malformed)?;
+    match vnet.gso_type & !GSO_ECN {
+        GSO_NONE => {
+            if vnet.flags & VNET_F_NEEDS_CSUM != 0 {
+                finish_checksum(pkt, vnet.csum_start.into(), vnet.csum_offset.into())?;
+            }
+            Ok(Wire::Whole { len })
+        }
+        GSO_TCPV4 => segment_tcp4(pkt, vnet.gso_size.into(), scratch).map(Wire::Segmented),
+        _ => Err(SegmentError::NotTcp4),
+    }
+}
+
+/// Finishes a partial (`CHECKSUM_PARTIAL`) checksum: the one's complement sum of
+/// `pkt[start..]`, whose checksum field at `start + offset` holds the pseudo-header sum.
+/// A UDP checksum that comes out 0 is sent as 0xffff (0 means "none" in UDP).
+///
+/// # Errors
+/// `start + offset + 2` lies beyond the packet.
+pub fn finish_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), SegmentError> {
+    let at = start.checked_add(offset).ok_or(SegmentError::Malformed)?;
+    if at.checked_add(2).is_none_or(|end| end > pkt.len()) {
+        return Err(SegmentError::Malformed);
+    }
+    let mut csum = !fold(sum_words(&pkt[start..]));
+    if csum == 0 && pkt.get(9) == Some(&super::packet::PROTO_UDP) {
+        csum = 0xffff;
+    }
+    pkt[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    Ok(())
+}
+
+/// Largest UDP payload one send may carry (65535 − IPv4 − UDP headers): the bound on a GSO
+/// send's total bytes.
+pub const GSO_MAX_BYTES: usize = 65_507;
+
+impl Segments {
+    /// Byte ranges of the scratch buffer, one per UDP GSO send: whole segments only, at most
+    /// `max_segments` of them and [`GSO_MAX_BYTES`] in one send (a 64 KiB super-packet with
+    /// its repeated headers needs two).
+    pub fn sends(&self, max_segments: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let per_send = max_segments
+            .min(GSO_MAX_BYTES / self.segment_len.max(1))
+            .max(1)
+            * self.segment_len;
+        let total = self.total;
+        (0..total)
+            .step_by(per_send.max(1))
+            .map(move |start| start..(start + per_send).min(total))
+    }
 }
 
 /// Whether the TCP checksum of the TCP/IPv4 packet `pkt` verifies (tests and fuzzing).
@@ -422,6 +620,34 @@ mod tests {
         }
     }
 
+    /// Runs [`write_coalesced`] and returns every TUN write: its virtio-net header and the
+    /// gathered packet, with a partial checksum finished as the kernel would.
+    fn tun_writes(buf: &mut [u8], packets: &[(usize, usize)]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut writes = Vec::new();
+        write_coalesced(buf, packets, |pieces, count, bytes| {
+            let hdr = VnetHdr::parse(&pieces[0]).unwrap();
+            let mut pkt: Vec<u8> = pieces[1..].iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(pkt.len(), bytes);
+            assert_eq!(count, pieces.len() - 1);
+            if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
+                finish_checksum(&mut pkt, hdr.csum_start.into(), hdr.csum_offset.into()).unwrap();
+            }
+            writes.push((hdr, pkt));
+        });
+        writes
+    }
+
+    /// Lays `segs` out back to back, `stride` apart, as a UDP GRO receive does.
+    fn gro_buffer(segs: &[&[u8]], stride: usize) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let mut buf = vec![0u8; segs.len() * stride];
+        let mut at = Vec::new();
+        for (k, s) in segs.iter().enumerate() {
+            buf[k * stride..k * stride + s.len()].copy_from_slice(s);
+            at.push((k * stride, s.len()));
+        }
+        (buf, at)
+    }
+
     #[test]
     fn segments_coalesce_back_into_the_super_packet() {
         let data = payload(44 * 1448);
@@ -429,26 +655,42 @@ mod tests {
         let mut segs = vec![0u8; 70_000];
         let s = segment_tcp4(&pkt, 1448, &mut segs).unwrap();
         assert_eq!(s.count, 44);
-        let mut out = vec![0u8; 65_536];
-        let mut cur = coalesce_start(&mut out, &segs[..s.segment_len]).unwrap();
-        for k in 1..s.count {
-            let seg = &segs[k * s.segment_len..((k + 1) * s.segment_len).min(s.total)];
-            assert!(coalesce_push(&mut out, &mut cur, seg), "segment {k}");
-        }
-        coalesce_finish(&mut out, &cur);
-        assert_eq!((cur.segments, cur.gso_size, cur.hdr_len), (44, 1448, 40));
-        assert_eq!(&out[..cur.len], &pkt[..]);
-        // After PSH the run is closed.
-        assert!(!coalesce_push(&mut out, &mut cur, &segs[..s.segment_len]));
+        let mut at: Vec<(usize, usize)> = (0..s.count)
+            .map(|k| {
+                (
+                    k * s.segment_len,
+                    s.segment_len.min(s.total - k * s.segment_len),
+                )
+            })
+            .collect();
+        // A bare ACK of another flow behind the run is written on its own.
+        let ack = build_tcp4(B, A, 5, FLAG_ACK, &[]);
+        segs[s.total..s.total + ack.len()].copy_from_slice(&ack);
+        at.push((s.total, ack.len()));
+        let writes = tun_writes(&mut segs, &at);
+        assert_eq!(writes.len(), 2);
+        let (hdr, merged) = &writes[0];
+        assert_eq!(merged, &pkt, "the super-packet, checksums and all");
+        assert_eq!(
+            *hdr,
+            VnetHdr {
+                flags: VNET_F_NEEDS_CSUM,
+                gso_type: GSO_TCPV4,
+                hdr_len: 40,
+                gso_size: 1448,
+                csum_start: 20,
+                csum_offset: 16,
+            }
+        );
+        assert_eq!(writes[1], (VnetHdr::default(), ack));
     }
 
     #[test]
     fn only_the_next_segment_of_the_same_flow_coalesces() {
-        let mut out = vec![0u8; 65_536];
         let first = build_tcp4(A, B, 1000, FLAG_ACK, &payload(1000));
-        let mut cur = coalesce_start(&mut out, &first).unwrap();
+        let mut cur = coalesce_start(&first).unwrap();
         let gap = build_tcp4(A, B, 3000, FLAG_ACK, &payload(1000));
-        assert!(!coalesce_push(&mut out, &mut cur, &gap), "sequence gap");
+        assert!(!coalesce_push(&first, &mut cur, &gap), "sequence gap");
         let other = build_tcp4(
             A,
             Ipv4Addr::new(10, 5, 3, 3),
@@ -456,32 +698,128 @@ mod tests {
             FLAG_ACK,
             &payload(1000),
         );
-        assert!(!coalesce_push(&mut out, &mut cur, &other), "other flow");
+        assert!(!coalesce_push(&first, &mut cur, &other), "other flow");
         let bigger = build_tcp4(A, B, 2000, FLAG_ACK, &payload(1001));
         assert!(
-            !coalesce_push(&mut out, &mut cur, &bigger),
+            !coalesce_push(&first, &mut cur, &bigger),
             "larger than gso_size"
         );
         let fin = build_tcp4(A, B, 2000, FLAG_ACK | FLAG_FIN, &payload(10));
         assert!(
-            !coalesce_push(&mut out, &mut cur, &fin),
+            !coalesce_push(&first, &mut cur, &fin),
             "FIN is delivered alone"
         );
         let short = build_tcp4(A, B, 2000, FLAG_ACK, &payload(500));
-        assert!(coalesce_push(&mut out, &mut cur, &short));
+        assert!(coalesce_push(&first, &mut cur, &short));
         let after_short = build_tcp4(A, B, 2500, FLAG_ACK, &payload(500));
         assert!(
-            !coalesce_push(&mut out, &mut cur, &after_short),
+            !coalesce_push(&first, &mut cur, &after_short),
             "a short segment ends the run"
         );
-        coalesce_finish(&mut out, &cur);
-        let merged = &out[..cur.len];
-        assert!(Ipv4View::new_verified(merged).is_ok() && tcp4_checksum_ok(merged));
-        assert_eq!(cur.len, 40 + 1500);
+        assert_eq!((cur.len, cur.segments), (40 + 1500, 2));
         assert!(
-            coalesce_start(&mut out, &build_tcp4(A, B, 1, 0x02, &[])).is_none(),
+            coalesce_start(&build_tcp4(A, B, 1, 0x02, &[])).is_none(),
             "SYN"
         );
+
+        // The same sequence through the writer: [first+short], gap, other, ... each alone.
+        let all = [&first[..], &short, &gap, &other, &after_short];
+        let (mut buf, at) = gro_buffer(&all, 1100);
+        let writes = tun_writes(&mut buf, &at);
+        assert_eq!(writes.len(), 4);
+        let merged = &writes[0].1;
+        assert_eq!(merged.len(), 40 + 1500);
+        assert!(Ipv4View::new_verified(merged).is_ok() && tcp4_checksum_ok(merged));
+        assert_eq!(&merged[40..1040], &first[40..]);
+        assert_eq!(&merged[1040..], &short[40..]);
+        for (w, orig) in writes[1..].iter().zip([&gap, &other, &after_short]) {
+            assert_eq!(w, &(VnetHdr::default(), orig.to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_psh_in_the_run_ends_it_and_reaches_the_merged_header() {
+        let a = build_tcp4(A, B, 0, FLAG_ACK, &payload(100));
+        let b = build_tcp4(A, B, 100, FLAG_ACK | FLAG_PSH, &payload(100));
+        let c = build_tcp4(A, B, 200, FLAG_ACK, &payload(100));
+        let (mut buf, at) = gro_buffer(&[&a, &b, &c], 140);
+        let writes = tun_writes(&mut buf, &at);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[0].1[20 + TCP_FLAGS], FLAG_ACK | FLAG_PSH);
+        assert!(tcp4_checksum_ok(&writes[0].1));
+        assert_eq!(writes[1].1, c);
+    }
+
+    #[test]
+    fn super_packets_leave_as_whole_datagrams_in_bounded_gso_sends() {
+        let data = payload(65_000);
+        let mut pkt = build_tcp4(A, B, 9, FLAG_ACK, &data);
+        // What the kernel hands over with TSO: the pseudo-header sum in the checksum field.
+        let partial = fold(pseudo_of(&pkt));
+        pkt[36..38].copy_from_slice(&partial.to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 40,
+            gso_size: 1400,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        assert_eq!(VnetHdr::parse(&vnet.encode()), Some(vnet));
+        let mut scratch = vec![0u8; 80_000];
+        let len = pkt.len();
+        let Ok(Wire::Segmented(s)) = to_wire(&vnet, &mut pkt, len, &mut scratch) else {
+            panic!("a TSO packet is segmented");
+        };
+        assert_eq!(s.segment_len, 1440);
+        let sends: Vec<_> = s.sends(64).collect();
+        assert_eq!(
+            sends.len(),
+            2,
+            "65 000 bytes plus headers exceed one datagram"
+        );
+        assert_eq!(sends[0], 0..45 * 1440);
+        assert_eq!(sends[1].end, s.total);
+        assert!(sends.iter().all(|r| r.len() <= GSO_MAX_BYTES));
+        assert_eq!(s.sends(16).count(), s.count.div_ceil(16));
+        for seg in scratch[..s.total].chunks(1440) {
+            assert!(tcp4_checksum_ok(seg));
+        }
+
+        // A small packet with a partial checksum is finished in place.
+        let mut small = build_tcp4(A, B, 9, FLAG_ACK, &payload(300));
+        let good = small.clone();
+        let partial = fold(pseudo_of(&small));
+        small[36..38].copy_from_slice(&partial.to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        let len = small.len();
+        assert_eq!(
+            to_wire(&vnet, &mut small, len, &mut scratch),
+            Ok(Wire::Whole { len })
+        );
+        assert_eq!(small, good);
+        // An offload we never enabled, and a checksum offset beyond the packet.
+        let udp4 = VnetHdr {
+            gso_type: 5,
+            ..VnetHdr::default()
+        };
+        assert!(to_wire(&udp4, &mut small, len, &mut scratch).is_err());
+        let beyond = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            csum_start: 330,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        assert!(to_wire(&beyond, &mut small, len, &mut scratch).is_err());
+    }
+
+    fn pseudo_of(pkt: &[u8]) -> u64 {
+        sum_words(&pkt[12..20]) + u64::from(PROTO_TCP) + (pkt.len() - 20) as u64
     }
 
     #[test]

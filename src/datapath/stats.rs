@@ -96,20 +96,44 @@ pub struct WorkerStats {
     batches: Counter,
     /// ICMP network-unreachable messages written back to TUN.
     icmp_sent: Counter,
+    /// With offloads: TCP super-packets read from TUN (cut into segments), and TUN writes that
+    /// carried several coalesced segments.
+    tso_reads: Counter,
+    gro_writes: Counter,
     drops: [Counter; DropReason::COUNT],
 }
 
 impl WorkerStats {
     #[inline]
     pub fn egress(&self, bytes: usize) {
-        self.egress_packets.add(1);
+        self.egress_n(1, bytes);
+    }
+
+    /// `packets` datagrams sent at once (a GSO send), `bytes` in all.
+    #[inline]
+    pub fn egress_n(&self, packets: usize, bytes: usize) {
+        self.egress_packets.add(packets as u64);
         self.egress_bytes.add(bytes as u64);
     }
 
     #[inline]
     pub fn ingress(&self, bytes: usize) {
-        self.ingress_packets.add(1);
+        self.ingress_n(1, bytes);
+    }
+
+    /// `packets` inbound packets written at once (coalesced), `bytes` in all.
+    #[inline]
+    pub fn ingress_n(&self, packets: usize, bytes: usize) {
+        self.ingress_packets.add(packets as u64);
         self.ingress_bytes.add(bytes as u64);
+        if packets > 1 {
+            self.gro_writes.add(1);
+        }
+    }
+
+    #[inline]
+    pub fn tso_read(&self) {
+        self.tso_reads.add(1);
     }
 
     #[inline]
@@ -142,6 +166,8 @@ impl WorkerStats {
             ingress_bytes: self.ingress_bytes.get(),
             batches: self.batches.get(),
             icmp_sent: self.icmp_sent.get(),
+            tso_reads: self.tso_reads.get(),
+            gro_writes: self.gro_writes.get(),
             drops,
         }
     }
@@ -156,6 +182,8 @@ pub struct StatsSnapshot {
     pub ingress_bytes: u64,
     pub batches: u64,
     pub icmp_sent: u64,
+    pub tso_reads: u64,
+    pub gro_writes: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -188,6 +216,8 @@ impl AddAssign for StatsSnapshot {
         self.ingress_bytes += o.ingress_bytes;
         self.batches += o.batches;
         self.icmp_sent += o.icmp_sent;
+        self.tso_reads += o.tso_reads;
+        self.gro_writes += o.gro_writes;
         for (a, b) in self.drops.iter_mut().zip(o.drops) {
             *a += b;
         }
@@ -199,13 +229,16 @@ impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "egress {} pkts/{} B, ingress {} pkts/{} B, {} batches, {} icmp, drops",
+            "egress {} pkts/{} B, ingress {} pkts/{} B, {} batches, {} icmp, \
+             {} tso_reads, {} gro_writes, drops",
             self.egress_packets,
             self.egress_bytes,
             self.ingress_packets,
             self.ingress_bytes,
             self.batches,
-            self.icmp_sent
+            self.icmp_sent,
+            self.tso_reads,
+            self.gro_writes,
         )?;
         let mut any = false;
         for r in DropReason::ALL {
@@ -233,6 +266,8 @@ mod tests {
         a.egress(100);
         a.egress(50);
         b.ingress(70);
+        b.ingress_n(3, 300);
+        a.tso_read();
         b.batch();
         a.icmp_sent();
         a.drop_packet(DropReason::NoRoute);
@@ -246,7 +281,7 @@ mod tests {
                 s.ingress_packets,
                 s.ingress_bytes
             ),
-            (2, 150, 1, 70)
+            (2, 150, 4, 370)
         );
         assert_eq!((s.batches, s.icmp_sent), (1, 1));
         assert_eq!(s.drops(DropReason::NoRoute), 2);
@@ -255,7 +290,8 @@ mod tests {
         assert_eq!(s.total_drops(), 3);
         assert_eq!(
             s.to_string(),
-            "egress 2 pkts/150 B, ingress 1 pkts/70 B, 1 batches, 1 icmp, drops no_route=2 spoofed=1"
+            "egress 2 pkts/150 B, ingress 4 pkts/370 B, 1 batches, 1 icmp, 1 tso_reads, \
+             1 gro_writes, drops no_route=2 spoofed=1"
         );
     }
 

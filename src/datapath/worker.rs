@@ -42,8 +42,11 @@ pub struct WorkerConfig {
     pub uring: UringConfig,
     /// Packets per read/receive round on the mmsg path (1 ..= `sys::mmsg::BATCH`).
     pub mmsg_batch: usize,
-    /// Send runs of datagrams to one peer with UDP GSO (`UDP_SEGMENT`; mmsg path only so far).
+    /// Send runs of datagrams to one peer with UDP GSO (`UDP_SEGMENT`; mmsg path).
     pub gso: bool,
+    /// The TUN was opened with offloads (virtio-net headers, TCP super-packets): cut them
+    /// into GSO sends, receive with UDP GRO and write coalesced super-packets back.
+    pub offload: bool,
     /// Drop inbound packets whose inner source is outside the sending peer's subnet.
     pub strict_source: bool,
     /// Source address of ICMP "network unreachable" replies (see `backend::udp`).
@@ -127,10 +130,14 @@ impl Workers {
         if let Err(e) = self.stop.signal() {
             tracing::error!(error = %e, "cannot signal udp workers to stop");
         }
+        let count = self.threads.len();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a udp worker panicked");
             }
+        }
+        if count > 0 {
+            tracing::info!(workers = count, "udp datapath stopped: {}", self.stats());
         }
         if let Some((tx, t)) = self.logger.take() {
             drop(tx);
@@ -177,11 +184,18 @@ fn run_worker(
     }
     let result = match cfg.io {
         IoKind::Uring => {
-            let io = UringIo::new(fds, cfg.uring, stats);
+            let io = UringIo::new(fds, cfg.uring, cfg.offload, stats);
             run_on(io, "io_uring", index, &mut pipeline, &ready)
         }
         IoKind::Mmsg => {
-            let io = MmsgIo::new(fds, cfg.uring.buf_size, cfg.mmsg_batch, cfg.gso, stats);
+            let io = MmsgIo::new(
+                fds,
+                cfg.uring.buf_size,
+                cfg.mmsg_batch,
+                cfg.gso,
+                cfg.offload,
+                stats,
+            );
             run_on(io, "sockets", index, &mut pipeline, &ready)
         }
     };

@@ -6,6 +6,10 @@
 //! Buffers are two fixed pools (egress, ingress) of [`BATCH`] slots allocated once; packets are
 //! rewritten in place. The same [`PacketIo`] contract as the io_uring path, so the same
 //! pipeline runs on both.
+//!
+//! With offloads (`sys::offload`), TUN reads start with a virtio-net header and may be TCP
+//! super-packets, which leave as GSO sends of their segments; the socket receives with UDP GRO
+//! and the delivered packets of a round are written back to the TUN coalesced.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -14,7 +18,11 @@ use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
+use super::offload::{
+    egress_wire, split_datagrams, write_delivered, GSO_MAX_SEGMENTS, SCRATCH_LEN,
+};
 use super::{is_transient, sockopt, WorkerFds};
+use crate::datapath::offload::{Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -32,9 +40,6 @@ enum Side {
     Egress,
     Ingress,
 }
-
-/// Largest UDP payload one GSO send may carry (65535 − IPv4 − UDP headers).
-const GSO_MAX_BYTES: usize = 65_507;
 
 /// A run of datagrams to one peer being gathered for one GSO send: every datagram `seg`
 /// bytes but the last, which may be shorter (and ends the run).
@@ -101,6 +106,12 @@ pub struct MmsgIo {
     gso: Option<GsoRun>,
     /// Decisions waiting to be carried out at the end of the round (capacity reserved once).
     pending: Vec<(Side, usize, Action)>,
+    /// Offloads on: the virtio-net header's length in front of every TUN read and write
+    /// (else 0), the buffer super-packets are cut into, and the round's delivered packets
+    /// (offsets into `ingress`) waiting to be written coalesced.
+    headroom: usize,
+    scratch: Box<[u8]>,
+    delivered: Vec<(usize, usize)>,
     ready: [bool; 3],
     stats: Arc<WorkerStats>,
 }
@@ -117,29 +128,34 @@ impl MmsgIo {
         buf_size: usize,
         batch: usize,
         gso: bool,
+        offload: bool,
         stats: Arc<WorkerStats>,
     ) -> io::Result<Self> {
         fds.tun.set_nonblocking(true)?;
         let rx_state = UdpSocketState::new((&fds.rx).into())?;
-        // quinn-udp enables GRO opportunistically; the pipeline handles one datagram per
-        // buffer until issue 5 teaches it to split coalesced ones.
-        sockopt::set_udp_gro(&fds.rx, false)?;
+        // quinn-udp enables GRO opportunistically; we want it exactly when offloading.
+        sockopt::set_udp_gro(&fds.rx, offload)?;
         let tx_state = match &fds.tx {
             Some(tx) => Some(UdpSocketState::new(tx.into())?),
             None => None,
         };
-        let buf_size = buf_size.max(MIN_BUFFER);
+        let headroom = if offload { VNET_HDR_LEN } else { 0 };
+        let buf_size = buf_size.max(MIN_BUFFER) + headroom;
+        let batch = batch.clamp(1, BATCH);
         Ok(MmsgIo {
             fds,
             rx_state,
             tx_state,
             buf_size,
-            batch: batch.clamp(1, BATCH),
+            batch,
             egress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             ingress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             metas: [RecvMeta::default(); BATCH],
             gso: gso.then(GsoRun::new),
             pending: Vec::with_capacity(2 * BATCH),
+            headroom,
+            scratch: vec![0u8; if offload { SCRATCH_LEN } else { 0 }].into_boxed_slice(),
+            delivered: Vec::with_capacity(if offload { batch * 64 } else { 0 }),
             ready: [false; 3],
             stats,
         })
@@ -157,9 +173,12 @@ impl MmsgIo {
         {
             match self.fds.tun.recv(buf) {
                 Ok(0) => break,
-                Ok(n) => self
-                    .pending
-                    .push((Side::Egress, k, handle(Origin::Tun, buf, n))),
+                Ok(n) if n <= self.headroom => self.stats.drop_packet(DropReason::BadHeader),
+                Ok(n) => {
+                    let h = self.headroom;
+                    let action = handle(Origin::Tun, &mut buf[h..], n - h);
+                    self.pending.push((Side::Egress, k, action));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
                 Err(e) => {
@@ -221,6 +240,15 @@ impl MmsgIo {
                     .map(|ip| SocketAddrV4::new(ip, a.port())),
             };
             match src {
+                Some(src) if meta.len <= buf.len() && self.headroom > 0 => split_datagrams(
+                    buf,
+                    meta.len,
+                    meta.stride,
+                    src,
+                    k * self.buf_size,
+                    handle,
+                    &mut self.delivered,
+                ),
                 Some(src) if meta.len <= buf.len() => {
                     self.pending
                         .push((Side::Ingress, k, handle(Origin::Udp(src), buf, meta.len)));
@@ -228,29 +256,54 @@ impl MmsgIo {
                 _ => self.stats.drop_packet(DropReason::BadHeader),
             }
         }
+        if !self.delivered.is_empty() {
+            write_delivered(
+                &self.fds.tun,
+                &mut self.ingress,
+                &mut self.delivered,
+                &self.stats,
+            );
+        }
         Ok(())
     }
 
     /// Carries out the round's decisions in order.
     fn flush(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
+        let h = self.headroom;
+        let (sock, state) = match (&self.fds.tx, &self.tx_state) {
+            (Some(tx), Some(state)) => (tx, state),
+            _ => (&self.fds.rx, &self.rx_state),
+        };
         for &(side, k, action) in &pending {
             let pool = match side {
-                Side::Egress => &self.egress,
-                Side::Ingress => &self.ingress,
+                Side::Egress => &mut self.egress,
+                Side::Ingress => &mut self.ingress,
             };
-            let Some(buf) = pool.get(k * self.buf_size..(k + 1) * self.buf_size) else {
+            let Some(slot) = pool.get_mut(k * self.buf_size..(k + 1) * self.buf_size) else {
                 continue;
             };
             match action {
                 Action::Drop => {}
                 Action::SendUdp { peer, len } => {
-                    let Some(contents) = buf.get(..len) else {
-                        continue;
+                    let len = if h == 0 {
+                        len
+                    } else {
+                        match egress_wire(slot, len, &mut self.scratch, &self.stats) {
+                            None => continue,
+                            Some(Wire::Whole { len }) => len,
+                            Some(Wire::Segmented(segs)) => {
+                                // Whatever was gathered goes first, to keep the order.
+                                if let Some(run) = self.gso.as_mut() {
+                                    send_run(sock, state, run, &self.stats);
+                                }
+                                send_segments(sock, state, peer, &self.scratch, segs, &self.stats);
+                                continue;
+                            }
+                        }
                     };
-                    let (sock, state) = match (&self.fds.tx, &self.tx_state) {
-                        (Some(tx), Some(state)) => (tx, state),
-                        _ => (&self.fds.rx, &self.rx_state),
+                    let Some(contents) = slot.get(h..h + len) else {
+                        continue;
                     };
                     if let Some(run) = self.gso.as_mut() {
                         let max = state.max_gso_segments();
@@ -269,7 +322,12 @@ impl MmsgIo {
                     }
                 }
                 Action::WriteTun { len, kind } => {
-                    let Some(packet) = buf.get(..len) else {
+                    // With offloads the packet goes behind a plain virtio-net header (the
+                    // slot's first bytes may still hold the header of a TUN read).
+                    if let Some(vnet) = slot.get_mut(..h) {
+                        vnet.fill(0);
+                    }
+                    let Some(packet) = slot.get(..h + len) else {
                         continue;
                     };
                     match self.fds.tun.send(packet) {
@@ -283,14 +341,37 @@ impl MmsgIo {
             }
         }
         if let Some(run) = self.gso.as_mut() {
-            let (sock, state) = match (&self.fds.tx, &self.tx_state) {
-                (Some(tx), Some(state)) => (tx, state),
-                _ => (&self.fds.rx, &self.rx_state),
-            };
             send_run(sock, state, run, &self.stats);
         }
         pending.clear();
         self.pending = pending;
+    }
+}
+
+/// Sends the segments of one super-packet from `scratch`, in as few GSO sends as the limits
+/// allow.
+fn send_segments(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    peer: SocketAddrV4,
+    scratch: &[u8],
+    segs: Segments,
+    stats: &WorkerStats,
+) {
+    let max = state.max_gso_segments().min(GSO_MAX_SEGMENTS);
+    for range in segs.sends(max) {
+        let count = range.len().div_ceil(segs.segment_len.max(1));
+        let Some(contents) = scratch.get(range) else {
+            continue;
+        };
+        let segment = (count > 1).then_some(segs.segment_len);
+        if send(sock, state, peer, contents, segment) {
+            stats.egress_n(count, contents.len());
+        } else {
+            for _ in 0..count {
+                stats.drop_packet(DropReason::SocketError);
+            }
+        }
     }
 }
 

@@ -10,12 +10,14 @@
 //! - [`eventfd`]: the stop signal every worker waits on.
 //! - [`uring`]: the io_uring worker I/O, where buffers are lent to the kernel.
 //! - [`mmsg`]: the fallback worker I/O (quinn-udp recvmmsg/sendmsg, plain TUN read/write).
+//! - [`offload`]: the TUN-offload steps both worker I/O layers share.
 //! - [`netns`]: moving the calling thread into a fresh network namespace (tests).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod eventfd;
 pub mod mmsg;
 pub mod netns;
+pub mod offload;
 pub mod sockopt;
 pub mod tun;
 pub mod uring;

@@ -4,6 +4,12 @@
 //! wire format is the bare IPv4 packet), one queue per worker. The device is not persistent: it
 //! disappears, with its address and routes, when the last queue is closed.
 //!
+//! With offloads, also `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)`: every read
+//! and write then starts with a `virtio_net_hdr` (`datapath::offload::VnetHdr`), reads may be
+//! TCP super-packets of up to 64 KiB with partial checksums, and writes may be too. Only TSO4:
+//! the overlay is IPv4, and UDP segmentation offload (`TUN_F_USO4`) would hand over UDP
+//! super-packets that the datapath does not cut.
+//!
 //! # Kernel state owned by this module
 //! - link `flannel0` (or the name given), alive exactly as long as some [`TunQueue`] is.
 
@@ -28,18 +34,35 @@ impl std::fmt::Debug for TunQueue {
 /// # Errors
 /// The device exists with incompatible flags (e.g. single-queue), `/dev/net/tun` is missing,
 /// or we lack `CAP_NET_ADMIN`.
-pub fn open_queues(name: &str, queues: usize) -> io::Result<Vec<TunQueue>> {
+pub fn open_queues(name: &str, queues: usize, offload: bool) -> io::Result<Vec<TunQueue>> {
     let first = DeviceBuilder::new()
         .name(name)
         .multi_queue(true)
         .packet_information(false)
+        .offload(offload)
         .build_sync()?;
     let mut all = Vec::with_capacity(queues.max(1));
     for _ in 1..queues.max(1) {
         all.push(TunQueue(first.try_clone()?));
     }
     all.insert(0, TunQueue(first));
+    if offload {
+        // tun-rs enables TSO6 and USO as well (on every clone too); the offload mask is
+        // device-wide, so narrowing it once after the last clone is what counts.
+        set_offload(&all[0], libc::TUN_F_CSUM | libc::TUN_F_TSO4)?;
+    }
     Ok(all)
+}
+
+/// `TUNSETOFFLOAD`: which offloads the kernel may hand to this device's readers.
+fn set_offload(q: &TunQueue, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: `q` holds a live TUN fd for the call; TUNSETOFFLOAD takes its argument by value
+    // (an unsigned long of TUN_F_* bits) and touches no userspace memory.
+    let rc = unsafe { libc::ioctl(q.raw(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl TunQueue {
@@ -65,6 +88,11 @@ impl TunQueue {
     /// Writes one packet.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         self.0.send(buf)
+    }
+
+    /// Writes one packet gathered from `pieces` (`writev`).
+    pub fn send_vectored(&self, pieces: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored(pieces)
     }
 
     pub fn raw(&self) -> RawFd {

@@ -13,6 +13,14 @@
 //! write of an ICMP reply) → TUN read; the rest circulate UDP receive → TUN write → UDP
 //! receive. A packet therefore never moves between buffers.
 //!
+//! # Offloads
+//! With the TUN opened with offloads (`sys::offload`), an egress slot is twice as long: the
+//! TUN read lands in the first part (virtio-net header, then the packet), a TCP super-packet
+//! is cut into segments in the second, and those leave in UDP GSO sends from the same slot,
+//! one after the other (`Op::UdpGso`). Receives ask for UDP GRO; the datagrams of a slot are
+//! handed to the pipeline one by one and the delivered ones written to the TUN coalesced,
+//! with a plain `writev` (one per super-packet), before the slot is armed again.
+//!
 //! # Drop order
 //! Closing a ring does not wait for the kernel to stop using lent memory. [`UringIo`]'s `Drop`
 //! therefore cancels every lent slot and reaps until all have come back (bounded by a deadline);
@@ -29,7 +37,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-use super::{errno_error, is_transient, WorkerFds};
+use super::offload::{
+    egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
+};
+use super::{errno_error, is_transient, sockopt, WorkerFds};
+use crate::datapath::offload::{Segments, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -131,6 +143,23 @@ struct KernelSlot {
     msg: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_in,
+    /// Control messages: `UDP_SEGMENT` on a GSO send, `UDP_GRO` on a receive (u64s for the
+    /// alignment `cmsghdr` needs).
+    control: [u64; CONTROL_WORDS],
+}
+
+/// Room for a few control messages (only `UDP_GRO` is asked for).
+const CONTROL_WORDS: usize = 16;
+/// `UDP_SEGMENT` and `UDP_GRO` from `<linux/udp.h>`.
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+
+/// A `UDP_SEGMENT` control message as the kernel wants it (`CMSG_SPACE(sizeof(u16))` bytes).
+#[repr(C)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
 }
 
 /// Memory shared with the kernel, held through raw pointers so that no Rust reference to a
@@ -214,8 +243,18 @@ enum Op {
     Idle,
     TunRead,
     UdpRecv,
-    UdpSend { len: usize },
-    TunWrite { len: usize, kind: TunWrite },
+    UdpSend {
+        len: usize,
+    },
+    /// Send number `send` of a super-packet's segments (see [`Segments::sends`]).
+    UdpGso {
+        segs: Segments,
+        send: usize,
+    },
+    TunWrite {
+        len: usize,
+        kind: TunWrite,
+    },
 }
 
 /// One worker's io_uring I/O. Not `Send`: it is built on the worker thread and stays there.
@@ -230,6 +269,13 @@ pub struct UringIo {
     stopping: bool,
     fatal: Option<io::Error>,
     timeout: types::Timespec,
+    /// Bytes of a slot's buffer used for reads and receives; with offloads a scratch area for
+    /// segments follows (`pool.buf_size` = `read_len` + scratch).
+    read_len: usize,
+    /// With offloads, the virtio-net header's length, else 0.
+    headroom: usize,
+    /// Delivered packets of the receive being handled, for the coalescing TUN write.
+    delivered: Vec<(usize, usize)>,
     stats: Arc<WorkerStats>,
     fds: WorkerFds,
 }
@@ -239,10 +285,18 @@ impl UringIo {
     ///
     /// # Errors
     /// Ring creation failed (out of memory, `RLIMIT_MEMLOCK` on old kernels, seccomp).
-    pub fn new(fds: WorkerFds, cfg: UringConfig, stats: Arc<WorkerStats>) -> io::Result<Self> {
+    pub fn new(
+        fds: WorkerFds,
+        cfg: UringConfig,
+        offload: bool,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<Self> {
         let egress = cfg.egress_slots.max(1);
         let n = egress + cfg.ingress_slots.max(1);
-        let buf_size = cfg.buf_size.max(MIN_BUFFER);
+        let headroom = if offload { VNET_HDR_LEN } else { 0 };
+        let read_len = cfg.buf_size.max(MIN_BUFFER) + headroom;
+        let buf_size = read_len + if offload { SCRATCH_LEN } else { 0 };
+        sockopt::set_udp_gro(&fds.rx, offload)?;
         // Each slot has at most one SQE queued, plus one cancel each while draining, plus the
         // stop poll and the drain timeout.
         let entries = u32::try_from((2 * n + 4).next_power_of_two()).unwrap_or(4096);
@@ -257,6 +311,9 @@ impl UringIo {
             stopping: false,
             fatal: None,
             timeout: types::Timespec::new().nsec(100_000_000),
+            read_len,
+            headroom,
+            delivered: Vec::with_capacity(if offload { 2 * GRO_MAX_SEGMENTS } else { 0 }),
             stats,
             fds,
         };
@@ -297,7 +354,7 @@ impl UringIo {
             let read = opcode::Read::new(
                 types::Fd(self.fds.tun.raw()),
                 self.pool.buf_ptr(i),
-                self.pool.buf_size as u32,
+                self.read_len as u32,
             );
             (read.build().user_data(i as u64), Op::TunRead)
         } else {
@@ -307,11 +364,16 @@ impl UringIo {
             unsafe {
                 (*s).iov = libc::iovec {
                     iov_base: self.pool.buf_ptr(i).cast(),
-                    iov_len: self.pool.buf_size,
+                    iov_len: self.read_len,
                 };
                 (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                (*s).msg.msg_control = std::ptr::null_mut();
-                (*s).msg.msg_controllen = 0;
+                if self.headroom > 0 {
+                    (*s).msg.msg_control = addr_of_mut!((*s).control).cast();
+                    (*s).msg.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
+                } else {
+                    (*s).msg.msg_control = std::ptr::null_mut();
+                    (*s).msg.msg_controllen = 0;
+                }
                 (*s).msg.msg_flags = 0;
             }
             // `msg` is the first field of the repr(C) slot, so the slot pointer is the header pointer.
@@ -335,40 +397,47 @@ impl UringIo {
 
     /// Carries out the pipeline's decision for slot `i` (just handed back by the kernel).
     fn dispatch(&mut self, i: usize, action: Action) -> io::Result<()> {
+        let h = self.headroom;
         match action {
             Action::Drop => self.arm_home(i),
             Action::SendUdp { peer, len } => {
-                let len = len.min(self.pool.buf_size);
-                let s = self.pool.slot_ptr(i);
-                let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
-                // SAFETY: slot `i` is Idle (its CQE was just reaped); we fill in the send
-                // header before lending it again.
-                unsafe {
-                    (*s).addr = sockaddr(peer);
-                    (*s).iov = libc::iovec {
-                        iov_base: self.pool.buf_ptr(i).cast(),
-                        iov_len: len,
-                    };
-                    (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                    (*s).msg.msg_control = std::ptr::null_mut();
-                    (*s).msg.msg_controllen = 0;
-                    (*s).msg.msg_flags = 0;
+                // SAFETY: slot `i` is Idle (its CQE was just reaped), so nothing else refers
+                // to its buffer; the slice is dropped before the slot is lent again below.
+                let (read, scratch) = unsafe {
+                    std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.pool.buf_size)
                 }
-                let entry =
-                    opcode::SendMsg::new(types::Fd(tx), s.cast::<libc::msghdr>().cast_const())
-                        .build()
-                        .user_data(i as u64);
-                // SAFETY: points only at slot `i`, marked lent below until its CQE.
-                unsafe { self.push(&entry)? };
-                self.lend(i, Op::UdpSend { len });
-                Ok(())
+                .split_at_mut(self.read_len.min(self.pool.buf_size));
+                let wire = if h == 0 {
+                    Wire::Whole { len }
+                } else {
+                    match egress_wire(read, len, scratch, &self.stats) {
+                        Some(wire) => wire,
+                        None => return self.arm_home(i),
+                    }
+                };
+                let s = self.pool.slot_ptr(i);
+                // SAFETY: as above; the address is filled in before the slot is lent.
+                unsafe { (*s).addr = sockaddr(peer) };
+                match wire {
+                    Wire::Whole { len } => {
+                        let len = len.min(self.read_len - h);
+                        let base = self.pool.buf_ptr(i).wrapping_add(h);
+                        self.send_from(i, base, len, None, Op::UdpSend { len })
+                    }
+                    Wire::Segmented(segs) => self.send_segments(i, segs, 0),
+                }
             }
             Action::WriteTun { len, kind } => {
-                let len = len.min(self.pool.buf_size);
+                let len = len.min(self.read_len - h);
+                if h > 0 {
+                    // SAFETY: slot `i` is Idle; the packet goes behind a plain virtio-net
+                    // header, written before the slot is lent.
+                    unsafe { std::ptr::write_bytes(self.pool.buf_ptr(i), 0, h) };
+                }
                 let entry = opcode::Write::new(
                     types::Fd(self.fds.tun.raw()),
                     self.pool.buf_ptr(i).cast_const(),
-                    len as u32,
+                    (h + len) as u32,
                 )
                 .build()
                 .user_data(i as u64);
@@ -378,6 +447,84 @@ impl UringIo {
                 Ok(())
             }
         }
+    }
+
+    /// Lends slot `i` for a `sendmsg` of `len` bytes at `base` (inside slot `i`'s buffer) to
+    /// the address already in the slot, as GSO segments of `segment` bytes if given.
+    fn send_from(
+        &mut self,
+        i: usize,
+        base: *mut u8,
+        len: usize,
+        segment: Option<u16>,
+        op: Op,
+    ) -> io::Result<()> {
+        let s = self.pool.slot_ptr(i);
+        let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
+        // SAFETY: slot `i` is Idle (ours) until `lend` below; `base..base + len` lies in its
+        // buffer (callers take it from `buf_ptr(i)` within the slot's length), and the control
+        // area is the slot's own, big enough and 8-aligned for one `SegmentCmsg`.
+        unsafe {
+            (*s).iov = libc::iovec {
+                iov_base: base.cast(),
+                iov_len: len,
+            };
+            (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            match segment {
+                Some(size) => {
+                    let cmsg = addr_of_mut!((*s).control).cast::<SegmentCmsg>();
+                    let mut hdr: libc::cmsghdr = MaybeUninit::zeroed().assume_init();
+                    hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+                    hdr.cmsg_level = libc::SOL_UDP;
+                    hdr.cmsg_type = UDP_SEGMENT;
+                    cmsg.write(SegmentCmsg {
+                        hdr,
+                        size,
+                        _pad: [0; 6],
+                    });
+                    (*s).msg.msg_control = cmsg.cast();
+                    (*s).msg.msg_controllen = size_of::<SegmentCmsg>();
+                }
+                None => {
+                    (*s).msg.msg_control = std::ptr::null_mut();
+                    (*s).msg.msg_controllen = 0;
+                }
+            }
+            (*s).msg.msg_flags = 0;
+        }
+        let entry = opcode::SendMsg::new(types::Fd(tx), s.cast::<libc::msghdr>().cast_const())
+            .build()
+            .user_data(i as u64);
+        // SAFETY: points only at slot `i`, marked lent below until its CQE.
+        unsafe { self.push(&entry)? };
+        self.lend(i, op);
+        Ok(())
+    }
+
+    /// Sends number `send` of the GSO sends that carry `segs` (in slot `i`'s scratch area),
+    /// or re-arms the slot when all have gone.
+    fn send_segments(&mut self, i: usize, segs: Segments, send: usize) -> io::Result<()> {
+        let Some(range) = segs.sends(GSO_MAX_SEGMENTS).nth(send) else {
+            return self.arm_home(i);
+        };
+        let count = range.len().div_ceil(segs.segment_len.max(1));
+        let segment = (count > 1).then_some(segs.segment_len as u16);
+        let base = self
+            .pool
+            .buf_ptr(i)
+            .wrapping_add(self.read_len + range.start);
+        self.send_from(i, base, range.len(), segment, Op::UdpGso { segs, send })
+    }
+
+    /// The GRO segment size of the datagrams just received into slot `i` (0: none given).
+    fn gro_stride(&self, i: usize) -> usize {
+        let s = self.pool.slot_ptr(i);
+        // SAFETY: slot `i` was just taken back (Idle): the kernel has finished writing its
+        // control area and length. We copy both out and parse the copy.
+        let (control, len) = unsafe { ((*s).control, (*s).msg.msg_controllen) };
+        let raw: [u8; CONTROL_WORDS * 8] =
+            std::array::from_fn(|k| control[k / 8].to_ne_bytes()[k % 8]);
+        gro_segment_size(&raw[..len.min(raw.len())])
     }
 
     /// Copies up to [`REAP_CHUNK`] completions out of the ring.
@@ -453,13 +600,27 @@ impl UringIo {
         };
         match op {
             Op::Idle => Ok(()),
-            Op::TunRead if res > 0 => {
+            Op::TunRead if res > 0 && res as usize > self.headroom => {
+                let (h, read_len) = (self.headroom, self.read_len);
                 // SAFETY: `take_back` just made slot `i` Idle; `i` indexes `ops`, sized like the pool.
                 let buf = unsafe { self.buf(i) };
-                let action = handle(Origin::Tun, buf, res as usize);
+                let action = handle(Origin::Tun, &mut buf[h..read_len], res as usize - h);
                 self.dispatch(i, action)
             }
             Op::UdpRecv if res >= 0 => match self.received_from(i) {
+                Some((src, false)) if self.headroom > 0 => {
+                    let stride = self.gro_stride(i);
+                    let mut delivered = std::mem::take(&mut self.delivered);
+                    // SAFETY: slot `i` is Idle (as above) and stays ours until `arm_home`.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.read_len)
+                    };
+                    let len = (res as usize).min(buf.len());
+                    split_datagrams(buf, len, stride, src, 0, handle, &mut delivered);
+                    write_delivered(&self.fds.tun, buf, &mut delivered, &self.stats);
+                    self.delivered = delivered;
+                    self.arm_home(i)
+                }
                 Some((src, false)) => {
                     // SAFETY: as above.
                     let buf = unsafe { self.buf(i) };
@@ -471,6 +632,11 @@ impl UringIo {
                     self.arm_home(i)
                 }
             },
+            Op::TunRead if res > 0 => {
+                // Shorter than the virtio-net header.
+                self.stats.drop_packet(DropReason::BadHeader);
+                self.arm_home(i)
+            }
             Op::TunRead | Op::UdpRecv => {
                 let reason = if op == Op::TunRead {
                     DropReason::TunError
@@ -496,6 +662,24 @@ impl UringIo {
                     self.stats.egress(len);
                 }
                 self.arm_home(i)
+            }
+            Op::UdpGso { segs, send } => {
+                let bytes = segs
+                    .sends(GSO_MAX_SEGMENTS)
+                    .nth(send)
+                    .map_or(0, |r| r.len());
+                let count = bytes.div_ceil(segs.segment_len.max(1));
+                if res < 0 {
+                    for _ in 0..count {
+                        self.stats.drop_packet(DropReason::SocketError);
+                    }
+                } else {
+                    self.stats.egress_n(count, bytes);
+                }
+                if self.stopping {
+                    return self.arm_home(i);
+                }
+                self.send_segments(i, segs, send + 1)
             }
             Op::TunWrite { len, kind } => {
                 if res < 0 {
@@ -636,6 +820,38 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
     IoUring::new(entries)
 }
 
+/// The `UDP_GRO` segment size in received control messages `control` (0 if there is none).
+/// Parsed from bytes, by the `cmsghdr` layout (length, level, type, data; each message
+/// padded to 8 bytes), so nothing here trusts the kernel's lengths further than the buffer.
+fn gro_segment_size(control: &[u8]) -> usize {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    const W: usize = size_of::<usize>();
+    let mut off = 0;
+    while let Some(hdr) = control.get(off..off + HDR) {
+        let int = |at: usize| {
+            hdr.get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, i32::from_ne_bytes)
+        };
+        let len = hdr
+            .get(..W)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, usize::from_ne_bytes);
+        let (level, kind) = (int(W), int(W + 4));
+        if len < HDR {
+            return 0;
+        }
+        if level == libc::SOL_UDP && kind == UDP_GRO {
+            return control
+                .get(off + HDR..off + HDR + 4)
+                .and_then(|d| d.try_into().ok())
+                .map_or(0, |d| i32::from_ne_bytes(d).max(0) as usize);
+        }
+        off += len.div_ceil(W) * W;
+    }
+    0
+}
+
 fn sockaddr(peer: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -644,5 +860,36 @@ fn sockaddr(peer: SocketAddrV4) -> libc::sockaddr_in {
             s_addr: u32::from(*peer.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let hdr = size_of::<libc::cmsghdr>();
+        let mut b = (hdr + data.len()).to_ne_bytes().to_vec();
+        b.extend(level.to_ne_bytes());
+        b.extend(kind.to_ne_bytes());
+        b.extend(data);
+        b.resize((hdr + data.len()).div_ceil(8) * 8, 0);
+        b
+    }
+
+    #[test]
+    fn the_gro_segment_size_is_found_among_control_messages() {
+        let gro = cmsg(libc::SOL_UDP, UDP_GRO, &1412i32.to_ne_bytes());
+        assert_eq!(gro_segment_size(&gro), 1412);
+        let mut both = cmsg(libc::IPPROTO_IP, libc::IP_TOS, &[0x02]);
+        both.extend(&gro);
+        assert_eq!(gro_segment_size(&both), 1412);
+        assert_eq!(gro_segment_size(&[]), 0, "no GRO: one datagram");
+        assert_eq!(gro_segment_size(&gro[..19]), 0, "cut short");
+        let mut zero_len = gro.clone();
+        zero_len[..8].fill(0);
+        assert_eq!(gro_segment_size(&zero_len), 0, "a zero length never loops");
+        // The UDP_SEGMENT message we send is exactly CMSG_SPACE(sizeof(u16)).
+        assert_eq!(size_of::<SegmentCmsg>(), 24);
     }
 }

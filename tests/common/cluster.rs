@@ -313,6 +313,19 @@ impl Cluster {
         }
     }
 
+    /// Stops host `i`'s daemon with SIGTERM, waits for it to exit and returns its log.
+    pub fn stop(&mut self, i: usize) -> String {
+        let d = self.hosts[i].daemon.as_mut().expect("daemon started");
+        d.signal("TERM");
+        let status = d.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "flanneld {i} did not exit 0 on SIGTERM ({status:?}):\n{}",
+            d.log()
+        );
+        d.log()
+    }
+
     /// Starts host `i`'s daemon again with the same flags and waits for it.
     pub fn restart(&mut self, i: usize) -> String {
         self.kill(i);

@@ -1,0 +1,102 @@
+//! The offload steps both I/O layers share (TUN opened with `IFF_VNET_HDR`, see `sys::tun`):
+//! readying a TUN read for the wire, splitting a UDP GRO receive into its datagrams, and
+//! writing the delivered packets back to the TUN coalesced. The packet logic itself is pure and
+//! lives in `datapath::offload`; this module only ties it to the TUN queue and the counters.
+
+use std::net::SocketAddrV4;
+
+use super::tun::TunQueue;
+use crate::datapath::offload::{to_wire, write_coalesced, VnetHdr, Wire, VNET_HDR_LEN};
+use crate::datapath::pipeline::{Action, Origin, TunWrite};
+use crate::datapath::stats::{DropReason, WorkerStats};
+
+/// Room for the segments of one super-packet: 64 KiB of payload plus a header per segment
+/// (even at a 536-byte MSS, 123 segments × 120 bytes of headers fit).
+pub const SCRATCH_LEN: usize = 2 * 65_536;
+
+/// Most datagrams the kernel coalesces into one UDP GRO receive (`UDP_GRO_CNT_MAX`).
+pub const GRO_MAX_SEGMENTS: usize = 64;
+
+/// Most segments one UDP GSO send may carry on every kernel with `UDP_SEGMENT` (4.18 has 64;
+/// later kernels allow 128).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Readies the packet the egress verdict forwarded for the wire. `slot` starts with the
+/// virtio-net header the TUN read delivered, followed by the packet (`len` bytes); segments
+/// go to `scratch`. `None` when the packet cannot be sent (counted as a bad header).
+pub fn egress_wire(
+    slot: &mut [u8],
+    len: usize,
+    scratch: &mut [u8],
+    stats: &WorkerStats,
+) -> Option<Wire> {
+    let vnet = VnetHdr::parse(slot)?;
+    let pkt = slot.get_mut(VNET_HDR_LEN..)?;
+    match to_wire(&vnet, pkt, len, scratch) {
+        Ok(wire) => {
+            if matches!(wire, Wire::Segmented(_)) {
+                stats.tso_read();
+            }
+            Some(wire)
+        }
+        Err(e) => {
+            tracing::trace!(error = %e, ?vnet, "dropping an offloaded packet");
+            stats.drop_packet(DropReason::BadHeader);
+            None
+        }
+    }
+}
+
+/// Hands each datagram of a receive to `handle`: `buf[..len]` holds datagrams of `stride`
+/// bytes (the last may be shorter) when UDP GRO coalesced several, else one. Delivered
+/// packets are recorded in `delivered` as `(base + offset, len)` for [`write_delivered`].
+pub fn split_datagrams<H>(
+    buf: &mut [u8],
+    len: usize,
+    stride: usize,
+    src: SocketAddrV4,
+    base: usize,
+    handle: &mut H,
+    delivered: &mut Vec<(usize, usize)>,
+) where
+    H: FnMut(Origin, &mut [u8], usize) -> Action,
+{
+    let stride = if stride == 0 { len } else { stride };
+    let mut off = 0;
+    while off < len {
+        let n = stride.min(len - off);
+        let Some(datagram) = buf.get_mut(off..) else {
+            break;
+        };
+        match handle(Origin::Udp(src), datagram, n) {
+            Action::WriteTun {
+                len,
+                kind: TunWrite::Deliver,
+            } => delivered.push((base + off, len)),
+            // The ingress verdict only ever delivers or drops (and counts its drops).
+            Action::Drop | Action::WriteTun { .. } | Action::SendUdp { .. } => {}
+        }
+        off += n;
+    }
+}
+
+/// Writes `delivered` (offsets into `pool`) to the TUN, runs of one TCP flow coalesced into
+/// super-packets, and empties the list.
+pub fn write_delivered(
+    tun: &TunQueue,
+    pool: &mut [u8],
+    delivered: &mut Vec<(usize, usize)>,
+    stats: &WorkerStats,
+) {
+    write_coalesced(pool, delivered, |pieces, packets, bytes| {
+        match tun.send_vectored(pieces) {
+            Ok(_) => stats.ingress_n(packets, bytes),
+            Err(_) => {
+                for _ in 0..packets {
+                    stats.drop_packet(DropReason::TunError);
+                }
+            }
+        }
+    });
+    delivered.clear();
+}
