@@ -424,7 +424,18 @@ impl UringIo {
                         let base = self.pool.buf_ptr(i).wrapping_add(h);
                         self.send_from(i, base, len, None, Op::UdpSend { len })
                     }
-                    Wire::Segmented(segs) => self.send_segments(i, segs, 0),
+                    Wire::Segmented(segs) if segs.sends(GSO_MAX_SEGMENTS).count() == 1 => {
+                        self.send_segments(i, segs, 0)
+                    }
+                    Wire::Segmented(segs) => {
+                        // Several sends (a 64 KiB super-packet plus its repeated headers
+                        // exceeds one datagram): chained through the ring, the second would
+                        // go out after sends queued meanwhile, reordering the flow. So what
+                        // is queued goes first, then these sends, in order, right now.
+                        self.ring.submit()?;
+                        self.send_now(i, peer, segs);
+                        self.arm_home(i)
+                    }
                 }
             }
             Action::WriteTun { len, kind } => {
@@ -514,6 +525,51 @@ impl UringIo {
             .buf_ptr(i)
             .wrapping_add(self.read_len + range.start);
         self.send_from(i, base, range.len(), segment, Op::UdpGso { segs, send })
+    }
+
+    /// Sends every GSO send of `segs` (in slot `i`'s scratch area, slot `i` Idle) with plain
+    /// `sendmsg` calls, in order.
+    fn send_now(&mut self, i: usize, peer: SocketAddrV4, segs: Segments) {
+        let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
+        let mut addr = sockaddr(peer);
+        for range in segs.sends(GSO_MAX_SEGMENTS) {
+            let count = range.len().div_ceil(segs.segment_len.max(1));
+            let mut iov = libc::iovec {
+                iov_base: self
+                    .pool
+                    .buf_ptr(i)
+                    .wrapping_add(self.read_len + range.start)
+                    .cast(),
+                iov_len: range.len(),
+            };
+            // SAFETY: all-zero bytes are valid for these plain C structs.
+            let mut cmsg: SegmentCmsg = unsafe { MaybeUninit::zeroed().assume_init() };
+            cmsg.hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+            cmsg.hdr.cmsg_level = libc::SOL_UDP;
+            cmsg.hdr.cmsg_type = UDP_SEGMENT;
+            cmsg.size = segs.segment_len as u16;
+            // SAFETY: as above.
+            let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+            msg.msg_name = addr_of_mut!(addr).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_iov = addr_of_mut!(iov);
+            msg.msg_iovlen = 1;
+            if count > 1 {
+                msg.msg_control = addr_of_mut!(cmsg).cast();
+                msg.msg_controllen = size_of::<SegmentCmsg>();
+            }
+            // SAFETY: slot `i` is Idle, so its scratch area (where `iov` points, inside the
+            // slot's buffer) is ours; `msg`, `addr`, `iov` and `cmsg` are live locals for the
+            // duration of this synchronous call.
+            let rc = unsafe { libc::sendmsg(tx, &msg, 0) };
+            if rc < 0 {
+                for _ in 0..count {
+                    self.stats.drop_packet(DropReason::SocketError);
+                }
+            } else {
+                self.stats.egress_n(count, range.len());
+            }
+        }
     }
 
     /// The GRO segment size of the datagrams just received into slot `i` (0: none given).
