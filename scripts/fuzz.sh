@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-targets=${1:-"net_conf lease_json subnet_env packet"}
+targets=${1:-"net_conf lease_json subnet_env packet offload"}
 secs=${2:-60}
 for t in $targets; do
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "fuzz/corpus/$t" -- -max_total_time="$secs"

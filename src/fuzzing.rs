@@ -98,3 +98,69 @@ pub fn packet(data: &[u8]) {
         Verdict::Drop(_) => {}
     }
 }
+
+/// The offload paths on untrusted bytes, chosen by the first byte. Even: a TUN read with
+/// offloads (virtio-net header, then a packet, maybe a TCP super-packet) readied for the wire:
+/// every datagram that comes out is a whole IPv4 packet with a verifying header checksum,
+/// within the MTU-sized segment length. Odd: a UDP GRO receive (the second byte picks the
+/// segment size) split and written back coalesced: every TUN write is a virtio-net header
+/// plus one IPv4 packet exactly as long as its total length says.
+pub fn offload(data: &[u8]) {
+    use crate::datapath::offload::{
+        to_wire, write_coalesced, VnetHdr, Wire, VNET_F_NEEDS_CSUM, VNET_HDR_LEN,
+    };
+    use crate::datapath::packet::Ipv4View;
+
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        let Some(vnet) = VnetHdr::parse(rest) else {
+            return;
+        };
+        let mut pkt = rest[VNET_HDR_LEN..].to_vec();
+        let len = pkt.len();
+        let mut scratch = vec![0u8; 2 * 65_536];
+        match to_wire(&vnet, &mut pkt, len, &mut scratch) {
+            Ok(Wire::Whole { len: n }) => assert_eq!(n, len),
+            Ok(Wire::Segmented(s)) => {
+                assert!(s.total <= scratch.len() && s.count >= 1);
+                for seg in scratch[..s.total].chunks(s.segment_len) {
+                    let v = Ipv4View::new_verified(seg).expect("segment has a valid IP header");
+                    assert_eq!(v.total_len(), seg.len(), "segment length");
+                }
+                for r in s.sends(64) {
+                    assert!(r.len() <= crate::datapath::offload::GSO_MAX_BYTES);
+                }
+            }
+            Err(_) => {}
+        }
+    } else {
+        let Some((&stride, datagrams)) = rest.split_first() else {
+            return;
+        };
+        let stride = usize::from(stride).max(20);
+        let mut buf = datagrams.to_vec();
+        let packets: Vec<(usize, usize)> = (0..buf.len())
+            .step_by(stride)
+            .map(|off| (off, stride.min(buf.len() - off)))
+            // What the ingress verdict delivers: packets that parse.
+            .filter(|&(o, l)| Ipv4View::new_checked(&buf[o..o + l]).is_ok())
+            .map(|(o, l)| {
+                (
+                    o,
+                    Ipv4View::new_checked(&buf[o..o + l]).map_or(l, |v| v.total_len()),
+                )
+            })
+            .collect();
+        write_coalesced(&mut buf, &packets, |pieces, count, bytes| {
+            let hdr = VnetHdr::parse(&pieces[0]).expect("a virtio-net header first");
+            let pkt: Vec<u8> = pieces[1..].iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(pkt.len(), bytes);
+            assert!(count >= 1 && count == pieces.len() - 1);
+            let v = Ipv4View::new_checked(&pkt).expect("a whole IPv4 packet");
+            assert_eq!(v.total_len(), pkt.len());
+            assert_eq!(hdr.flags & VNET_F_NEEDS_CSUM != 0, count > 1);
+        });
+    }
+}

@@ -35,3 +35,8 @@ fn subnet_env_corpus() {
 fn packet_corpus() {
     replay("packet", flannel_rs::fuzzing::packet);
 }
+
+#[test]
+fn offload_corpus() {
+    replay("offload", flannel_rs::fuzzing::offload);
+}
