@@ -285,23 +285,25 @@ fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
     c.start_all(&[]);
     assert!(c.ping(1, &c.pod_ip(0), secs(10)));
     let (pod0, pod1) = (c.pod_ip(0), c.pod_ip(1));
-    let send_raw = tool("send_raw.py").display().to_string();
+    let tool_path = tool("send_raw.py").display().to_string();
+    // A raw IPv4-in-UDP datagram from `netns` to host 0's port 8285, inner packet
+    // `inner_src` → pod 0:9999 carrying `payload`.
+    let send_raw = |netns: &str, inner_src: &str, payload: &str| {
+        let args = [
+            &tool_path,
+            &host_ip(0),
+            "8285",
+            inner_src,
+            &pod0,
+            "9999",
+            payload,
+        ];
+        sh(Some(netns), "python3", &args);
+    };
 
     // From a non-peer (the fabric itself, 192.0.2.254): dropped.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
-    sh(
-        Some(&c.fabric),
-        "python3",
-        &[
-            &send_raw,
-            &host_ip(0),
-            "8285",
-            &pod1,
-            &pod0,
-            "9999",
-            "from-stranger",
-        ],
-    );
+    send_raw(&c.fabric, &pod1, "from-stranger");
     assert!(
         received(child, out).is_none(),
         "a datagram from a non-peer must be dropped"
@@ -309,38 +311,14 @@ fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
 
     // From host 1 (a peer), inner source inside host 1's subnet: delivered.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 5);
-    sh(
-        Some(&c.hosts[1].netns),
-        "python3",
-        &[
-            &send_raw,
-            &host_ip(0),
-            "8285",
-            &pod1,
-            &pod0,
-            "9999",
-            "hello-pod",
-        ],
-    );
+    send_raw(&c.hosts[1].netns, &pod1, "hello-pod");
     let (from, data) = received(child, out).expect("raw IPv4-in-UDP from a peer reaches the pod");
     assert_eq!(data, b"hello-pod");
     assert!(from.starts_with(&format!("{pod1}:")), "{from}");
 
     // Spoofed inner source (outside host 1's subnet) from host 1: dropped.
     let (child, out) = listen(&c.hosts[0].pod_netns, &pod0, 9999, 2);
-    sh(
-        Some(&c.hosts[1].netns),
-        "python3",
-        &[
-            &send_raw,
-            &host_ip(0),
-            "8285",
-            "10.5.250.9",
-            &pod0,
-            "9999",
-            "spoofed",
-        ],
-    );
+    send_raw(&c.hosts[1].netns, "10.5.250.9", "spoofed");
     assert!(
         received(child, out).is_none(),
         "an inner source outside the peer's subnet must be dropped"

@@ -167,11 +167,14 @@ pub struct Coalesced {
 const FLAG_ACK: u8 = 0x10;
 
 /// The IPv4 and TCP header lengths and IP total length of a coalescable segment, or `None`.
+/// `seg` must be exactly the packet (its length the IP total length, as the ingress verdict
+/// reports it), so the gathered pieces never carry trailing bytes.
 fn tcp4_headers(seg: &[u8]) -> Option<(usize, usize, usize)> {
     let view = Ipv4View::new_checked(seg).ok()?;
     let frag = seg.get(6..8)?;
     let ihl = view.header_len();
-    if view.protocol() != PROTO_TCP
+    if view.total_len() != seg.len()
+        || view.protocol() != PROTO_TCP
         || view.fragment_offset() != 0
         || frag[0] & 0x20 != 0
         || ihl != 20
@@ -294,7 +297,8 @@ pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
 /// run rarely gets longer; a longer one is simply cut).
 pub const MAX_RUN: usize = 64;
 
-/// Writes the packets `packets` (each `(offset, len)` in `buf`, in arrival order) to a TUN
+/// Writes the packets `packets` (each `(offset, len)` in `buf`, `len` its IP total length as
+/// the ingress verdict reports it, in arrival order) to a TUN
 /// opened with `IFF_VNET_HDR`: every run of consecutive segments of one TCP flow as one
 /// super-packet, everything else alone, each behind its virtio-net header. `write` gets the
 /// pieces of one TUN write (to gather with `writev`), the packets it carries and their bytes.
@@ -331,13 +335,8 @@ where
         pieces[1] = std::io::IoSlice::new(buf.get(off..off + len).unwrap_or_default());
         let mut bytes = len;
         for (piece, &(o, l)) in pieces[2..].iter_mut().zip(&packets[i + 1..run_end]) {
-            // A merged segment's payload ends at its IP total length (`tcp4_headers` checked
-            // it lies within `l`).
-            let total = buf
-                .get(o..o + l)
-                .and_then(|s| Ipv4View::new_checked(s).ok())
-                .map_or(0, |v| v.total_len());
-            let payload = buf.get(o + hdr_len..o + total).unwrap_or_default();
+            // A merged segment is exactly `l` bytes long (`tcp4_headers` checked it).
+            let payload = buf.get(o + hdr_len..o + l).unwrap_or_default();
             bytes += payload.len();
             *piece = std::io::IoSlice::new(payload);
         }
@@ -467,6 +466,11 @@ impl Segments {
         (0..total)
             .step_by(per_send.max(1))
             .map(move |start| start..(start + per_send).min(total))
+    }
+
+    /// How many segments `bytes` of the scratch buffer (one of [`Segments::sends`]) hold.
+    pub fn count_in(&self, bytes: usize) -> usize {
+        bytes.div_ceil(self.segment_len.max(1))
     }
 }
 

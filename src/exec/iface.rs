@@ -262,15 +262,10 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
 
 /// The interface the kernel routes `dst` through (RTM_GETROUTE for one address).
 async fn route_oif(handle: &Handle, dst: IpAddr) -> Option<u32> {
-    let msg = match dst {
-        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(v4, 32)
-            .build(),
-        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(v6, 128)
-            .build(),
-    };
-    let mut routes = handle.route().get(msg).execute();
+    let mut routes = handle
+        .route()
+        .get(super::netlink::route_query(dst))
+        .execute();
     let route = routes.try_next().await.ok()??;
     oif_of(&route.attributes)
 }

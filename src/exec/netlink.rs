@@ -589,15 +589,7 @@ impl Host for Netlink {
     }
 
     async fn route_to(&mut self, dst: IpAddr) -> Result<Option<RouteLookup>, HostError> {
-        let msg = match dst {
-            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .build(),
-        };
-        let mut stream = self.handle.route().get(msg).execute();
+        let mut stream = self.handle.route().get(route_query(dst)).execute();
         let route = match stream.try_next().await {
             Ok(r) => r,
             // No route at all.
@@ -725,6 +717,18 @@ fn spawn_link_watch(names: Vec<String>, kick: Arc<Notify>) -> Result<JoinHandle<
         }
         conn_task.abort();
     }))
+}
+
+/// An `RTM_GETROUTE` request for the route the kernel would take to the single address `dst`.
+pub(crate) fn route_query(dst: IpAddr) -> RouteMessage {
+    match dst {
+        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .build(),
+    }
 }
 
 #[cfg(test)]

@@ -360,7 +360,7 @@ fn send_segments(
 ) {
     let max = state.max_gso_segments().min(GSO_MAX_SEGMENTS);
     for range in segs.sends(max) {
-        let count = range.len().div_ceil(segs.segment_len.max(1));
+        let count = segs.count_in(range.len());
         let Some(contents) = scratch.get(range) else {
             continue;
         };

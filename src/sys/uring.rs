@@ -162,6 +162,23 @@ struct SegmentCmsg {
     _pad: [u8; 6],
 }
 
+impl SegmentCmsg {
+    /// "Cut this send into datagrams of `size` bytes."
+    fn new(size: u16) -> Self {
+        // SAFETY: all-zero bytes are a valid `cmsghdr` (a plain C struct; on some libcs it
+        // has private padding fields, so it cannot be written as a literal).
+        let mut hdr: libc::cmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+        hdr.cmsg_level = libc::SOL_UDP;
+        hdr.cmsg_type = UDP_SEGMENT;
+        SegmentCmsg {
+            hdr,
+            size,
+            _pad: [0; 6],
+        }
+    }
+}
+
 /// Memory shared with the kernel, held through raw pointers so that no Rust reference to a
 /// lent slot ever exists. Allocated once; freed in `Drop` unless [`Pool::leak`] was called.
 struct Pool {
@@ -484,15 +501,7 @@ impl UringIo {
             match segment {
                 Some(size) => {
                     let cmsg = addr_of_mut!((*s).control).cast::<SegmentCmsg>();
-                    let mut hdr: libc::cmsghdr = MaybeUninit::zeroed().assume_init();
-                    hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
-                    hdr.cmsg_level = libc::SOL_UDP;
-                    hdr.cmsg_type = UDP_SEGMENT;
-                    cmsg.write(SegmentCmsg {
-                        hdr,
-                        size,
-                        _pad: [0; 6],
-                    });
+                    cmsg.write(SegmentCmsg::new(size));
                     (*s).msg.msg_control = cmsg.cast();
                     (*s).msg.msg_controllen = size_of::<SegmentCmsg>();
                 }
@@ -518,7 +527,7 @@ impl UringIo {
         let Some(range) = segs.sends(GSO_MAX_SEGMENTS).nth(send) else {
             return self.arm_home(i);
         };
-        let count = range.len().div_ceil(segs.segment_len.max(1));
+        let count = segs.count_in(range.len());
         let segment = (count > 1).then_some(segs.segment_len as u16);
         let base = self
             .pool
@@ -533,7 +542,7 @@ impl UringIo {
         let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
         let mut addr = sockaddr(peer);
         for range in segs.sends(GSO_MAX_SEGMENTS) {
-            let count = range.len().div_ceil(segs.segment_len.max(1));
+            let count = segs.count_in(range.len());
             let mut iov = libc::iovec {
                 iov_base: self
                     .pool
@@ -542,13 +551,8 @@ impl UringIo {
                     .cast(),
                 iov_len: range.len(),
             };
-            // SAFETY: all-zero bytes are valid for these plain C structs.
-            let mut cmsg: SegmentCmsg = unsafe { MaybeUninit::zeroed().assume_init() };
-            cmsg.hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
-            cmsg.hdr.cmsg_level = libc::SOL_UDP;
-            cmsg.hdr.cmsg_type = UDP_SEGMENT;
-            cmsg.size = segs.segment_len as u16;
-            // SAFETY: as above.
+            let mut cmsg = SegmentCmsg::new(segs.segment_len as u16);
+            // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
             let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
             msg.msg_name = addr_of_mut!(addr).cast();
             msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -666,15 +670,13 @@ impl UringIo {
             Op::UdpRecv if res >= 0 => match self.received_from(i) {
                 Some((src, false)) if self.headroom > 0 => {
                     let stride = self.gro_stride(i);
-                    let mut delivered = std::mem::take(&mut self.delivered);
                     // SAFETY: slot `i` is Idle (as above) and stays ours until `arm_home`.
                     let buf = unsafe {
                         std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.read_len)
                     };
                     let len = (res as usize).min(buf.len());
-                    split_datagrams(buf, len, stride, src, 0, handle, &mut delivered);
-                    write_delivered(&self.fds.tun, buf, &mut delivered, &self.stats);
-                    self.delivered = delivered;
+                    split_datagrams(buf, len, stride, src, 0, handle, &mut self.delivered);
+                    write_delivered(&self.fds.tun, buf, &mut self.delivered, &self.stats);
                     self.arm_home(i)
                 }
                 Some((src, false)) => {
@@ -724,7 +726,7 @@ impl UringIo {
                     .sends(GSO_MAX_SEGMENTS)
                     .nth(send)
                     .map_or(0, |r| r.len());
-                let count = bytes.div_ceil(segs.segment_len.max(1));
+                let count = segs.count_in(bytes);
                 if res < 0 {
                     for _ in 0..count {
                         self.stats.drop_packet(DropReason::SocketError);
