@@ -10,14 +10,17 @@
 //! ```
 //!
 //! For each datapath (plain underlay routes, kernel VXLAN through our flanneld's vxlan
-//! backend, our udp backend on io_uring with and without TUN/UDP offloads, on
-//! recvmmsg/sendmsg with offloads, and with one packet per syscall as upstream does) it measures pod to pod: iperf3 TCP with 1
-//! and 4 streams, iperf3 UDP with 64-byte
+//! backend, our udp backend on io_uring with and without TUN/UDP offloads and with busy
+//! polling, on recvmmsg/sendmsg with offloads, and with one packet per syscall as upstream
+//! does) it measures pod to pod: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
 //! payloads (packets/s delivered and loss), and ping latency (p50, p99 over 200 pings at 10 ms),
 //! plus the daemons' CPU time per GB and per million packets (`/proc/<pid>/stat`) and their
 //! peak RSS (`VmHWM`). Each figure is the median of `FLANNEL_BENCH_RUNS` runs (default 3) of
 //! `FLANNEL_BENCH_SECS` seconds (default 4). Results: one table on stdout, and
-//! `target/bench/throughput.json` and `target/bench/throughput.svg`.
+//! `target/bench/throughput.json` and `target/bench/throughput.svg`. `FLANNEL_BENCH_MODES`
+//! (comma-separated keys of `MODES`) runs other modes instead, VXLAN always included: e.g.
+//! `udp,udp-perslot` (multishot against one request per buffer) or
+//! `udp-d4,udp-d8,udp,udp-d32,udp-d64` (the ring-depth sweep).
 //!
 //! Throughput is only ever reported here, never asserted.
 
@@ -44,7 +47,7 @@ struct Mode {
     flags: &'static [&'static str],
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 12] = [
     Mode {
         key: "underlay",
         label: "underlay (no overlay)",
@@ -74,6 +77,44 @@ const MODES: [Mode; 6] = [
         label: "udp (mmsg, offloads)",
         backend: Some("udp"),
         flags: &["--udp-io=mmsg"],
+    },
+    Mode {
+        key: "udp-poll",
+        label: "udp (io_uring, busy-poll 50 µs)",
+        backend: Some("udp"),
+        flags: &["--udp-busy-poll=50"],
+    },
+    // Only when named in FLANNEL_BENCH_MODES: the multishot comparison and the ring-depth
+    // sweep behind `UringConfig::DEFAULT_DEPTH`.
+    Mode {
+        key: "udp-perslot",
+        label: "udp (io_uring, a request per buffer)",
+        backend: Some("udp"),
+        flags: &["--udp-multishot=false"],
+    },
+    Mode {
+        key: "udp-d4",
+        label: "udp (io_uring, 4 buffers)",
+        backend: Some("udp"),
+        flags: &["--udp-batch=4"],
+    },
+    Mode {
+        key: "udp-d8",
+        label: "udp (io_uring, 8 buffers)",
+        backend: Some("udp"),
+        flags: &["--udp-batch=8"],
+    },
+    Mode {
+        key: "udp-d32",
+        label: "udp (io_uring, 32 buffers)",
+        backend: Some("udp"),
+        flags: &["--udp-batch=32"],
+    },
+    Mode {
+        key: "udp-d64",
+        label: "udp (io_uring, 64 buffers)",
+        backend: Some("udp"),
+        flags: &["--udp-batch=64"],
     },
     Mode {
         key: "udp-1pkt",
@@ -143,23 +184,24 @@ fn main() {
     let mut results: Vec<(&Mode, Figures)> = Vec::new();
     // VXLAN first: it leases the subnets that the underlay's plain routes then reuse (each
     // daemon gets its own lease back on every restart: same public IP).
-    let order = [
-        "vxlan",
+    let default_order = [
         "underlay",
         "udp",
         "udp-nooff",
+        "udp-poll",
         "udp-mmsg",
         "udp-1pkt",
     ];
+    let mut order = vec!["vxlan"];
+    match only.as_deref() {
+        Some(list) => order.extend(list.split(',').filter(|k| *k != "vxlan")),
+        None => order.extend(default_order),
+    }
     for key in order {
-        let mode = MODES.iter().find(|m| m.key == key).expect("mode");
-        if only
-            .as_deref()
-            .is_some_and(|o| !o.split(',').any(|k| k == key))
-            && key != "vxlan"
-        {
-            continue;
-        }
+        let Some(mode) = MODES.iter().find(|m| m.key == key) else {
+            let keys: Vec<&str> = MODES.iter().map(|m| m.key).collect();
+            panic!("FLANNEL_BENCH_MODES: unknown mode {key:?}; modes: {keys:?}");
+        };
         println!("== {}", mode.label);
         let figures = run_mode(&mut cluster, mode, runs, secs);
         results.push((mode, figures));

@@ -149,7 +149,8 @@ pub struct Cli {
     pub udp_io: UdpIo,
 
     /// udp backend: most packets moved per system call. 1 is upstream's design (one packet
-    /// per read/send, on the recvmmsg/sendmsg path), kept as a benchmark baseline.
+    /// per read/send, on the recvmmsg/sendmsg path), kept as a benchmark baseline. On the
+    /// io_uring path: buffers per direction in each worker's ring (default 16).
     #[arg(long, env = "FLANNELD_UDP_BATCH")]
     pub udp_batch: Option<usize>,
 
@@ -165,7 +166,24 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_UDP_OFFLOAD", value_parser = go_bool, num_args = 0..=1,
           require_equals = true, default_value = "true", default_missing_value = "true")]
     pub udp_offload: bool,
+
+    /// udp backend, io_uring path: one multishot TUN read and UDP receive per worker, taking
+    /// buffers from provided-buffer rings, where the kernel has them (6.7+); false: one
+    /// request per buffer.
+    #[arg(long, env = "FLANNELD_UDP_MULTISHOT", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub udp_multishot: bool,
+
+    /// udp backend, io_uring path: microseconds a worker polls for work before it sleeps
+    /// (0: never). Lowers latency by skipping wake-ups, at the cost of CPU.
+    #[arg(long, env = "FLANNELD_UDP_BUSY_POLL", default_value_t = 0)]
+    pub udp_busy_poll: u64,
 }
+
+/// Largest `--udp-batch`: io_uring buffers per direction (each holds a 64 KiB datagram).
+pub const MAX_UDP_BATCH: usize = 4096;
+/// Largest `--udp-busy-poll`, in microseconds: past this, polling only burns CPU.
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
 
 /// A flag combination that upstream also refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,6 +264,18 @@ impl Cli {
             return Err(FlagError {
                 flag: "udp-batch",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.udp_batch.is_some_and(|b| b > MAX_UDP_BATCH) {
+            return Err(FlagError {
+                flag: "udp-batch",
+                reason: format!("must be at most {MAX_UDP_BATCH}"),
+            });
+        }
+        if self.udp_busy_poll > MAX_BUSY_POLL_US {
+            return Err(FlagError {
+                flag: "udp-busy-poll",
+                reason: format!("must be at most {MAX_BUSY_POLL_US} (microseconds)"),
             });
         }
         Ok(())

@@ -104,17 +104,30 @@ fn stopped_counter(log: &str, name: &str) -> u64 {
 }
 
 /// Both I/O paths with TUN offloads on (the default: TCP super-packets cut into UDP GSO sends,
-/// UDP GRO coalesced back into super-packets) and off, and the mmsg path's UDP GSO runs on and
-/// off: pods reach each other, TCP flows (checksummed end to end, so a wrong segment or
+/// UDP GRO coalesced back into super-packets) and off, io_uring with multishot requests over
+/// provided buffers (the default) and with one request per buffer, a shallow busy-polling
+/// ring, and the mmsg path's UDP GSO runs on and off: pods reach each other, TCP flows (checksummed end to end, so a wrong segment or
 /// coalesced packet would stall them) get through both ways, and the final counters show
 /// whether super-packets were really used.
 #[test]
 fn both_io_paths_forward_with_and_without_offloads() {
     require_udp!();
     require!(Cap::Iperf3);
-    let modes: [&[&str]; 5] = [
+    let modes: [&[&str]; 8] = [
         &["--udp-io=uring", "--udp-offload=true"],
         &["--udp-io=uring", "--udp-offload=false"],
+        &[
+            "--udp-io=uring",
+            "--udp-offload=true",
+            "--udp-multishot=false",
+        ],
+        &[
+            "--udp-io=uring",
+            "--udp-offload=false",
+            "--udp-multishot=false",
+        ],
+        // A shallow ring (4 buffers a side runs out under a bulk flow) and busy polling.
+        &["--udp-io=uring", "--udp-batch=4", "--udp-busy-poll=200"],
         &["--udp-io=mmsg", "--udp-offload=true"],
         &["--udp-io=mmsg", "--udp-offload=false", "--udp-gso=true"],
         &["--udp-io=mmsg", "--udp-offload=false", "--udp-gso=false"],
@@ -124,6 +137,17 @@ fn both_io_paths_forward_with_and_without_offloads() {
         let mut args = flags.to_vec();
         args.push("--udp-workers=2");
         c.start_all(&args);
+        if flags.contains(&"--udp-io=uring") {
+            // Multishot unless switched off or the kernel lacks it (the workers say which).
+            let multishot = !flags.contains(&"--udp-multishot=false")
+                && flannel_rs::sys::uring::multishot_available();
+            let want = format!("multishot_reads={multishot} multishot_receives={multishot}");
+            assert!(
+                c.daemon(0).log().contains(&want),
+                "{flags:?}: want {want}\n{}",
+                c.daemon(0).log()
+            );
+        }
         all_pairs_ping(&c);
         let gbps = c
             .iperf(0, 1, 2, 2)
@@ -135,7 +159,7 @@ fn both_io_paths_forward_with_and_without_offloads() {
         assert!(back > 0.0, "{flags:?}");
         eprintln!("{flags:?}: {gbps:.2} Gbit/s there, {back:.2} back");
         let logs = [c.stop(0), c.stop(1)];
-        let offload = flags.contains(&"--udp-offload=true");
+        let offload = !flags.contains(&"--udp-offload=false");
         for (i, log) in logs.iter().enumerate() {
             let (tso, gro) = (
                 stopped_counter(log, "tso_reads"),

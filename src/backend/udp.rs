@@ -23,6 +23,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
@@ -70,6 +71,11 @@ pub struct UdpOptions {
     /// TUN offloads (TCP super-packets cut into GSO sends, UDP GRO coalesced back). On by
     /// default; off with one packet per syscall (`batch: Some(1)`), upstream's design.
     pub offload: bool,
+    /// io_uring path: multishot reads and receives over provided-buffer rings, where the
+    /// kernel has them.
+    pub multishot: bool,
+    /// io_uring path: how long a worker polls for work before sleeping (zero: never).
+    pub busy_poll: Duration,
     /// Name of the TUN device.
     pub tun_name: String,
 }
@@ -84,6 +90,8 @@ impl Default for UdpOptions {
             batch: None,
             gso: true,
             offload: true,
+            multishot: true,
+            busy_poll: Duration::ZERO,
             tun_name: UDP_TUN_NAME.to_owned(),
         }
     }
@@ -258,7 +266,11 @@ impl Backend for Udp {
         let fds = self.bind_sockets(queues)?;
         let cfg = WorkerConfig {
             io,
-            uring: UringConfig::default(),
+            uring: UringConfig {
+                multishot: self.opts.multishot,
+                busy_poll: self.opts.busy_poll,
+                ..UringConfig::with_depth(self.opts.batch.unwrap_or(UringConfig::DEFAULT_DEPTH))
+            },
             mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
             gso: self.opts.gso,
             offload,

@@ -116,6 +116,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch: cli.udp_batch,
                 gso: cli.udp_gso,
                 offload: cli.udp_offload,
+                multishot: cli.udp_multishot,
+                busy_poll: std::time::Duration::from_micros(cli.udp_busy_poll),
                 ..UdpOptions::default()
             };
             daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await

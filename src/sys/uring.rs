@@ -13,6 +13,21 @@
 //! write of an ICMP reply) → TUN read; the rest circulate UDP receive → TUN write → UDP
 //! receive. A packet therefore never moves between buffers.
 //!
+//! # Multishot receives and provided buffers
+//! Where the kernel has them (multishot TUN reads arrived in 6.7; multishot `recvmsg` and
+//! provided-buffer rings are older), a side's slots are not lent one request each: they sit in
+//! a **provided-buffer ring** (`Op::Provided`) and one multishot request per side (TUN read,
+//! UDP receive) takes a buffer from it for every packet it completes. That is one wait-queue
+//! entry per fd instead of one per slot, so an arriving packet wakes one request, not all of
+//! them. A completion names its buffer; the slot is then ours, goes through the same steps as
+//! above, and is handed back to the ring where it would otherwise be re-armed. A multishot
+//! receive writes a small header (`io_uring_recvmsg_out`, source address, control messages)
+//! in front of the payload, so the payload of an ingress slot starts at `MULTI_PREFIX`.
+//! Without kernel support (or with `--udp-multishot=false`) every slot has its own request.
+//!
+//! The TUN and the sockets are **registered files**, so requests skip the fd-table lookup and
+//! reference counting on every operation.
+//!
 //! # Offloads
 //! With the TUN opened with offloads (`sys::offload`), an egress slot is twice as long: the
 //! TUN read lands in the first part (virtio-net header, then the packet), a TCP super-packet
@@ -35,7 +50,10 @@ use std::ptr::{addr_of_mut, NonNull};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring, Probe};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::offload::{
     egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
@@ -51,10 +69,41 @@ const STOP_TAG: u64 = u64::MAX;
 const CANCEL_TAG: u64 = u64::MAX - 1;
 /// `user_data` of the drain's wake-up timeout.
 const TIMEOUT_TAG: u64 = u64::MAX - 2;
+/// `user_data` of the multishot TUN read and the multishot UDP receive.
+const TUN_READS_TAG: u64 = u64::MAX - 3;
+const UDP_RECVS_TAG: u64 = u64::MAX - 4;
+/// Registered-file indexes (`register_files` order in [`UringIo::new`]).
+const FIXED_TUN: types::Fixed = types::Fixed(0);
+const FIXED_RX: types::Fixed = types::Fixed(1);
+const FIXED_TX: types::Fixed = types::Fixed(2);
+/// Buffer groups of the two provided-buffer rings.
+const EGRESS_GROUP: u16 = 0;
+const INGRESS_GROUP: u16 = 1;
+/// What a multishot `recvmsg` writes in front of the payload: `struct io_uring_recvmsg_out`
+/// (four u32s), the source address (`msg_namelen` bytes), the control messages
+/// (`msg_controllen` bytes).
+const RECVMSG_OUT_LEN: usize = 16;
+const CONTROL_LEN: usize = CONTROL_WORDS * 8;
+const MULTI_PREFIX: usize = RECVMSG_OUT_LEN + size_of::<libc::sockaddr_in>() + CONTROL_LEN;
 /// How long `Drop` waits for lent slots to come back.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// CQEs copied out of the ring per pass.
 const REAP_CHUNK: usize = 128;
+
+/// A completion as copied out of the ring: `user_data`, result, flags.
+type Cqe = (u64, i32, u32);
+
+/// What a receive delivered, wherever the kernel wrote it (slot header or buffer prefix).
+struct Received {
+    /// The sender, if it is IPv4.
+    src: Option<SocketAddrV4>,
+    /// The datagram (or its address) did not fit.
+    truncated: bool,
+    /// UDP GRO segment size (0: one datagram).
+    stride: usize,
+    /// Payload bytes.
+    len: usize,
+}
 
 /// Opcodes the worker uses; all exist since Linux 5.6.
 const REQUIRED_OPS: [(&str, u8); 7] = [
@@ -113,26 +162,47 @@ pub fn probe() -> Result<(), String> {
     }
 }
 
-/// Sizes of one worker's ring and pool.
+/// Sizes and modes of one worker's ring and pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringConfig {
-    /// TUN reads kept in flight (and buffers circulating on the egress side).
+    /// Buffers circulating on the egress side (TUN reads in flight without multishot).
     pub egress_slots: usize,
-    /// UDP receives kept in flight (and buffers circulating on the ingress side).
+    /// Buffers circulating on the ingress side (UDP receives in flight without multishot).
     pub ingress_slots: usize,
     /// Bytes per buffer; 64 KiB holds any UDP datagram, so nothing is ever truncated.
     pub buf_size: usize,
+    /// Use multishot TUN reads and UDP receives over provided-buffer rings where the kernel
+    /// has them (see the module docs); otherwise one request per buffer.
+    pub multishot: bool,
+    /// Before sleeping for completions, poll the ring for this long (zero: never). Spends CPU
+    /// to save the wake-up of a sleeping worker (tens of µs) on each hop of a round trip.
+    pub busy_poll: Duration,
+}
+
+impl UringConfig {
+    /// Buffers per direction, measured with `cargo bench --bench throughput` (2 vCPU, kernel
+    /// 6.18, multishot): see README, "Ring depth". With one-request-per-buffer (no
+    /// multishot) every pending read is woken on each arrival, so deeper rings cost CPU there.
+    pub const DEFAULT_DEPTH: usize = 16;
+
+    /// `depth` buffers per direction, the other settings default.
+    pub fn with_depth(depth: usize) -> Self {
+        UringConfig {
+            egress_slots: depth,
+            ingress_slots: depth,
+            ..UringConfig::default()
+        }
+    }
 }
 
 impl Default for UringConfig {
-    /// 16 in flight per direction: every pending read is woken on each arrival (io_uring's
-    /// poll-driven retry is not exclusive), so more in flight costs CPU at low rates; 16 still
-    /// lets one `io_uring_enter` carry dozens of packets under load.
     fn default() -> Self {
         UringConfig {
-            egress_slots: 16,
-            ingress_slots: 16,
+            egress_slots: Self::DEFAULT_DEPTH,
+            ingress_slots: Self::DEFAULT_DEPTH,
             buf_size: 65536,
+            multishot: true,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -254,12 +324,181 @@ impl Drop for Pool {
     }
 }
 
+/// One descriptor of a provided-buffer ring (`struct io_uring_buf`). The first descriptor's
+/// last field doubles as the ring's tail.
+#[repr(C)]
+struct BufDesc {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+/// A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, 5.19): descriptors we write and
+/// publish by moving the tail; the kernel takes them from the head, one per completion of a
+/// multishot request of the ring's group. The descriptor array is page-aligned, as the
+/// kernel requires; freed in `Drop` unless leaked (see [`Pool::leak`]).
+struct BufRing {
+    descs: NonNull<BufDesc>,
+    layout: Layout,
+    mask: u16,
+    tail: u16,
+    leaked: bool,
+}
+
+impl BufRing {
+    /// Room for `count` buffers (rounded up to a power of two, at most 32 768).
+    fn new(count: usize) -> io::Result<Self> {
+        let entries = count.next_power_of_two().clamp(1, 32_768);
+        let layout = Layout::from_size_align(entries * size_of::<BufDesc>(), 4096)
+            .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let descs = NonNull::new(raw.cast::<BufDesc>()).ok_or(io::ErrorKind::OutOfMemory)?;
+        Ok(BufRing {
+            descs,
+            layout,
+            mask: (entries - 1) as u16,
+            tail: 0,
+            leaked: false,
+        })
+    }
+
+    fn entries(&self) -> u16 {
+        self.mask + 1
+    }
+
+    /// Publishes buffer `bid` (`len` bytes at `addr`) to the kernel.
+    fn provide(&mut self, addr: *mut u8, len: u32, bid: u16) {
+        let d = self
+            .descs
+            .as_ptr()
+            .wrapping_add(usize::from(self.tail & self.mask));
+        // SAFETY: `d` is inside the descriptor array (index masked). The kernel reads only
+        // descriptors between its head and the published tail; this one is at the tail, so
+        // not yet visible. The tail field (`resv` of descriptor 0) is not written here.
+        unsafe {
+            addr_of_mut!((*d).addr).write(addr as u64);
+            addr_of_mut!((*d).len).write(len);
+            addr_of_mut!((*d).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is a u16 inside the live, page-aligned array, which the kernel
+        // reads concurrently: only ever accessed atomically from our side. The release store
+        // makes the descriptor written above visible before the new tail.
+        let tail = unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.descs.as_ptr()).resv)) };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        if !self.leaked {
+            // SAFETY: allocated in `new` with this layout, freed once; the ring that had it
+            // registered is closed before this runs (field order of `UringIo`).
+            unsafe { dealloc(self.descs.as_ptr().cast(), self.layout) };
+        }
+    }
+}
+
+/// One side's multishot request and the buffer ring it takes from.
+struct Multishot {
+    /// `user_data` of the request.
+    tag: u64,
+    group: u16,
+    ring: BufRing,
+    /// The side's slots are `first..first + count`; buffer id = slot - `first`.
+    first: usize,
+    count: usize,
+    /// Bytes per buffer handed to the kernel.
+    buf_len: u32,
+    /// The request is in the kernel (it ends with a completion without `IORING_CQE_F_MORE`).
+    armed: bool,
+    /// Buffers published and not yet taken by a completion.
+    available: usize,
+    /// The `msghdr` a multishot `recvmsg` reads its name and control lengths from (heap, so
+    /// it stays put while the request lives).
+    template: Box<libc::msghdr>,
+}
+
+impl Multishot {
+    /// Registers a buffer ring for `slots` of `pool` (`buf_len` bytes each) as `group` with
+    /// `ring`. `None` (and the side uses one request per slot) when the kernel refuses.
+    fn register(
+        ring: &IoUring,
+        pool: &Pool,
+        tag: u64,
+        group: u16,
+        slots: std::ops::Range<usize>,
+        buf_len: usize,
+    ) -> Option<Self> {
+        let count = slots.len();
+        let bufs = match BufRing::new(count) {
+            Ok(b) if usize::from(b.entries()) >= count && buf_len <= pool.buf_size => b,
+            _ => return None,
+        };
+        // SAFETY: the descriptor array is page-aligned, `entries()` long and lives in the
+        // returned `Multishot` until after the ring is closed (or is leaked with the pool).
+        let registered = unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.descs.as_ptr() as u64,
+                bufs.entries(),
+                group,
+                0,
+            )
+        };
+        if let Err(e) = registered {
+            tracing::debug!(error = %e, "no provided-buffer ring; one request per buffer");
+            return None;
+        }
+        // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
+        let mut template: Box<libc::msghdr> =
+            Box::new(unsafe { MaybeUninit::zeroed().assume_init() });
+        template.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // Always room for control messages, so the payload always starts at MULTI_PREFIX.
+        template.msg_controllen = CONTROL_LEN;
+        Some(Multishot {
+            tag,
+            group,
+            ring: bufs,
+            first: slots.start,
+            count,
+            buf_len: u32::try_from(buf_len).ok()?,
+            armed: false,
+            available: 0,
+            template,
+        })
+    }
+
+    fn owns(&self, i: usize) -> bool {
+        i >= self.first && i < self.first + self.count
+    }
+}
+
+/// Whether workers here get multishot reads and receives (for tests and diagnostics).
+pub fn multishot_available() -> bool {
+    IoUring::new(8).is_ok_and(|ring| multishot_supported(&ring))
+}
+
+/// Whether the kernel has multishot TUN reads (`IORING_OP_READ_MULTISHOT`, 6.7). The probe
+/// lists opcodes, not flags, so this one check also stands for the older multishot `recvmsg`
+/// (6.0) and provided-buffer rings (5.19).
+fn multishot_supported(ring: &IoUring) -> bool {
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::ReadMulti::CODE)
+}
+
 /// What slot `i` is lent to the kernel for (or `Idle`: ours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Idle,
+    /// In a provided-buffer ring, for the side's multishot request to take.
+    Provided,
     TunRead,
     UdpRecv,
+    /// Taken by the multishot receive (returned by `take_back`, never stored).
+    UdpRecvMulti,
     UdpSend {
         len: usize,
     },
@@ -276,9 +515,13 @@ enum Op {
 
 /// One worker's io_uring I/O. Not `Send`: it is built on the worker thread and stays there.
 pub struct UringIo {
-    // Field order is drop order: the ring goes before the pool, and `Drop` has drained both.
+    // Field order is drop order: the ring goes before the pool and the buffer rings, and
+    // `Drop` has drained it.
     ring: IoUring,
     pool: Pool,
+    /// The multishot requests of the egress (TUN read) and ingress (UDP receive) sides, where
+    /// in use.
+    multi: [Option<Multishot>; 2],
     ops: Box<[Op]>,
     egress_slots: usize,
     in_flight: usize,
@@ -286,9 +529,13 @@ pub struct UringIo {
     stopping: bool,
     fatal: Option<io::Error>,
     timeout: types::Timespec,
+    busy_poll: Duration,
     /// Bytes of a slot's buffer used for reads and receives; with offloads a scratch area for
     /// segments follows (`pool.buf_size` = `read_len` + scratch).
     read_len: usize,
+    /// Where a received datagram starts in an ingress slot: `MULTI_PREFIX` with the
+    /// multishot receive, else 0.
+    recv_off: usize,
     /// With offloads, the virtio-net header's length, else 0.
     headroom: usize,
     /// Delivered packets of the receive being handled, for the coalescing TUN write.
@@ -298,29 +545,63 @@ pub struct UringIo {
 }
 
 impl UringIo {
-    /// Builds the ring and pool and arms every read and receive.
+    /// Builds the ring and pool, registers the files (and buffer rings) and arms every read
+    /// and receive.
     ///
     /// # Errors
-    /// Ring creation failed (out of memory, `RLIMIT_MEMLOCK` on old kernels, seccomp).
+    /// Ring creation or file registration failed (out of memory, `RLIMIT_MEMLOCK` on old
+    /// kernels, seccomp).
     pub fn new(
         fds: WorkerFds,
         cfg: UringConfig,
         offload: bool,
         stats: Arc<WorkerStats>,
     ) -> io::Result<Self> {
-        let egress = cfg.egress_slots.max(1);
-        let n = egress + cfg.ingress_slots.max(1);
+        let egress = cfg.egress_slots.clamp(1, 4096);
+        let ingress = cfg.ingress_slots.clamp(1, 4096);
+        let n = egress + ingress;
         let headroom = if offload { VNET_HDR_LEN } else { 0 };
         let read_len = cfg.buf_size.max(MIN_BUFFER) + headroom;
-        let buf_size = read_len + if offload { SCRATCH_LEN } else { 0 };
+        // Behind the read area: the segment scratch (offloads) and room for the multishot
+        // receive's header, which shifts an ingress payload back by `MULTI_PREFIX`.
+        let buf_size = read_len + if offload { SCRATCH_LEN } else { MULTI_PREFIX };
         sockopt::set_udp_gro(&fds.rx, offload)?;
         // Each slot has at most one SQE queued, plus one cancel each while draining, plus the
-        // stop poll and the drain timeout.
-        let entries = u32::try_from((2 * n + 4).next_power_of_two()).unwrap_or(4096);
+        // stop poll, the drain timeout and the two multishot requests and their cancels.
+        let entries = u32::try_from((2 * n + 8).next_power_of_two()).unwrap_or(8192);
         let ring = build_ring(entries)?;
+        let tx = fds.tx.as_ref().unwrap_or(&fds.rx).as_raw_fd();
+        ring.submitter()
+            .register_files(&[fds.tun.raw(), fds.rx.as_raw_fd(), tx])?;
+        // Saves the ring's own fd lookup on every enter (5.18); optional.
+        let _ = ring.submitter().register_ring_fd();
+        let pool = Pool::new(n, buf_size);
+        let multi = if cfg.multishot && multishot_supported(&ring) {
+            let egress_side = Multishot::register(
+                &ring,
+                &pool,
+                TUN_READS_TAG,
+                EGRESS_GROUP,
+                0..egress,
+                read_len,
+            );
+            let ingress_side = Multishot::register(
+                &ring,
+                &pool,
+                UDP_RECVS_TAG,
+                INGRESS_GROUP,
+                egress..n,
+                MULTI_PREFIX + read_len,
+            );
+            [egress_side, ingress_side]
+        } else {
+            [None, None]
+        };
         let mut io = UringIo {
             ring,
-            pool: Pool::new(n, buf_size),
+            pool,
+            recv_off: if multi[1].is_some() { MULTI_PREFIX } else { 0 },
+            multi,
             ops: vec![Op::Idle; n].into_boxed_slice(),
             egress_slots: egress,
             in_flight: 0,
@@ -328,6 +609,7 @@ impl UringIo {
             stopping: false,
             fatal: None,
             timeout: types::Timespec::new().nsec(100_000_000),
+            busy_poll: cfg.busy_poll,
             read_len,
             headroom,
             delivered: Vec::with_capacity(if offload { 2 * GRO_MAX_SEGMENTS } else { 0 }),
@@ -343,7 +625,55 @@ impl UringIo {
         for i in 0..n {
             io.arm_home(i)?;
         }
+        io.rearm()?;
+        tracing::debug!(
+            multishot_reads = io.multi[0].is_some(),
+            multishot_receives = io.multi[1].is_some(),
+            egress,
+            ingress,
+            "io_uring worker ready"
+        );
         Ok(io)
+    }
+
+    /// Whether the multishot TUN read / UDP receive is in use.
+    pub fn multishot(&self) -> (bool, bool) {
+        (self.multi[0].is_some(), self.multi[1].is_some())
+    }
+
+    /// The multishot side slot `i` belongs to, if that side uses one.
+    fn side_of(&mut self, i: usize) -> Option<&mut Multishot> {
+        self.multi.iter_mut().flatten().find(|m| m.owns(i))
+    }
+
+    /// Arms each side's multishot request that has ended, while it has buffers to take from.
+    /// (One that ran out of buffers ended with `ENOBUFS`; the packets wait in the fd.)
+    fn rearm(&mut self) -> io::Result<()> {
+        for side in 0..2 {
+            let entry = match &self.multi[side] {
+                Some(m) if !m.armed && m.available > 0 && !self.stopping => {
+                    if m.tag == TUN_READS_TAG {
+                        // By plain fd: on 6.18 a multishot read of the *registered* TUN fails
+                        // with EBADFD (the kernel does not see it as pollable). The lookup is
+                        // made once per arming, not per packet.
+                        opcode::ReadMulti::new(types::Fd(self.fds.tun.raw()), 0, m.group).build()
+                    } else {
+                        opcode::RecvMsgMulti::new(FIXED_RX, &raw const *m.template, m.group).build()
+                    }
+                    .user_data(m.tag)
+                }
+                _ => continue,
+            };
+            // SAFETY: the request takes only buffers of its group's ring, each marked
+            // `Provided` until a completion hands it back; the `recvmsg` template is boxed
+            // in the `Multishot`, which outlives the ring.
+            unsafe { self.push(&entry)? };
+            if let Some(m) = self.multi[side].as_mut() {
+                m.armed = true;
+            }
+            self.in_flight += 1;
+        }
+        Ok(())
     }
 
     /// Queues `entry`, flushing the queue to the kernel first if it is full.
@@ -367,12 +697,18 @@ impl UringIo {
         if self.stopping || i >= self.pool.len() {
             return Ok(());
         }
+        let addr = self.pool.buf_ptr(i);
+        if let Some(m) = self.side_of(i) {
+            let (len, bid) = (m.buf_len, (i - m.first) as u16);
+            m.ring.provide(addr, len, bid);
+            m.available += 1;
+            // The slot is the kernel's again (without counting as in flight: only the
+            // multishot request does, and it cannot end holding a buffer).
+            self.ops[i] = Op::Provided;
+            return Ok(());
+        }
         let (entry, op) = if i < self.egress_slots {
-            let read = opcode::Read::new(
-                types::Fd(self.fds.tun.raw()),
-                self.pool.buf_ptr(i),
-                self.read_len as u32,
-            );
+            let read = opcode::Read::new(FIXED_TUN, self.pool.buf_ptr(i), self.read_len as u32);
             (read.build().user_data(i as u64), Op::TunRead)
         } else {
             let s = self.pool.slot_ptr(i);
@@ -394,8 +730,7 @@ impl UringIo {
                 (*s).msg.msg_flags = 0;
             }
             // `msg` is the first field of the repr(C) slot, so the slot pointer is the header pointer.
-            let recv =
-                opcode::RecvMsg::new(types::Fd(self.fds.rx.as_raw_fd()), s.cast::<libc::msghdr>());
+            let recv = opcode::RecvMsg::new(FIXED_RX, s.cast::<libc::msghdr>());
             (recv.build().user_data(i as u64), Op::UdpRecv)
         };
         // SAFETY: the entry points only at slot `i`'s buffer and header, which is marked lent
@@ -456,19 +791,24 @@ impl UringIo {
                 }
             }
             Action::WriteTun { len, kind } => {
+                // An egress slot holds the packet behind the virtio-net header the read left;
+                // an ingress slot only ever writes without offloads (with them, deliveries go
+                // out coalesced in `complete`), from where the receive put the datagram.
+                let (start, h) = if i < self.egress_slots {
+                    (0, h)
+                } else {
+                    (self.recv_off, 0)
+                };
                 let len = len.min(self.read_len - h);
+                let base = self.pool.buf_ptr(i).wrapping_add(start);
                 if h > 0 {
                     // SAFETY: slot `i` is Idle; the packet goes behind a plain virtio-net
                     // header, written before the slot is lent.
-                    unsafe { std::ptr::write_bytes(self.pool.buf_ptr(i), 0, h) };
+                    unsafe { std::ptr::write_bytes(base, 0, h) };
                 }
-                let entry = opcode::Write::new(
-                    types::Fd(self.fds.tun.raw()),
-                    self.pool.buf_ptr(i).cast_const(),
-                    (h + len) as u32,
-                )
-                .build()
-                .user_data(i as u64);
+                let entry = opcode::Write::new(FIXED_TUN, base.cast_const(), (h + len) as u32)
+                    .build()
+                    .user_data(i as u64);
                 // SAFETY: points only at slot `i`'s buffer, marked lent below until its CQE.
                 unsafe { self.push(&entry)? };
                 self.lend(i, Op::TunWrite { len, kind });
@@ -488,7 +828,6 @@ impl UringIo {
         op: Op,
     ) -> io::Result<()> {
         let s = self.pool.slot_ptr(i);
-        let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
         // SAFETY: slot `i` is Idle (ours) until `lend` below; `base..base + len` lies in its
         // buffer (callers take it from `buf_ptr(i)` within the slot's length), and the control
         // area is the slot's own, big enough and 8-aligned for one `SegmentCmsg`.
@@ -512,7 +851,7 @@ impl UringIo {
             }
             (*s).msg.msg_flags = 0;
         }
-        let entry = opcode::SendMsg::new(types::Fd(tx), s.cast::<libc::msghdr>().cast_const())
+        let entry = opcode::SendMsg::new(FIXED_TX, s.cast::<libc::msghdr>().cast_const())
             .build()
             .user_data(i as u64);
         // SAFETY: points only at slot `i`, marked lent below until its CQE.
@@ -576,30 +915,20 @@ impl UringIo {
         }
     }
 
-    /// The GRO segment size of the datagrams just received into slot `i` (0: none given).
-    fn gro_stride(&self, i: usize) -> usize {
-        let s = self.pool.slot_ptr(i);
-        // SAFETY: slot `i` was just taken back (Idle): the kernel has finished writing its
-        // control area and length. We copy both out and parse the copy.
-        let (control, len) = unsafe { ((*s).control, (*s).msg.msg_controllen) };
-        let raw: [u8; CONTROL_WORDS * 8] =
-            std::array::from_fn(|k| control[k / 8].to_ne_bytes()[k % 8]);
-        gro_segment_size(&raw[..len.min(raw.len())])
-    }
-
     /// Copies up to [`REAP_CHUNK`] completions out of the ring.
-    fn reap(&mut self, out: &mut [(u64, i32); REAP_CHUNK]) -> usize {
+    fn reap(&mut self, out: &mut [Cqe; REAP_CHUNK]) -> usize {
         let mut n = 0;
         for (slot, cqe) in out.iter_mut().zip(self.ring.completion()) {
-            *slot = (cqe.user_data(), cqe.result());
+            *slot = (cqe.user_data(), cqe.result(), cqe.flags());
             n += 1;
         }
         n
     }
 
-    /// Takes back slot `tag` from the kernel; returns its operation, or `None` for the
-    /// stop poll, cancellations, timeouts and anything unknown.
-    fn take_back(&mut self, tag: u64, res: i32) -> Option<(usize, Op)> {
+    /// Takes back slot `tag` (or the buffer a multishot completion names) from the kernel;
+    /// returns its operation, or `None` for the stop poll, cancellations, timeouts, multishot
+    /// completions without a buffer and anything unknown.
+    fn take_back(&mut self, tag: u64, res: i32, flags: u32) -> Option<(usize, Op)> {
         match tag {
             STOP_TAG => {
                 self.stop_pending = false;
@@ -609,10 +938,32 @@ impl UringIo {
                 None
             }
             CANCEL_TAG | TIMEOUT_TAG => None,
+            TUN_READS_TAG | UDP_RECVS_TAG => {
+                let side = usize::from(tag == UDP_RECVS_TAG);
+                let m = self.multi[side].as_mut()?;
+                if !cqueue::more(flags) && m.armed {
+                    m.armed = false;
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+                let i = m.first + usize::from(cqueue::buffer_select(flags)?);
+                if !m.owns(i) || self.ops.get(i) != Some(&Op::Provided) {
+                    return None;
+                }
+                m.available = m.available.saturating_sub(1);
+                self.ops[i] = Op::Idle;
+                Some((
+                    i,
+                    if side == 0 {
+                        Op::TunRead
+                    } else {
+                        Op::UdpRecvMulti
+                    },
+                ))
+            }
             _ => {
                 let i = usize::try_from(tag).ok()?;
                 let op = self.ops.get_mut(i)?;
-                if *op == Op::Idle {
+                if matches!(*op, Op::Idle | Op::Provided) {
                     return None;
                 }
                 let taken = std::mem::replace(op, Op::Idle);
@@ -622,23 +973,94 @@ impl UringIo {
         }
     }
 
-    /// The source of the datagram just received into slot `i`, if it is IPv4.
-    fn received_from(&self, i: usize) -> Option<(SocketAddrV4, bool)> {
+    /// What the kernel reported about the `res`-byte receive into slot `i` (own request).
+    fn slot_received(&self, i: usize, res: usize) -> Received {
         let s = self.pool.slot_ptr(i);
         // SAFETY: slot `i` was just taken back (Idle): the kernel finished writing its
-        // sockaddr, name length and flags. Plain reads of C integers.
-        let (addr, namelen, flags) =
-            unsafe { ((*s).addr, (*s).msg.msg_namelen, (*s).msg.msg_flags) };
-        if addr.sin_family != libc::AF_INET as libc::sa_family_t
-            || (namelen as usize) < size_of::<libc::sockaddr_in>()
-        {
-            return None;
+        // sockaddr, name length, flags and control area. Plain copies of C data.
+        let (addr, namelen, flags, control, controllen) = unsafe {
+            (
+                (*s).addr,
+                (*s).msg.msg_namelen,
+                (*s).msg.msg_flags,
+                (*s).control,
+                (*s).msg.msg_controllen,
+            )
+        };
+        let src = (addr.sin_family == libc::AF_INET as libc::sa_family_t
+            && namelen as usize >= size_of::<libc::sockaddr_in>())
+        .then(|| {
+            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+            SocketAddrV4::new(ip, u16::from_be(addr.sin_port))
+        });
+        let raw: [u8; CONTROL_LEN] = std::array::from_fn(|k| control[k / 8].to_ne_bytes()[k % 8]);
+        Received {
+            src,
+            truncated: flags & libc::MSG_TRUNC != 0,
+            stride: gro_segment_size(&raw[..controllen.min(CONTROL_LEN)]),
+            len: res,
         }
-        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        Some((
-            SocketAddrV4::new(ip, u16::from_be(addr.sin_port)),
-            flags & libc::MSG_TRUNC != 0,
-        ))
+    }
+
+    /// What a multishot receive of `res` bytes (header, name, control, payload) wrote into
+    /// slot `i`, parsed by `io_uring`'s own `RecvMsgOut`.
+    fn multi_received(&self, i: usize, res: usize) -> Received {
+        let bad = Received {
+            src: None,
+            truncated: true,
+            stride: 0,
+            len: 0,
+        };
+        let Some(m) = self.multi[1].as_ref() else {
+            return bad;
+        };
+        let used = res.min(m.buf_len as usize);
+        // SAFETY: slot `i` was just taken back (Idle) and the kernel has finished writing
+        // its first `used` bytes; the shared slice lives only within this function.
+        let bytes = unsafe { std::slice::from_raw_parts(self.pool.buf_ptr(i), used) };
+        match types::RecvMsgOut::parse(bytes, &m.template) {
+            Ok(out) => Received {
+                src: sockaddr_v4(out.name_data()),
+                truncated: out.is_payload_truncated()
+                    || out.is_control_data_truncated()
+                    || out.flags() & libc::MSG_TRUNC as u32 != 0,
+                stride: gro_segment_size(out.control_data()),
+                len: out.payload_data().len(),
+            },
+            Err(()) => bad,
+        }
+    }
+
+    /// Hands the datagram(s) a receive put into slot `i` to the pipeline: with offloads split
+    /// by the GRO stride and written back to the TUN coalesced (the slot then goes home),
+    /// else one packet whose verdict `dispatch` carries out.
+    fn on_receive<H>(&mut self, i: usize, r: Received, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        let Some(src) = r.src.filter(|_| !r.truncated) else {
+            self.stats.drop_packet(DropReason::BadHeader);
+            return self.arm_home(i);
+        };
+        let off = self.recv_off;
+        // SAFETY: slot `i` is Idle (just taken back) and stays ours until `arm_home` or
+        // `dispatch` lends it again, after this slice is dead; `off` + the length stays
+        // inside the slot's buffer (`buf_size` ≥ `read_len` + `MULTI_PREFIX`).
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pool.buf_ptr(i).wrapping_add(off),
+                self.pool.buf_size - off,
+            )
+        };
+        if self.headroom == 0 {
+            let action = handle(Origin::Udp(src), buf, r.len.min(self.read_len));
+            return self.dispatch(i, action);
+        }
+        let buf = &mut buf[..self.read_len];
+        let len = r.len.min(buf.len());
+        split_datagrams(buf, len, r.stride, src, 0, handle, &mut self.delivered);
+        write_delivered(&self.fds.tun, buf, &mut self.delivered, &self.stats);
+        self.arm_home(i)
     }
 
     /// Slot `i`'s buffer.
@@ -651,15 +1073,37 @@ impl UringIo {
         unsafe { std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.pool.buf_size) }
     }
 
-    fn complete<H>(&mut self, tag: u64, res: i32, handle: &mut H) -> io::Result<()>
+    /// Accounts for a read or receive that completed with `res` ≤ 0: nothing for an empty
+    /// read, a cancellation, a retry or a multishot request out of buffers; a drop for a
+    /// transient error; a drop and the worker's end for anything else.
+    fn failed(&mut self, reason: DropReason, res: i32) {
+        match res {
+            r if r >= 0 => {}
+            r if [libc::ECANCELED, libc::EAGAIN, libc::EINTR, libc::ENOBUFS].contains(&-r) => {}
+            r if is_transient(-r) => self.stats.drop_packet(reason),
+            r => {
+                self.stats.drop_packet(reason);
+                self.stopping = true;
+                self.fatal.get_or_insert(errno_error(r));
+            }
+        }
+    }
+
+    fn complete<H>(&mut self, (tag, res, flags): Cqe, handle: &mut H) -> io::Result<()>
     where
         H: FnMut(Origin, &mut [u8], usize) -> Action,
     {
-        let Some((i, op)) = self.take_back(tag, res) else {
+        let Some((i, op)) = self.take_back(tag, res, flags) else {
+            // A multishot request that failed outright (no buffer taken).
+            match tag {
+                TUN_READS_TAG => self.failed(DropReason::TunError, res),
+                UDP_RECVS_TAG => self.failed(DropReason::SocketError, res),
+                _ => {}
+            }
             return Ok(());
         };
         match op {
-            Op::Idle => Ok(()),
+            Op::Idle | Op::Provided => Ok(()),
             Op::TunRead if res > 0 && res as usize > self.headroom => {
                 let (h, read_len) = (self.headroom, self.read_len);
                 // SAFETY: `take_back` just made slot `i` Idle; `i` indexes `ops`, sized like the pool.
@@ -667,50 +1111,25 @@ impl UringIo {
                 let action = handle(Origin::Tun, &mut buf[h..read_len], res as usize - h);
                 self.dispatch(i, action)
             }
-            Op::UdpRecv if res >= 0 => match self.received_from(i) {
-                Some((src, false)) if self.headroom > 0 => {
-                    let stride = self.gro_stride(i);
-                    // SAFETY: slot `i` is Idle (as above) and stays ours until `arm_home`.
-                    let buf = unsafe {
-                        std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.read_len)
-                    };
-                    let len = (res as usize).min(buf.len());
-                    split_datagrams(buf, len, stride, src, 0, handle, &mut self.delivered);
-                    write_delivered(&self.fds.tun, buf, &mut self.delivered, &self.stats);
-                    self.arm_home(i)
-                }
-                Some((src, false)) => {
-                    // SAFETY: as above.
-                    let buf = unsafe { self.buf(i) };
-                    let action = handle(Origin::Udp(src), buf, res as usize);
-                    self.dispatch(i, action)
-                }
-                _ => {
-                    self.stats.drop_packet(DropReason::BadHeader);
-                    self.arm_home(i)
-                }
-            },
+            Op::UdpRecv if res >= 0 => {
+                let r = self.slot_received(i, res as usize);
+                self.on_receive(i, r, handle)
+            }
+            Op::UdpRecvMulti if res >= 0 => {
+                let r = self.multi_received(i, res as usize);
+                self.on_receive(i, r, handle)
+            }
             Op::TunRead if res > 0 => {
                 // Shorter than the virtio-net header.
                 self.stats.drop_packet(DropReason::BadHeader);
                 self.arm_home(i)
             }
-            Op::TunRead | Op::UdpRecv => {
-                let reason = if op == Op::TunRead {
-                    DropReason::TunError
-                } else {
-                    DropReason::SocketError
-                };
-                match res {
-                    0 => {}
-                    r if r == -libc::ECANCELED || r == -libc::EAGAIN || r == -libc::EINTR => {}
-                    r if is_transient(-r) => self.stats.drop_packet(reason),
-                    r => {
-                        self.stats.drop_packet(reason);
-                        self.stopping = true;
-                        self.fatal.get_or_insert(errno_error(r));
-                    }
-                }
+            Op::TunRead => {
+                self.failed(DropReason::TunError, res);
+                self.arm_home(i)
+            }
+            Op::UdpRecv | Op::UdpRecvMulti => {
+                self.failed(DropReason::SocketError, res);
                 self.arm_home(i)
             }
             Op::UdpSend { len } => {
@@ -753,11 +1172,50 @@ impl UringIo {
         }
     }
 
+    /// Submits what is queued, then spins for up to `busy_poll` until a completion is
+    /// there; whether one is. Completions of deferred task work are posted only by an enter,
+    /// so one is made whenever the kernel flags task work (`setup_taskrun_flag`).
+    fn poll_briefly(&mut self) -> io::Result<bool> {
+        let until = Instant::now() + self.busy_poll;
+        self.ring.submit()?;
+        loop {
+            if !self.ring.completion().is_empty() {
+                return Ok(true);
+            }
+            let pending = {
+                let sq = self.ring.submission();
+                sq.taskrun() || sq.cq_overflow()
+            };
+            if pending {
+                self.ring.submit()?;
+                continue;
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Cancels every lent slot and reaps until all are back. Returns whether they all are.
     fn drain(&mut self) -> bool {
         self.stopping = true;
+        let multishots = self
+            .multi
+            .iter()
+            .flatten()
+            .filter(|m| m.armed)
+            .map(|m| m.tag);
+        let tags: Vec<u64> = multishots.collect();
+        for tag in tags {
+            let cancel = opcode::AsyncCancel::new(tag).build().user_data(CANCEL_TAG);
+            // SAFETY: a cancellation references no userspace memory.
+            if unsafe { self.push(&cancel) }.is_err() {
+                break;
+            }
+        }
         for i in 0..self.ops.len() {
-            if self.ops[i] != Op::Idle {
+            if !matches!(self.ops[i], Op::Idle | Op::Provided) {
                 let cancel = opcode::AsyncCancel::new(i as u64)
                     .build()
                     .user_data(CANCEL_TAG);
@@ -775,7 +1233,7 @@ impl UringIo {
             let _ = unsafe { self.push(&cancel) };
         }
         let deadline = Instant::now() + DRAIN_DEADLINE;
-        let mut chunk = [(0u64, 0i32); REAP_CHUNK];
+        let mut chunk = [(0, 0, 0); REAP_CHUNK];
         while self.in_flight > 0 && Instant::now() < deadline {
             let timeout = opcode::Timeout::new(&self.timeout)
                 .build()
@@ -794,8 +1252,8 @@ impl UringIo {
             }
             loop {
                 let n = self.reap(&mut chunk);
-                for &(tag, res) in &chunk[..n] {
-                    let _ = self.take_back(tag, res);
+                for &(tag, res, flags) in &chunk[..n] {
+                    let _ = self.take_back(tag, res, flags);
                 }
                 if n < REAP_CHUNK {
                     break;
@@ -814,6 +1272,9 @@ impl PacketIo for UringIo {
         if self.in_flight == 0 && !self.stop_pending {
             return Ok(());
         }
+        if !self.busy_poll.is_zero() && self.poll_briefly()? {
+            return Ok(());
+        }
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => return Ok(()),
@@ -829,16 +1290,17 @@ impl PacketIo for UringIo {
     where
         H: FnMut(Origin, &mut [u8], usize) -> Action,
     {
-        let mut chunk = [(0u64, 0i32); REAP_CHUNK];
+        let mut chunk = [(0, 0, 0); REAP_CHUNK];
         loop {
             let n = self.reap(&mut chunk);
-            for &(tag, res) in &chunk[..n] {
-                self.complete(tag, res, &mut handle)?;
+            for &cqe in &chunk[..n] {
+                self.complete(cqe, &mut handle)?;
             }
             if n < REAP_CHUNK {
                 break;
             }
         }
+        self.rearm()?;
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
@@ -852,27 +1314,45 @@ impl PacketIo for UringIo {
 
 impl Drop for UringIo {
     fn drop(&mut self) {
-        if !self.drain() {
+        if self.drain() {
+            // Closing a ring releases its registered files later, from a kernel worker; the
+            // TUN queue must be closed when the datapath stops (the device goes away with its
+            // last queue), so let go of them now. Unregistering waits for every user.
+            let submitter = self.ring.submitter();
+            let _ = submitter.unregister_files();
+            for m in self.multi.iter().flatten() {
+                let _ = submitter.unregister_buf_ring(m.group);
+            }
+        } else {
             tracing::error!(
                 in_flight = self.in_flight,
                 "io_uring requests still pending after {DRAIN_DEADLINE:?}; leaking their buffers"
             );
             self.pool.leak();
+            for m in self.multi.iter_mut().flatten() {
+                m.ring.leaked = true;
+            }
         }
     }
 }
 
 /// Builds the ring with the cheapest task-work mode the kernel has: deferred task work (6.1)
 /// runs completions only when we enter the ring to wait, which is exactly when we reap them.
+/// The task-run flag tells a busy-polling worker when such an enter has work to run.
 fn build_ring(entries: u32) -> io::Result<IoUring> {
     if let Ok(ring) = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
+        .setup_taskrun_flag()
         .build(entries)
     {
         return Ok(ring);
     }
-    if let Ok(ring) = IoUring::builder().setup_coop_taskrun().build(entries) {
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
         return Ok(ring);
     }
     IoUring::new(entries)
@@ -908,6 +1388,17 @@ fn gro_segment_size(control: &[u8]) -> usize {
         off += len.div_ceil(W) * W;
     }
     0
+}
+
+/// An IPv4 socket address from the raw `sockaddr` bytes a multishot receive wrote.
+fn sockaddr_v4(name: &[u8]) -> Option<SocketAddrV4> {
+    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
+    if family != libc::AF_INET as u16 {
+        return None;
+    }
+    let port = u16::from_be_bytes(name.get(2..4)?.try_into().ok()?);
+    let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+    Some(SocketAddrV4::new(Ipv4Addr::from(ip), port))
 }
 
 fn sockaddr(peer: SocketAddrV4) -> libc::sockaddr_in {
