@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use flannel_rs::datapath::offload::{build_tcp4, segment_tcp4, write_coalesced};
+use flannel_rs::datapath::offload::{
+    build_tcp4, segment_tcp4, segment_tcp4_headers, write_coalesced,
+};
 use flannel_rs::datapath::packet::{build_ipv4, PROTO_UDP};
 use flannel_rs::datapath::pipeline::{
     egress_verdict, ingress_verdict, IcmpResponder, MemIo, Origin, Pipeline, Verdict,
@@ -239,6 +241,10 @@ fn tcp_segment(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(pkt.len() as u64));
     g.bench_function("64k_mss_1432", |b| {
         b.iter(|| segment_tcp4(black_box(&pkt), 1432, &mut out).map(|s| s.count))
+    });
+    // What the io_uring path does: headers only, payloads gathered in place by the send.
+    g.bench_function("64k_mss_1432_headers_only", |b| {
+        b.iter(|| segment_tcp4_headers(black_box(&pkt), 1432, &mut out).map(|s| s.count))
     });
     g.finish();
 }

@@ -102,12 +102,12 @@ pub fn packet(data: &[u8]) {
 /// The offload paths on untrusted bytes, chosen by the first byte. Even: a TUN read with
 /// offloads (virtio-net header, then a packet, maybe a TCP super-packet) readied for the wire:
 /// every datagram that comes out is a whole IPv4 packet with a verifying header checksum,
-/// within the MTU-sized segment length. Odd: a UDP GRO receive (the second byte picks the
+/// within the MTU-sized segment length, and the gathered layout sends the same bytes. Odd: a UDP GRO receive (the second byte picks the
 /// segment size) split and written back coalesced: every TUN write is a virtio-net header
 /// plus one IPv4 packet exactly as long as its total length says.
 pub fn offload(data: &[u8]) {
     use crate::datapath::offload::{
-        to_wire, write_coalesced, VnetHdr, Wire, VNET_F_NEEDS_CSUM, VNET_HDR_LEN,
+        to_wire, write_coalesced, Layout, VnetHdr, Wire, VNET_F_NEEDS_CSUM, VNET_HDR_LEN,
     };
     use crate::datapath::packet::Ipv4View;
 
@@ -121,7 +121,7 @@ pub fn offload(data: &[u8]) {
         let mut pkt = rest[VNET_HDR_LEN..].to_vec();
         let len = pkt.len();
         let mut scratch = vec![0u8; 2 * 65_536];
-        match to_wire(&vnet, &mut pkt, len, &mut scratch) {
+        match to_wire(&vnet, &mut pkt, len, &mut scratch, Layout::Contiguous) {
             Ok(Wire::Whole { len: n }) => assert_eq!(n, len),
             Ok(Wire::Segmented(s)) => {
                 assert!(s.total <= scratch.len() && s.count >= 1);
@@ -132,6 +132,19 @@ pub fn offload(data: &[u8]) {
                 for r in s.sends(64) {
                     assert!(r.len() <= crate::datapath::offload::GSO_MAX_BYTES);
                 }
+                // Gathering headers and payloads in place sends the very same bytes.
+                let mut hdrs = vec![0u8; 2 * 65_536];
+                let gathered = to_wire(&vnet, &mut pkt, len, &mut hdrs, Layout::HeadersOnly);
+                let Ok(Wire::Segmented(g)) = gathered else {
+                    panic!("headers-only cut failed where the contiguous one did not");
+                };
+                let stream: Vec<u8> = (0..g.count)
+                    .flat_map(|k| {
+                        let (h, p) = g.gather(k);
+                        [&hdrs[h], &pkt[p]].concat()
+                    })
+                    .collect();
+                assert_eq!(stream, scratch[..s.total]);
             }
             Err(_) => {}
         }

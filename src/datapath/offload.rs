@@ -46,13 +46,30 @@ pub enum SegmentError {
     NoRoom,
 }
 
-/// Where [`segment_tcp4`] put its segments: `count` segments in `out[..total]`, segment `k`
-/// at `k * segment_len`, all `segment_len` long except possibly the last.
+/// How [`to_wire`] lays out the segments of a super-packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Whole segments back to back in the scratch buffer (headers and payloads copied): the
+    /// single buffer a plain GSO send (quinn-udp's `Transmit`) wants.
+    Contiguous,
+    /// Only the segments' headers, back to back in the scratch buffer; the payloads stay in
+    /// the packet and a send gathers header and payload of each segment with `iovec`s
+    /// ([`Segments::gather`]). Nothing is copied but the headers.
+    HeadersOnly,
+}
+
+/// Where [`segment_tcp4`] put its segments. On the wire: `count` segments, `total` bytes,
+/// segment `k` at `k * segment_len` of the stream, all `segment_len` long except possibly the
+/// last. In the output buffer: that very stream ([`Layout::Contiguous`]), or only the
+/// `hdr_len`-byte headers back to back ([`Layout::HeadersOnly`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
     pub count: usize,
     pub segment_len: usize,
     pub total: usize,
+    /// IPv4 plus TCP header bytes of every segment (and of the super-packet).
+    pub hdr_len: usize,
+    pub layout: Layout,
 }
 
 /// Cuts the TCP/IPv4 packet `pkt` into segments of at most `mss` payload bytes written to
@@ -65,6 +82,28 @@ pub struct Segments {
 /// # Errors
 /// See [`SegmentError`]; `out` is then unspecified.
 pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, SegmentError> {
+    cut_tcp4(pkt, mss, out, Layout::Contiguous)
+}
+
+/// As [`segment_tcp4`], but writes only the segments' headers to `out`
+/// ([`Layout::HeadersOnly`]): the payloads are sent from `pkt` itself.
+///
+/// # Errors
+/// See [`SegmentError`]; `out` is then unspecified.
+pub fn segment_tcp4_headers(
+    pkt: &[u8],
+    mss: usize,
+    out: &mut [u8],
+) -> Result<Segments, SegmentError> {
+    cut_tcp4(pkt, mss, out, Layout::HeadersOnly)
+}
+
+fn cut_tcp4(
+    pkt: &[u8],
+    mss: usize,
+    out: &mut [u8],
+    layout: Layout,
+) -> Result<Segments, SegmentError> {
     if mss == 0 {
         return Err(SegmentError::ZeroMss);
     }
@@ -86,7 +125,15 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, 
     let count = payload.len().div_ceil(mss).max(1);
     let segment_len = hdr + mss.min(payload.len());
     let out_total = count * hdr + payload.len();
-    if out.len() < out_total {
+    let stride = match layout {
+        Layout::Contiguous => segment_len,
+        Layout::HeadersOnly => hdr,
+    };
+    let room = match layout {
+        Layout::Contiguous => out_total,
+        Layout::HeadersOnly => count * hdr,
+    };
+    if out.len() < room {
         return Err(SegmentError::NoRoom);
     }
     let headers = pkt.get(..hdr).ok_or(SegmentError::Malformed)?;
@@ -104,13 +151,11 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, 
     let mut chunks = payload.chunks(mss);
     for k in 0..count {
         let chunk = chunks.next().unwrap_or_default();
-        let start = k * segment_len;
-        let seg = out
-            .get_mut(start..start + hdr + chunk.len())
+        let start = k * stride;
+        let h = out
+            .get_mut(start..start + hdr)
             .ok_or(SegmentError::NoRoom)?;
-        let (h, body) = seg.split_at_mut(hdr);
         h.copy_from_slice(headers);
-        body.copy_from_slice(chunk);
         // IP: length, id, header checksum.
         let seg_total = (hdr + chunk.len()) as u16;
         h[2..4].copy_from_slice(&seg_total.to_be_bytes());
@@ -130,15 +175,22 @@ pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, 
         t[TCP_FLAGS] = f;
         t[TCP_CHECKSUM..TCP_CHECKSUM + 2].fill(0);
         let tcp_len = doff + chunk.len();
-        let sum = pseudo + tcp_len as u64 + sum_words(t) + sum_words(body);
-        // `t` (the TCP header) has even length, so summing it apart from `body` is exact.
+        let sum = pseudo + tcp_len as u64 + sum_words(t) + sum_words(chunk);
+        // `t` (the TCP header) has even length, so summing it apart from `chunk` is exact.
         let csum = !fold(sum);
         t[TCP_CHECKSUM..TCP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
+        if layout == Layout::Contiguous {
+            out.get_mut(start + hdr..start + hdr + chunk.len())
+                .ok_or(SegmentError::NoRoom)?
+                .copy_from_slice(chunk);
+        }
     }
     Ok(Segments {
         count,
         segment_len,
         total: out_total,
+        hdr_len: hdr,
+        layout,
     })
 }
 
@@ -400,14 +452,14 @@ impl VnetHdr {
 pub enum Wire {
     /// `pkt[..len]` as one datagram (its checksum finished if the kernel left it partial).
     Whole { len: usize },
-    /// The segments [`segment_tcp4`] wrote to the scratch buffer.
+    /// The segments (or their headers) [`segment_tcp4`] wrote to the scratch buffer.
     Segmented(Segments),
 }
 
 /// Readies `pkt[..len]`, read from a TUN with `IFF_VNET_HDR` behind header `vnet` (and already
 /// past the egress verdict), for the wire, where every datagram is one whole IPv4 packet with
-/// valid checksums: a TCP super-packet is cut into `gso_size` segments in `scratch`; a single
-/// packet with a partial checksum gets it finished in place.
+/// valid checksums: a TCP super-packet is cut into `gso_size` segments in `scratch` (laid out
+/// as `layout` says); a single packet with a partial checksum gets it finished in place.
 ///
 /// # Errors
 /// A GSO type we never enabled (only `TUN_F_TSO4` is), or headers that do not add up.
@@ -416,6 +468,7 @@ pub fn to_wire(
     pkt: &mut [u8],
     len: usize,
     scratch: &mut [u8],
+    layout: Layout,
 ) -> Result<Wire, SegmentError> {
     let pkt = pkt.get_mut(..len).ok_or(SegmentError::Malformed)?;
     match vnet.gso_type & !GSO_ECN {
@@ -425,7 +478,7 @@ pub fn to_wire(
             }
             Ok(Wire::Whole { len })
         }
-        GSO_TCPV4 => segment_tcp4(pkt, vnet.gso_size.into(), scratch).map(Wire::Segmented),
+        GSO_TCPV4 => cut_tcp4(pkt, vnet.gso_size.into(), scratch, layout).map(Wire::Segmented),
         _ => Err(SegmentError::NotTcp4),
     }
 }
@@ -472,6 +525,16 @@ impl Segments {
     pub fn count_in(&self, bytes: usize) -> usize {
         bytes.div_ceil(self.segment_len.max(1))
     }
+
+    /// Where segment `k` of a [`Layout::HeadersOnly`] cut lives: its header in the output
+    /// buffer and its payload in the super-packet (both as byte ranges).
+    pub fn gather(&self, k: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let h = self.hdr_len;
+        let mss = self.segment_len.saturating_sub(h);
+        let end = h + self.total.saturating_sub(self.count * h);
+        let start = (h + k * mss).min(end);
+        (k * h..(k + 1) * h, start..(start + mss).min(end))
+    }
 }
 
 /// Whether the TCP checksum of the TCP/IPv4 packet `pkt` verifies (tests and fuzzing).
@@ -491,13 +554,17 @@ pub fn tcp4_checksum_ok(pkt: &[u8]) -> bool {
 
 /// Sum of the 16-bit big-endian words of `data`, an odd last byte padded with zero, unfolded.
 /// Adds 32-bit words (one's-complement sums fold to the same 16 bits whatever the word width),
-/// which halves the additions; a u64 cannot overflow below 2^32 words.
+/// which halves the additions; a u64 cannot overflow below 2^32 words. The words are read in
+/// the host's byte order, which needs no byte swaps and vectorizes plainly: a one's-complement
+/// sum does not depend on byte order (RFC 1071, section 2), so swapping the folded sum gives
+/// the big-endian one.
 fn sum_words(data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(4);
-    let mut sum: u64 = chunks
+    let host: u64 = chunks
         .by_ref()
-        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
         .sum();
+    let mut sum = u64::from(u16::from_be_bytes(fold(host).to_ne_bytes()));
     match chunks.remainder() {
         [a, b, c] => sum += (u64::from(*a) << 8 | u64::from(*b)) + (u64::from(*c) << 8),
         [a, b] => sum += u64::from(*a) << 8 | u64::from(*b),
@@ -594,6 +661,48 @@ mod tests {
             joined.extend_from_slice(&seg[40..]);
         }
         assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn the_word_sum_matches_a_plain_big_endian_sum() {
+        for len in [0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 1500, 65_535] {
+            for data in [payload(len), vec![0xff; len], vec![0; len]] {
+                let plain: u64 = data
+                    .chunks(2)
+                    .map(|w| u64::from(w[0]) << 8 | u64::from(*w.get(1).unwrap_or(&0)))
+                    .sum();
+                assert_eq!(fold(sum_words(&data)), fold(plain), "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn gathered_headers_and_payloads_are_the_contiguous_segments() {
+        for (len, mss) in [(65_000, 1432), (1000, 1432), (2864, 1432), (3000, 7)] {
+            let pkt = build_tcp4(A, B, 77, FLAG_PSH | 0x10, &payload(len));
+            let mut whole = vec![0u8; 3 * 65_536];
+            let mut hdrs = vec![0u8; 3 * 65_536];
+            let c = segment_tcp4(&pkt, mss, &mut whole).unwrap();
+            let g = segment_tcp4_headers(&pkt, mss, &mut hdrs).unwrap();
+            assert_eq!(
+                (g.count, g.segment_len, g.total),
+                (c.count, c.segment_len, c.total)
+            );
+            assert_eq!(g.layout, Layout::HeadersOnly);
+            let mut stream = Vec::new();
+            for k in 0..g.count {
+                let (h, p) = g.gather(k);
+                stream.extend_from_slice(&hdrs[h]);
+                stream.extend_from_slice(&pkt[p]);
+            }
+            assert_eq!(stream, whole[..c.total], "len {len} mss {mss}");
+        }
+        let pkt = build_tcp4(A, B, 1, 0x10, &payload(3000));
+        assert_eq!(
+            segment_tcp4_headers(&pkt, 1000, &mut [0u8; 119]),
+            Err(SegmentError::NoRoom),
+            "three 40-byte headers need 120 bytes"
+        );
     }
 
     #[test]
@@ -772,7 +881,9 @@ mod tests {
         assert_eq!(VnetHdr::parse(&vnet.encode()), Some(vnet));
         let mut scratch = vec![0u8; 80_000];
         let len = pkt.len();
-        let Ok(Wire::Segmented(s)) = to_wire(&vnet, &mut pkt, len, &mut scratch) else {
+        let Ok(Wire::Segmented(s)) =
+            to_wire(&vnet, &mut pkt, len, &mut scratch, Layout::Contiguous)
+        else {
             panic!("a TSO packet is segmented");
         };
         assert_eq!(s.segment_len, 1440);
@@ -803,7 +914,7 @@ mod tests {
         };
         let len = small.len();
         assert_eq!(
-            to_wire(&vnet, &mut small, len, &mut scratch),
+            to_wire(&vnet, &mut small, len, &mut scratch, Layout::Contiguous),
             Ok(Wire::Whole { len })
         );
         assert_eq!(small, good);
@@ -812,14 +923,14 @@ mod tests {
             gso_type: 5,
             ..VnetHdr::default()
         };
-        assert!(to_wire(&udp4, &mut small, len, &mut scratch).is_err());
+        assert!(to_wire(&udp4, &mut small, len, &mut scratch, Layout::Contiguous).is_err());
         let beyond = VnetHdr {
             flags: VNET_F_NEEDS_CSUM,
             csum_start: 330,
             csum_offset: 16,
             ..VnetHdr::default()
         };
-        assert!(to_wire(&beyond, &mut small, len, &mut scratch).is_err());
+        assert!(to_wire(&beyond, &mut small, len, &mut scratch, Layout::Contiguous).is_err());
     }
 
     fn pseudo_of(pkt: &[u8]) -> u64 {

@@ -22,7 +22,7 @@ use super::offload::{
     egress_wire, split_datagrams, write_delivered, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use super::{is_transient, sockopt, WorkerFds};
-use crate::datapath::offload::{Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
+use crate::datapath::offload::{Layout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -289,7 +289,13 @@ impl MmsgIo {
                     let len = if h == 0 {
                         len
                     } else {
-                        match egress_wire(slot, len, &mut self.scratch, &self.stats) {
+                        match egress_wire(
+                            slot,
+                            len,
+                            &mut self.scratch,
+                            Layout::Contiguous,
+                            &self.stats,
+                        ) {
                             None => continue,
                             Some(Wire::Whole { len }) => len,
                             Some(Wire::Segmented(segs)) => {

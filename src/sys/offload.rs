@@ -6,7 +6,7 @@
 use std::net::SocketAddrV4;
 
 use super::tun::TunQueue;
-use crate::datapath::offload::{to_wire, write_coalesced, VnetHdr, Wire, VNET_HDR_LEN};
+use crate::datapath::offload::{to_wire, write_coalesced, Layout, VnetHdr, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Origin, TunWrite};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -23,16 +23,18 @@ pub const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Readies the packet the egress verdict forwarded for the wire. `slot` starts with the
 /// virtio-net header the TUN read delivered, followed by the packet (`len` bytes); segments
-/// go to `scratch`. `None` when the packet cannot be sent (counted as a bad header).
+/// (or only their headers, as `layout` says) go to `scratch`. `None` when the packet cannot
+/// be sent (counted as a bad header).
 pub fn egress_wire(
     slot: &mut [u8],
     len: usize,
     scratch: &mut [u8],
+    layout: Layout,
     stats: &WorkerStats,
 ) -> Option<Wire> {
     let vnet = VnetHdr::parse(slot)?;
     let pkt = slot.get_mut(VNET_HDR_LEN..)?;
-    match to_wire(&vnet, pkt, len, scratch) {
+    match to_wire(&vnet, pkt, len, scratch, layout) {
         Ok(wire) => {
             if matches!(wire, Wire::Segmented(_)) {
                 stats.tso_read();

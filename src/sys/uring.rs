@@ -59,7 +59,7 @@ use super::offload::{
     egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use super::{errno_error, is_transient, sockopt, WorkerFds};
-use crate::datapath::offload::{Segments, Wire, VNET_HDR_LEN};
+use crate::datapath::offload::{Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -84,6 +84,9 @@ const INGRESS_GROUP: u16 = 1;
 /// (`msg_controllen` bytes).
 const RECVMSG_OUT_LEN: usize = 16;
 const CONTROL_LEN: usize = CONTROL_WORDS * 8;
+/// The `iovec`s of one gathered GSO send (a header and a payload per segment), kept at the
+/// end of an egress buffer.
+const IOV_BYTES: usize = 2 * GSO_MAX_SEGMENTS * size_of::<libc::iovec>();
 const MULTI_PREFIX: usize = RECVMSG_OUT_LEN + size_of::<libc::sockaddr_in>() + CONTROL_LEN;
 /// How long `Drop` waits for lent slots to come back.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
@@ -254,12 +257,13 @@ impl SegmentCmsg {
 struct Pool {
     slots: NonNull<[KernelSlot]>,
     bufs: NonNull<[u8]>,
+    layout: Layout,
     buf_size: usize,
     leaked: bool,
 }
 
 impl Pool {
-    fn new(n: usize, buf_size: usize) -> Self {
+    fn new(n: usize, buf_size: usize) -> io::Result<Self> {
         let slots: Box<[KernelSlot]> = (0..n)
             .map(|_| {
                 // SAFETY: msghdr, iovec and sockaddr_in are plain C structs for which all-zero
@@ -267,10 +271,18 @@ impl Pool {
                 unsafe { MaybeUninit::<KernelSlot>::zeroed().assume_init() }
             })
             .collect();
-        let bufs = vec![0u8; n * buf_size].into_boxed_slice();
+        // Page-aligned, and every buffer 64-aligned (`buf_size` is a multiple of 64): the
+        // `iovec`s kept at the end of a buffer are aligned, and copies start on cache lines.
+        let buf_size = buf_size.next_multiple_of(64);
+        let layout =
+            Layout::from_size_align((n * buf_size).max(1), 4096).map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let bufs = NonNull::new(raw).ok_or(io::ErrorKind::OutOfMemory)?;
         let pool = Pool {
             slots: NonNull::from(Box::leak(slots)),
-            bufs: NonNull::from(Box::leak(bufs)),
+            bufs: NonNull::slice_from_raw_parts(bufs, n * buf_size),
+            layout,
             buf_size,
             leaked: false,
         };
@@ -284,7 +296,7 @@ impl Pool {
                 (*s).msg.msg_iovlen = 1;
             }
         }
-        pool
+        Ok(pool)
     }
 
     fn len(&self) -> usize {
@@ -315,11 +327,12 @@ impl Drop for Pool {
         if self.leaked {
             return;
         }
-        // SAFETY: both pointers came from `Box::leak` in `new` and are freed once, here;
-        // `UringIo::drop` has reaped every lent slot (or called `leak`) before this runs.
+        // SAFETY: `slots` came from `Box::leak` and `bufs` from `alloc_zeroed` with `layout`
+        // in `new`; each is freed once, here. `UringIo::drop` has reaped every lent slot (or
+        // called `leak`) before this runs.
         unsafe {
             drop(Box::from_raw(self.slots.as_ptr()));
-            drop(Box::from_raw(self.bufs.as_ptr()));
+            dealloc(self.bufs.as_ptr().cast(), self.layout);
         }
     }
 }
@@ -575,7 +588,7 @@ impl UringIo {
             .register_files(&[fds.tun.raw(), fds.rx.as_raw_fd(), tx])?;
         // Saves the ring's own fd lookup on every enter (5.18); optional.
         let _ = ring.submitter().register_ring_fd();
-        let pool = Pool::new(n, buf_size);
+        let pool = Pool::new(n, buf_size)?;
         let multi = if cfg.multishot && multishot_supported(&ring) {
             let egress_side = Multishot::register(
                 &ring,
@@ -719,6 +732,8 @@ impl UringIo {
                     iov_base: self.pool.buf_ptr(i).cast(),
                     iov_len: self.read_len,
                 };
+                (*s).msg.msg_iov = addr_of_mut!((*s).iov);
+                (*s).msg.msg_iovlen = 1;
                 (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
                 if self.headroom > 0 {
                     (*s).msg.msg_control = addr_of_mut!((*s).control).cast();
@@ -753,28 +768,47 @@ impl UringIo {
         match action {
             Action::Drop => self.arm_home(i),
             Action::SendUdp { peer, len } => {
-                // SAFETY: slot `i` is Idle (its CQE was just reaped), so nothing else refers
-                // to its buffer; the slice is dropped before the slot is lent again below.
-                let (read, scratch) = unsafe {
-                    std::slice::from_raw_parts_mut(self.pool.buf_ptr(i), self.pool.buf_size)
-                }
-                .split_at_mut(self.read_len.min(self.pool.buf_size));
                 let wire = if h == 0 {
                     Wire::Whole { len }
                 } else {
-                    match egress_wire(read, len, scratch, &self.stats) {
+                    // SAFETY: slot `i` is Idle (its CQE was just reaped), so nothing else
+                    // refers to its buffer; the slice is dropped before the slot is lent
+                    // again below. The segments' headers go behind the read area, short of
+                    // the `iovec`s at the end of the buffer (with offloads the buffer is
+                    // `read_len` + `SCRATCH_LEN`, rounded up).
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.pool.buf_ptr(i),
+                            self.pool.buf_size.saturating_sub(IOV_BYTES),
+                        )
+                    };
+                    let Some((read, scratch)) = buf.split_at_mut_checked(self.read_len) else {
+                        return self.arm_home(i);
+                    };
+                    match egress_wire(read, len, scratch, WireLayout::HeadersOnly, &self.stats) {
                         Some(wire) => wire,
                         None => return self.arm_home(i),
                     }
                 };
                 let s = self.pool.slot_ptr(i);
-                // SAFETY: as above; the address is filled in before the slot is lent.
+                // SAFETY: slot `i` is Idle (just reaped); the address is filled in before the
+                // slot is lent.
                 unsafe { (*s).addr = sockaddr(peer) };
                 match wire {
                     Wire::Whole { len } => {
                         let len = len.min(self.read_len - h);
                         let base = self.pool.buf_ptr(i).wrapping_add(h);
-                        self.send_from(i, base, len, None, Op::UdpSend { len })
+                        let iov = self.pool.slot_ptr(i).cast::<u8>();
+                        let iov = iov.wrapping_add(std::mem::offset_of!(KernelSlot, iov));
+                        let iov = iov.cast::<libc::iovec>();
+                        // SAFETY: slot `i` is Idle; `iov` is its own iovec field.
+                        unsafe {
+                            iov.write(libc::iovec {
+                                iov_base: base.cast(),
+                                iov_len: len,
+                            });
+                        }
+                        self.send_from(i, (iov, 1), None, Op::UdpSend { len })
                     }
                     Wire::Segmented(segs) if segs.sends(GSO_MAX_SEGMENTS).count() == 1 => {
                         self.send_segments(i, segs, 0)
@@ -817,25 +851,23 @@ impl UringIo {
         }
     }
 
-    /// Lends slot `i` for a `sendmsg` of `len` bytes at `base` (inside slot `i`'s buffer) to
-    /// the address already in the slot, as GSO segments of `segment` bytes if given.
+    /// Lends slot `i` for a `sendmsg` of the `iovec`s `iov` (inside slot `i`, pointing
+    /// into its buffer) to the address already in the slot, as GSO segments of `segment`
+    /// bytes if given.
     fn send_from(
         &mut self,
         i: usize,
-        base: *mut u8,
-        len: usize,
+        iov: (*mut libc::iovec, usize),
         segment: Option<u16>,
         op: Op,
     ) -> io::Result<()> {
         let s = self.pool.slot_ptr(i);
-        // SAFETY: slot `i` is Idle (ours) until `lend` below; `base..base + len` lies in its
-        // buffer (callers take it from `buf_ptr(i)` within the slot's length), and the control
-        // area is the slot's own, big enough and 8-aligned for one `SegmentCmsg`.
+        // SAFETY: slot `i` is Idle (ours) until `lend` below; the iovecs and what they point
+        // at lie in its memory (callers build them so), and the control area is the slot's
+        // own, big enough and 8-aligned for one `SegmentCmsg`.
         unsafe {
-            (*s).iov = libc::iovec {
-                iov_base: base.cast(),
-                iov_len: len,
-            };
+            (*s).msg.msg_iov = iov.0;
+            (*s).msg.msg_iovlen = iov.1;
             (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             match segment {
                 Some(size) => {
@@ -860,50 +892,80 @@ impl UringIo {
         Ok(())
     }
 
-    /// Sends number `send` of the GSO sends that carry `segs` (in slot `i`'s scratch area),
-    /// or re-arms the slot when all have gone.
+    /// Writes the `iovec`s of one GSO send of `segs` (the byte range `send` of
+    /// [`Segments::sends`]) to the end of slot `i`'s buffer: each segment's header (in the
+    /// scratch area) followed by its payload (in the super-packet the TUN read left), so the
+    /// kernel gathers the segments without our copying them. Returns the array and its
+    /// length, and how many segments the send carries.
+    fn gather_iovecs(
+        &mut self,
+        i: usize,
+        segs: &Segments,
+        send: &std::ops::Range<usize>,
+    ) -> ((*mut libc::iovec, usize), usize) {
+        let count = segs.count_in(send.len()).min(GSO_MAX_SEGMENTS);
+        let first = send.start / segs.segment_len.max(1);
+        let base = self.pool.buf_ptr(i);
+        let (headers, pkt) = (
+            base.wrapping_add(self.read_len),
+            base.wrapping_add(self.headroom),
+        );
+        let iovs = base
+            .wrapping_add(self.pool.buf_size - IOV_BYTES)
+            .cast::<libc::iovec>();
+        for j in 0..count {
+            let (h, p) = segs.gather(first + j);
+            let pieces = [
+                (headers.wrapping_add(h.start), h.len()),
+                (pkt.wrapping_add(p.start), p.len()),
+            ];
+            for (n, (ptr, len)) in pieces.into_iter().enumerate() {
+                // SAFETY: slot `i` is Idle. The iovec area is the buffer's last `IOV_BYTES`
+                // (64-aligned: `Pool` aligns every buffer), room for 2 × GSO_MAX_SEGMENTS
+                // iovecs; `j` < `count` ≤ GSO_MAX_SEGMENTS. `egress_wire` was given the
+                // scratch area short of it, so headers never reach it.
+                unsafe {
+                    iovs.add(2 * j + n).write(libc::iovec {
+                        iov_base: ptr.cast(),
+                        iov_len: len,
+                    });
+                }
+            }
+        }
+        ((iovs, 2 * count), count)
+    }
+
+    /// Sends number `send` of the GSO sends that carry `segs` (headers in slot `i`'s
+    /// scratch area, payloads in its read area), or re-arms the slot when all have gone.
     fn send_segments(&mut self, i: usize, segs: Segments, send: usize) -> io::Result<()> {
         let Some(range) = segs.sends(GSO_MAX_SEGMENTS).nth(send) else {
             return self.arm_home(i);
         };
-        let count = segs.count_in(range.len());
+        let (iov, count) = self.gather_iovecs(i, &segs, &range);
         let segment = (count > 1).then_some(segs.segment_len as u16);
-        let base = self
-            .pool
-            .buf_ptr(i)
-            .wrapping_add(self.read_len + range.start);
-        self.send_from(i, base, range.len(), segment, Op::UdpGso { segs, send })
+        self.send_from(i, iov, segment, Op::UdpGso { segs, send })
     }
 
-    /// Sends every GSO send of `segs` (in slot `i`'s scratch area, slot `i` Idle) with plain
-    /// `sendmsg` calls, in order.
+    /// Sends every GSO send of `segs` (slot `i` Idle) with plain `sendmsg` calls, in order.
     fn send_now(&mut self, i: usize, peer: SocketAddrV4, segs: Segments) {
         let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
         let mut addr = sockaddr(peer);
         for range in segs.sends(GSO_MAX_SEGMENTS) {
-            let count = segs.count_in(range.len());
-            let mut iov = libc::iovec {
-                iov_base: self
-                    .pool
-                    .buf_ptr(i)
-                    .wrapping_add(self.read_len + range.start)
-                    .cast(),
-                iov_len: range.len(),
-            };
+            let ((iov, iovlen), count) = self.gather_iovecs(i, &segs, &range);
             let mut cmsg = SegmentCmsg::new(segs.segment_len as u16);
             // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
             let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
             msg.msg_name = addr_of_mut!(addr).cast();
             msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = addr_of_mut!(iov);
-            msg.msg_iovlen = 1;
+            msg.msg_iov = iov;
+            msg.msg_iovlen = iovlen;
             if count > 1 {
                 msg.msg_control = addr_of_mut!(cmsg).cast();
                 msg.msg_controllen = size_of::<SegmentCmsg>();
             }
-            // SAFETY: slot `i` is Idle, so its scratch area (where `iov` points, inside the
-            // slot's buffer) is ours; `msg`, `addr`, `iov` and `cmsg` are live locals for the
-            // duration of this synchronous call.
+            // SAFETY: slot `i` is Idle, so the iovecs and the memory they point at (all in
+            // its buffer) are ours; `msg`, `addr` and `cmsg` are live locals for the duration
+            // of this synchronous call.
             let rc = unsafe { libc::sendmsg(tx, &msg, 0) };
             if rc < 0 {
                 for _ in 0..count {
