@@ -257,7 +257,6 @@ impl SegmentCmsg {
 struct Pool {
     slots: NonNull<[KernelSlot]>,
     bufs: NonNull<[u8]>,
-    layout: Layout,
     buf_size: usize,
     leaked: bool,
 }
@@ -271,18 +270,30 @@ impl Pool {
                 unsafe { MaybeUninit::<KernelSlot>::zeroed().assume_init() }
             })
             .collect();
-        // Page-aligned, and every buffer 64-aligned (`buf_size` is a multiple of 64): the
-        // `iovec`s kept at the end of a buffer are aligned, and copies start on cache lines.
+        // An anonymous mapping: page-aligned, and its zero pages cost memory only once
+        // touched (an aligned heap allocation would be zeroed, so resident, up front). Every
+        // buffer is 64-aligned (`buf_size` is a multiple of 64): the `iovec`s kept at the end
+        // of a buffer are aligned, and copies start on cache lines.
         let buf_size = buf_size.next_multiple_of(64);
-        let layout =
-            Layout::from_size_align((n * buf_size).max(1), 4096).map_err(io::Error::other)?;
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc_zeroed(layout) };
-        let bufs = NonNull::new(raw).ok_or(io::ErrorKind::OutOfMemory)?;
+        let map_len = (n * buf_size).max(1);
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let bufs = NonNull::new(raw.cast::<u8>()).ok_or(io::ErrorKind::OutOfMemory)?;
         let pool = Pool {
             slots: NonNull::from(Box::leak(slots)),
-            bufs: NonNull::slice_from_raw_parts(bufs, n * buf_size),
-            layout,
+            bufs: NonNull::slice_from_raw_parts(bufs, map_len),
             buf_size,
             leaked: false,
         };
@@ -327,12 +338,12 @@ impl Drop for Pool {
         if self.leaked {
             return;
         }
-        // SAFETY: `slots` came from `Box::leak` and `bufs` from `alloc_zeroed` with `layout`
-        // in `new`; each is freed once, here. `UringIo::drop` has reaped every lent slot (or
-        // called `leak`) before this runs.
+        // SAFETY: `slots` came from `Box::leak` and `bufs` from `mmap` (of exactly its
+        // length) in `new`; each is freed once, here. `UringIo::drop` has reaped every lent
+        // slot (or called `leak`) before this runs.
         unsafe {
             drop(Box::from_raw(self.slots.as_ptr()));
-            dealloc(self.bufs.as_ptr().cast(), self.layout);
+            libc::munmap(self.bufs.as_ptr().cast(), self.bufs.len());
         }
     }
 }
