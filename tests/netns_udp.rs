@@ -263,6 +263,35 @@ fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
     assert!(c.ping(1, &c.pod_ip(0), secs(10)));
 }
 
+/// A daemon killed with SIGKILL comes straight back with the other offload setting (as in a
+/// node-by-node change of flags): whatever its previous incarnation's io_uring still held of
+/// the TUN device, pods reach each other again, both ways.
+#[test]
+fn sigkill_and_restart_with_the_other_offload_setting() {
+    require_udp!();
+    let mut c = Cluster::new(2, UDP_NET);
+    let modes: [&[&str]; 3] = [
+        &["--udp-io=uring", "--udp-offload=false"],
+        &["--udp-io=uring", "--udp-offload=true"],
+        &["--udp-io=mmsg", "--udp-offload=false"],
+    ];
+    for (round, flags) in modes.iter().enumerate() {
+        if round > 0 {
+            c.kill(0);
+            c.kill(1);
+        }
+        c.start_all(flags);
+        for (a, b) in [(0, 1), (1, 0)] {
+            assert!(
+                c.ping(a, &c.pod_ip(b), secs(10)),
+                "{flags:?}: pod{a} -> pod{b}\nlog{a}:\n{}\nlog{b}:\n{}",
+                c.daemon(a).log(),
+                c.daemon(b).log()
+            );
+        }
+    }
+}
+
 /// Starts `recv_udp.py` in `netns` and waits until it listens.
 fn listen(
     netns: &str,

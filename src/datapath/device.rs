@@ -11,6 +11,7 @@
 //!   do when flanneld exits.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
@@ -68,7 +69,7 @@ pub async fn create(spec: &TunSpec) -> Result<Vec<TunQueue>, DeviceError> {
         queues: spec.queues,
         source,
     };
-    let queues = tun::open_queues(&spec.name, spec.queues, spec.offload).map_err(create_err)?;
+    let queues = open_fresh(spec).await.map_err(create_err)?;
     let first = queues
         .first()
         .ok_or_else(|| create_err(std::io::Error::other("no queue opened")))?;
@@ -127,6 +128,37 @@ pub async fn create(spec: &TunSpec) -> Result<Vec<TunQueue>, DeviceError> {
 
 /// Upstream ignores `EEXIST` for the address and the route (a restart finds them in place
 /// only if the device survived, but the check is cheap).
+/// How long [`open_fresh`] waits for a stale device of the same name to go away.
+const STALE_DEVICE_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the queues, making sure they have the virtio-net-header setting asked for. A queue
+/// that attaches to a device which still has other queues keeps that device's flags. That
+/// happens right after a daemon was killed: the kernel closes the files its io_uring held from
+/// a worker, a little later. If the setting differs (the daemon came back with the other
+/// `--udp-offload`), the queues are closed again and the open retried until the stale device
+/// is gone, for up to [`STALE_DEVICE_WAIT`].
+async fn open_fresh(spec: &TunSpec) -> std::io::Result<Vec<TunQueue>> {
+    let deadline = Instant::now() + STALE_DEVICE_WAIT;
+    loop {
+        let queues = tun::open_queues(&spec.name, spec.queues, spec.offload)?;
+        let first = queues
+            .first()
+            .ok_or_else(|| std::io::Error::other("no queue opened"))?;
+        if first.vnet_hdr()? == spec.offload {
+            return Ok(queues);
+        }
+        drop(queues);
+        if Instant::now() >= deadline {
+            let held = if spec.offload { "off" } else { "on" };
+            return Err(std::io::Error::other(format!(
+                "the device is held by another process with virtio-net headers {held}"
+            )));
+        }
+        tracing::debug!(device = %spec.name, "waiting for a stale TUN device to go away");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn tolerate_exists(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
     match r {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),

@@ -14,6 +14,7 @@
 //! - link `flannel0` (or the name given), alive exactly as long as some [`TunQueue`] is.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use tun_rs::{DeviceBuilder, SyncDevice};
@@ -30,6 +31,9 @@ impl std::fmt::Debug for TunQueue {
 }
 
 /// Creates (or attaches to) TUN device `name` and opens `queues` queues on it.
+///
+/// A queue that attaches to a device which still has other queues gets that device's flags,
+/// whatever it asked for: check [`TunQueue::vnet_hdr`] (see `datapath::device::create`).
 ///
 /// # Errors
 /// The device exists with incompatible flags (e.g. single-queue), `/dev/net/tun` is missing,
@@ -66,6 +70,22 @@ fn set_offload(q: &TunQueue, flags: libc::c_uint) -> io::Result<()> {
 }
 
 impl TunQueue {
+    /// Whether the device has `IFF_VNET_HDR` (`TUNGETIFF`), i.e. every read and write
+    /// carries a virtio-net header.
+    pub fn vnet_hdr(&self) -> io::Result<bool> {
+        // SAFETY: all-zero bytes are a valid `ifreq` (a name and a union of plain integers).
+        let mut ifr: libc::ifreq = unsafe { MaybeUninit::zeroed().assume_init() };
+        // SAFETY: `self` holds a live TUN fd for the call; TUNGETIFF writes one `ifreq` into `ifr`,
+        // a live local.
+        let rc = unsafe { libc::ioctl(self.raw(), libc::TUNGETIFF, &raw mut ifr) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: TUNGETIFF fills the union's flags member.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        Ok(libc::c_int::from(flags) & libc::IFF_VNET_HDR != 0)
+    }
+
     /// The device's interface index.
     pub fn if_index(&self) -> io::Result<u32> {
         self.0.if_index()

@@ -1,6 +1,15 @@
-//! io_uring worker I/O: one ring per worker, many TUN reads and UDP receives in flight,
-//! completions reaped in batches, every follow-up operation (send, write, re-arm) queued and
-//! submitted together with the next wait — one `io_uring_enter` per batch.
+//! io_uring worker I/O: one ring per worker, TUN reads and UDP receives always in flight,
+//! completions reaped in batches, follow-up TUN writes and re-arms queued and submitted
+//! together with the next wait — one `io_uring_enter` per batch.
+//!
+//! # Sends
+//! UDP sends are made at the end of each batch, in order, with plain `sendmsg` calls: the
+//! packets bound for one peer that the batch's TUN reads produced go out in one UDP GSO send
+//! per run (one inner packet per datagram on the wire, as upstream wants), gathered with
+//! `iovec`s from the slots they were read into. One call per run beats one SQE per packet,
+//! the kernel carries the run through its UDP/IP stack as one GSO packet, and ordering is
+//! plain: a flow's packets leave in the order the TUN gave them (a send chained through the
+//! ring could be overtaken by later ones).
 //!
 //! # Buffer ownership (the one hard invariant)
 //! The worker owns a [`Pool`] of `n` slots. Slot `i` is a packet buffer plus the `msghdr`,
@@ -9,9 +18,9 @@
 //! reaped; while lent, userspace never creates a reference to any of its memory. `ops[i]`
 //! (ordinary Rust memory the kernel never sees) records whether slot `i` is lent and for what.
 //!
-//! Slots have a home: the first `egress_slots` slots circulate TUN read → (UDP send | TUN
-//! write of an ICMP reply) → TUN read; the rest circulate UDP receive → TUN write → UDP
-//! receive. A packet therefore never moves between buffers.
+//! Slots have a home: the first `egress_slots` slots circulate TUN read → (UDP send at the
+//! end of the batch | TUN write of an ICMP reply) → TUN read; the rest circulate UDP receive
+//! → TUN write → UDP receive. A packet therefore never moves between buffers.
 //!
 //! # Multishot receives and provided buffers
 //! Where the kernel has them (multishot TUN reads arrived in 6.7; multishot `recvmsg` and
@@ -25,14 +34,15 @@
 //! in front of the payload, so the payload of an ingress slot starts at `MULTI_PREFIX`.
 //! Without kernel support (or with `--udp-multishot=false`) every slot has its own request.
 //!
-//! The TUN and the sockets are **registered files**, so requests skip the fd-table lookup and
-//! reference counting on every operation.
+//! The TUN and the receiving socket are **registered files**, so requests skip the fd-table
+//! lookup and reference counting on every operation.
 //!
 //! # Offloads
 //! With the TUN opened with offloads (`sys::offload`), an egress slot is twice as long: the
-//! TUN read lands in the first part (virtio-net header, then the packet), a TCP super-packet
-//! is cut into segments in the second, and those leave in UDP GSO sends from the same slot,
-//! one after the other (`Op::UdpGso`). Receives ask for UDP GRO; the datagrams of a slot are
+//! TUN read lands in the first part (virtio-net header, then the packet); a TCP super-packet
+//! is cut into segments whose headers go to the second part, and the segments leave in UDP
+//! GSO sends that gather each header and its payload (still in the read) with `iovec`s —
+//! nothing but headers is copied. Receives ask for UDP GRO; the datagrams of a slot are
 //! handed to the pipeline one by one and the delivered ones written to the TUN coalesced,
 //! with a plain `writev` (one per super-packet), before the slot is armed again.
 //!
@@ -59,7 +69,7 @@ use super::offload::{
     egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use super::{errno_error, is_transient, sockopt, WorkerFds};
-use crate::datapath::offload::{Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
+use crate::datapath::offload::{Layout as WireLayout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -75,7 +85,6 @@ const UDP_RECVS_TAG: u64 = u64::MAX - 4;
 /// Registered-file indexes (`register_files` order in [`UringIo::new`]).
 const FIXED_TUN: types::Fixed = types::Fixed(0);
 const FIXED_RX: types::Fixed = types::Fixed(1);
-const FIXED_TX: types::Fixed = types::Fixed(2);
 /// Buffer groups of the two provided-buffer rings.
 const EGRESS_GROUP: u16 = 0;
 const INGRESS_GROUP: u16 = 1;
@@ -523,14 +532,6 @@ enum Op {
     UdpRecv,
     /// Taken by the multishot receive (returned by `take_back`, never stored).
     UdpRecvMulti,
-    UdpSend {
-        len: usize,
-    },
-    /// Send number `send` of a super-packet's segments (see [`Segments::sends`]).
-    UdpGso {
-        segs: Segments,
-        send: usize,
-    },
     TunWrite {
         len: usize,
         kind: TunWrite,
@@ -564,6 +565,9 @@ pub struct UringIo {
     headroom: usize,
     /// Delivered packets of the receive being handled, for the coalescing TUN write.
     delivered: Vec<(usize, usize)>,
+    /// Egress packets of this batch waiting for `flush_sends`: slot, peer, packet length
+    /// (the packet is at `headroom` in the slot's buffer).
+    pending: Vec<(usize, SocketAddrV4, usize)>,
     stats: Arc<WorkerStats>,
     fds: WorkerFds,
 }
@@ -594,9 +598,8 @@ impl UringIo {
         // stop poll, the drain timeout and the two multishot requests and their cancels.
         let entries = u32::try_from((2 * n + 8).next_power_of_two()).unwrap_or(8192);
         let ring = build_ring(entries)?;
-        let tx = fds.tx.as_ref().unwrap_or(&fds.rx).as_raw_fd();
         ring.submitter()
-            .register_files(&[fds.tun.raw(), fds.rx.as_raw_fd(), tx])?;
+            .register_files(&[fds.tun.raw(), fds.rx.as_raw_fd()])?;
         // Saves the ring's own fd lookup on every enter (5.18); optional.
         let _ = ring.submitter().register_ring_fd();
         let pool = Pool::new(n, buf_size)?;
@@ -637,6 +640,7 @@ impl UringIo {
             read_len,
             headroom,
             delivered: Vec::with_capacity(if offload { 2 * GRO_MAX_SEGMENTS } else { 0 }),
+            pending: Vec::with_capacity(egress),
             stats,
             fds,
         };
@@ -801,36 +805,16 @@ impl UringIo {
                         None => return self.arm_home(i),
                     }
                 };
-                let s = self.pool.slot_ptr(i);
-                // SAFETY: slot `i` is Idle (just reaped); the address is filled in before the
-                // slot is lent.
-                unsafe { (*s).addr = sockaddr(peer) };
                 match wire {
                     Wire::Whole { len } => {
-                        let len = len.min(self.read_len - h);
-                        let base = self.pool.buf_ptr(i).wrapping_add(h);
-                        let iov = self.pool.slot_ptr(i).cast::<u8>();
-                        let iov = iov.wrapping_add(std::mem::offset_of!(KernelSlot, iov));
-                        let iov = iov.cast::<libc::iovec>();
-                        // SAFETY: slot `i` is Idle; `iov` is its own iovec field.
-                        unsafe {
-                            iov.write(libc::iovec {
-                                iov_base: base.cast(),
-                                iov_len: len,
-                            });
-                        }
-                        self.send_from(i, (iov, 1), None, Op::UdpSend { len })
-                    }
-                    Wire::Segmented(segs) if segs.sends(GSO_MAX_SEGMENTS).count() == 1 => {
-                        self.send_segments(i, segs, 0)
+                        // Sent with the rest of the batch (the slot stays ours till then).
+                        self.pending.push((i, peer, len.min(self.read_len - h)));
+                        Ok(())
                     }
                     Wire::Segmented(segs) => {
-                        // Several sends (a 64 KiB super-packet plus its repeated headers
-                        // exceeds one datagram): chained through the ring, the second would
-                        // go out after sends queued meanwhile, reordering the flow. So what
-                        // is queued goes first, then these sends, in order, right now.
-                        self.ring.submit()?;
-                        self.send_now(i, peer, segs);
+                        // Whatever this batch read before goes first: order within a flow.
+                        self.flush_sends()?;
+                        self.send_segments(i, peer, segs);
                         self.arm_home(i)
                     }
                 }
@@ -860,47 +844,6 @@ impl UringIo {
                 Ok(())
             }
         }
-    }
-
-    /// Lends slot `i` for a `sendmsg` of the `iovec`s `iov` (inside slot `i`, pointing
-    /// into its buffer) to the address already in the slot, as GSO segments of `segment`
-    /// bytes if given.
-    fn send_from(
-        &mut self,
-        i: usize,
-        iov: (*mut libc::iovec, usize),
-        segment: Option<u16>,
-        op: Op,
-    ) -> io::Result<()> {
-        let s = self.pool.slot_ptr(i);
-        // SAFETY: slot `i` is Idle (ours) until `lend` below; the iovecs and what they point
-        // at lie in its memory (callers build them so), and the control area is the slot's
-        // own, big enough and 8-aligned for one `SegmentCmsg`.
-        unsafe {
-            (*s).msg.msg_iov = iov.0;
-            (*s).msg.msg_iovlen = iov.1;
-            (*s).msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            match segment {
-                Some(size) => {
-                    let cmsg = addr_of_mut!((*s).control).cast::<SegmentCmsg>();
-                    cmsg.write(SegmentCmsg::new(size));
-                    (*s).msg.msg_control = cmsg.cast();
-                    (*s).msg.msg_controllen = size_of::<SegmentCmsg>();
-                }
-                None => {
-                    (*s).msg.msg_control = std::ptr::null_mut();
-                    (*s).msg.msg_controllen = 0;
-                }
-            }
-            (*s).msg.msg_flags = 0;
-        }
-        let entry = opcode::SendMsg::new(FIXED_TX, s.cast::<libc::msghdr>().cast_const())
-            .build()
-            .user_data(i as u64);
-        // SAFETY: points only at slot `i`, marked lent below until its CQE.
-        unsafe { self.push(&entry)? };
-        self.lend(i, op);
-        Ok(())
     }
 
     /// Writes the `iovec`s of one GSO send of `segs` (the byte range `send` of
@@ -946,44 +889,102 @@ impl UringIo {
         ((iovs, 2 * count), count)
     }
 
-    /// Sends number `send` of the GSO sends that carry `segs` (headers in slot `i`'s
-    /// scratch area, payloads in its read area), or re-arms the slot when all have gone.
-    fn send_segments(&mut self, i: usize, segs: Segments, send: usize) -> io::Result<()> {
-        let Some(range) = segs.sends(GSO_MAX_SEGMENTS).nth(send) else {
-            return self.arm_home(i);
-        };
-        let (iov, count) = self.gather_iovecs(i, &segs, &range);
-        let segment = (count > 1).then_some(segs.segment_len as u16);
-        self.send_from(i, iov, segment, Op::UdpGso { segs, send })
+    /// Sends the segments of a super-packet (headers in slot `i`'s scratch area, payloads in
+    /// its read area; slot `i` Idle), one GSO send after the other.
+    fn send_segments(&mut self, i: usize, peer: SocketAddrV4, segs: Segments) {
+        for range in segs.sends(GSO_MAX_SEGMENTS) {
+            let (iov, count) = self.gather_iovecs(i, &segs, &range);
+            let segment = (count > 1).then_some(segs.segment_len as u16);
+            // SAFETY: the iovecs were just written into slot `i`, which is Idle, and point
+            // into its buffer.
+            let sent = unsafe { self.send_gathered(peer, iov, segment) };
+            self.count_sent(sent, count, range.len());
+        }
     }
 
-    /// Sends every GSO send of `segs` (slot `i` Idle) with plain `sendmsg` calls, in order.
-    fn send_now(&mut self, i: usize, peer: SocketAddrV4, segs: Segments) {
+    /// Sends the packets in `pending` (each in its own slot, at `headroom`), in order: every
+    /// run of packets to one peer of one length (the last may be shorter), within the GSO
+    /// limits, in one UDP GSO send; then hands the slots back (an error: the ring refused).
+    fn flush_sends(&mut self) -> io::Result<()> {
+        let mut k = 0;
+        while let Some(&(_, peer, size)) = self.pending.get(k) {
+            let mut iovs = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; GSO_MAX_SEGMENTS];
+            let (mut n, mut bytes) = (0, 0);
+            while let Some(&(slot, p, len)) = self.pending.get(k + n) {
+                // The first packet always goes (alone if it is too big to batch).
+                if n > 0
+                    && (n == GSO_MAX_SEGMENTS
+                        || p != peer
+                        || len > size
+                        || bytes + len > GSO_MAX_BYTES)
+                {
+                    break;
+                }
+                iovs[n] = libc::iovec {
+                    iov_base: self.pool.buf_ptr(slot).wrapping_add(self.headroom).cast(),
+                    iov_len: len,
+                };
+                n += 1;
+                bytes += len;
+                if len < size {
+                    break;
+                }
+            }
+            let segment = (n > 1).then_some(size as u16);
+            // SAFETY: each iovec points at the packet in a pending slot, which is Idle (ours)
+            // until `arm_home` below; `iovs` is a live local.
+            let sent = unsafe { self.send_gathered(peer, (iovs.as_mut_ptr(), n), segment) };
+            self.count_sent(sent, n, bytes);
+            k += n;
+        }
+        let mut armed = Ok(());
+        for j in 0..self.pending.len() {
+            let slot = self.pending[j].0;
+            armed = armed.and(self.arm_home(slot));
+        }
+        self.pending.clear();
+        armed
+    }
+
+    /// One `sendmsg` to `peer` of the `iovec`s `iov`, as GSO segments of `segment` bytes if
+    /// given. Whether the kernel took it.
+    ///
+    /// # Safety
+    /// `iov` must point at `iov.1` valid iovecs, and they at memory that is ours (slots that
+    /// are Idle) for the duration of the call.
+    unsafe fn send_gathered(
+        &self,
+        peer: SocketAddrV4,
+        iov: (*mut libc::iovec, usize),
+        segment: Option<u16>,
+    ) -> bool {
         let tx = self.fds.tx.as_ref().unwrap_or(&self.fds.rx).as_raw_fd();
         let mut addr = sockaddr(peer);
-        for range in segs.sends(GSO_MAX_SEGMENTS) {
-            let ((iov, iovlen), count) = self.gather_iovecs(i, &segs, &range);
-            let mut cmsg = SegmentCmsg::new(segs.segment_len as u16);
-            // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
-            let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-            msg.msg_name = addr_of_mut!(addr).cast();
-            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msg.msg_iov = iov;
-            msg.msg_iovlen = iovlen;
-            if count > 1 {
-                msg.msg_control = addr_of_mut!(cmsg).cast();
-                msg.msg_controllen = size_of::<SegmentCmsg>();
-            }
-            // SAFETY: slot `i` is Idle, so the iovecs and the memory they point at (all in
-            // its buffer) are ours; `msg`, `addr` and `cmsg` are live locals for the duration
-            // of this synchronous call.
-            let rc = unsafe { libc::sendmsg(tx, &msg, 0) };
-            if rc < 0 {
-                for _ in 0..count {
-                    self.stats.drop_packet(DropReason::SocketError);
-                }
-            } else {
-                self.stats.egress_n(count, range.len());
+        let mut cmsg = SegmentCmsg::new(segment.unwrap_or(0));
+        // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        msg.msg_name = addr_of_mut!(addr).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = iov.0;
+        msg.msg_iovlen = iov.1;
+        if segment.is_some() {
+            msg.msg_control = addr_of_mut!(cmsg).cast();
+            msg.msg_controllen = size_of::<SegmentCmsg>();
+        }
+        // SAFETY: `msg`, `addr` and `cmsg` are live locals for this synchronous call; the
+        // iovecs are valid per this function's contract.
+        unsafe { libc::sendmsg(tx, &msg, 0) >= 0 }
+    }
+
+    fn count_sent(&self, sent: bool, packets: usize, bytes: usize) {
+        if sent {
+            self.stats.egress_n(packets, bytes);
+        } else {
+            for _ in 0..packets {
+                self.stats.drop_packet(DropReason::SocketError);
             }
         }
     }
@@ -1205,32 +1206,6 @@ impl UringIo {
                 self.failed(DropReason::SocketError, res);
                 self.arm_home(i)
             }
-            Op::UdpSend { len } => {
-                if res < 0 {
-                    self.stats.drop_packet(DropReason::SocketError);
-                } else {
-                    self.stats.egress(len);
-                }
-                self.arm_home(i)
-            }
-            Op::UdpGso { segs, send } => {
-                let bytes = segs
-                    .sends(GSO_MAX_SEGMENTS)
-                    .nth(send)
-                    .map_or(0, |r| r.len());
-                let count = segs.count_in(bytes);
-                if res < 0 {
-                    for _ in 0..count {
-                        self.stats.drop_packet(DropReason::SocketError);
-                    }
-                } else {
-                    self.stats.egress_n(count, bytes);
-                }
-                if self.stopping {
-                    return self.arm_home(i);
-                }
-                self.send_segments(i, segs, send + 1)
-            }
             Op::TunWrite { len, kind } => {
                 if res < 0 {
                     self.stats.drop_packet(DropReason::TunError);
@@ -1373,6 +1348,7 @@ impl PacketIo for UringIo {
                 break;
             }
         }
+        self.flush_sends()?;
         self.rearm()?;
         if let Some(e) = self.fatal.take() {
             return Err(e);
