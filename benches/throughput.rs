@@ -581,8 +581,9 @@ fn to_json(
 
 /// Four bar-chart panels (TCP 1, TCP 4, UDP 64 B, ping p50), one bar per datapath.
 fn svg(results: &[(&Mode, Figures)], machine: &str) -> String {
-    const COLORS: [&str; 6] = [
-        "#9e9e9e", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728",
+    const COLORS: [&str; 12] = [
+        "#9e9e9e", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2",
+        "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8",
     ];
     let panels: [(&str, Metric); 4] = [
         ("TCP 1 stream (Gbit/s)", |f| f.tcp1),
