@@ -35,7 +35,11 @@
 //! Without kernel support (or with `--udp-multishot=false`) every slot has its own request.
 //!
 //! The TUN and the receiving socket are **registered files**, so requests skip the fd-table
-//! lookup and reference counting on every operation.
+//! lookup and reference counting on every operation. The slots' read areas are **registered
+//! buffers** (pinned once, not per request), used by the TUN reads of slots that have their
+//! own request and by TUN writes through the ring (ICMP replies; deliveries without
+//! offloads). Multishot requests take provided buffers instead, and the offload path writes
+//! the TUN with `writev`, which has no fixed-buffer form before 6.15.
 //!
 //! # Offloads
 //! With the TUN opened with offloads (`sys::offload`), an egress slot is twice as long: the
@@ -508,6 +512,28 @@ impl Multishot {
     }
 }
 
+/// Registers the first `len` bytes of every slot of `pool` as fixed buffers (index = slot).
+/// Whether the kernel took them (it may refuse: `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`);
+/// without, the plain opcodes are used.
+fn register_buffers(ring: &IoUring, pool: &Pool, len: usize) -> bool {
+    if pool.len() > usize::from(u16::MAX) || len > pool.buf_size {
+        return false;
+    }
+    let iovecs: Vec<libc::iovec> = (0..pool.len())
+        .map(|i| libc::iovec {
+            iov_base: pool.buf_ptr(i).cast(),
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: every iovec lies inside the pool's mapping, which outlives the registration:
+    // `UringIo::drop` unregisters the buffers (or leaks the pool) before it is unmapped.
+    let registered = unsafe { ring.submitter().register_buffers(&iovecs) };
+    if let Err(e) = &registered {
+        tracing::debug!(error = %e, "no registered buffers; plain reads and writes");
+    }
+    registered.is_ok()
+}
+
 /// Whether workers here get multishot reads and receives (for tests and diagnostics).
 pub fn multishot_available() -> bool {
     IoUring::new(8).is_ok_and(|ring| multishot_supported(&ring))
@@ -561,6 +587,8 @@ pub struct UringIo {
     /// Where a received datagram starts in an ingress slot: `MULTI_PREFIX` with the
     /// multishot receive, else 0.
     recv_off: usize,
+    /// Slot `i`'s first `read_len + MULTI_PREFIX` bytes are registered buffer `i`.
+    fixed_bufs: bool,
     /// With offloads, the virtio-net header's length, else 0.
     headroom: usize,
     /// Delivered packets of the receive being handled, for the coalescing TUN write.
@@ -624,9 +652,11 @@ impl UringIo {
         } else {
             [None, None]
         };
+        let fixed_bufs = register_buffers(&ring, &pool, read_len + MULTI_PREFIX);
         let mut io = UringIo {
             ring,
             pool,
+            fixed_bufs,
             recv_off: if multi[1].is_some() { MULTI_PREFIX } else { 0 },
             multi,
             ops: vec![Op::Idle; n].into_boxed_slice(),
@@ -657,6 +687,7 @@ impl UringIo {
         tracing::debug!(
             multishot_reads = io.multi[0].is_some(),
             multishot_receives = io.multi[1].is_some(),
+            fixed_buffers = io.fixed_bufs,
             egress,
             ingress,
             "io_uring worker ready"
@@ -736,8 +767,13 @@ impl UringIo {
             return Ok(());
         }
         let (entry, op) = if i < self.egress_slots {
-            let read = opcode::Read::new(FIXED_TUN, self.pool.buf_ptr(i), self.read_len as u32);
-            (read.build().user_data(i as u64), Op::TunRead)
+            let (buf, len) = (self.pool.buf_ptr(i), self.read_len as u32);
+            let read = if self.fixed_bufs {
+                opcode::ReadFixed::new(FIXED_TUN, buf, len, i as u16).build()
+            } else {
+                opcode::Read::new(FIXED_TUN, buf, len).build()
+            };
+            (read.user_data(i as u64), Op::TunRead)
         } else {
             let s = self.pool.slot_ptr(i);
             // SAFETY: slot `i` is Idle (ours): its CQE was reaped or it was never lent, so the
@@ -835,9 +871,15 @@ impl UringIo {
                     // header, written before the slot is lent.
                     unsafe { std::ptr::write_bytes(base, 0, h) };
                 }
-                let entry = opcode::Write::new(FIXED_TUN, base.cast_const(), (h + len) as u32)
-                    .build()
-                    .user_data(i as u64);
+                let (base, n) = (base.cast_const(), (h + len) as u32);
+                let entry = if self.fixed_bufs {
+                    // Inside registered buffer `i`: `start` + `h` + `len` ≤ MULTI_PREFIX +
+                    // `read_len`.
+                    opcode::WriteFixed::new(FIXED_TUN, base, n, i as u16).build()
+                } else {
+                    opcode::Write::new(FIXED_TUN, base, n).build()
+                }
+                .user_data(i as u64);
                 // SAFETY: points only at slot `i`'s buffer, marked lent below until its CQE.
                 unsafe { self.push(&entry)? };
                 self.lend(i, Op::TunWrite { len, kind });
@@ -1369,6 +1411,9 @@ impl Drop for UringIo {
             // last queue), so let go of them now. Unregistering waits for every user.
             let submitter = self.ring.submitter();
             let _ = submitter.unregister_files();
+            if self.fixed_bufs {
+                let _ = submitter.unregister_buffers();
+            }
             for m in self.multi.iter().flatten() {
                 let _ = submitter.unregister_buf_ring(m.group);
             }
