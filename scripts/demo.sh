@@ -53,20 +53,10 @@ fi
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces)"; exit 1; }
 
 # --- install and build -------------------------------------------------------
-pkgs=()
-command -v etcd >/dev/null || pkgs+=(etcd-server)
-command -v etcdctl >/dev/null || pkgs+=(etcd-client)
-command -v protoc >/dev/null || pkgs+=(protobuf-compiler)
-command -v ip >/dev/null || pkgs+=(iproute2)
-command -v iperf3 >/dev/null || pkgs+=(iperf3)
-command -v iptables >/dev/null || pkgs+=(iptables)
-command -v ping >/dev/null || pkgs+=(iputils-ping)
-[ -x /usr/lib/cni/bridge ] || pkgs+=(containernetworking-plugins)
-if [ ${#pkgs[@]} -gt 0 ]; then
-    say "installing ${pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
+. "$ROOT/scripts/packages.sh"
+install_missing etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler ip:iproute2 \
+    iperf3:iperf3 iptables:iptables ping:iputils-ping \
+    /usr/lib/cni/bridge:containernetworking-plugins
 say "building flanneld and the flannel CNI plugin (release)"
 cargo build --release --bins 2>&1 | tail -1
 BIN=$ROOT/target/release

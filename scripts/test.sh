@@ -10,24 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=()
-need() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
-need etcd etcd-server
-need etcdctl etcd-client
-need protoc protobuf-compiler
-need ip iproute2
-need openssl openssl
-need iptables iptables
-need nft nftables
-need iperf3 iperf3
-need ping iputils-ping
-[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    echo "==> installing: ${need_pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
-fi
+. scripts/packages.sh
+install_missing etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler ip:iproute2 \
+    openssl:openssl iptables:iptables nft:nftables iperf3:iperf3 ping:iputils-ping \
+    /usr/lib/cni/bridge:containernetworking-plugins
 
 # moto, the EC2 API emulator tests/aws_vpc.rs runs against, in a venv of its own.
 if [ ! -x .venv/bin/moto_server ]; then
