@@ -13,9 +13,10 @@
 //!
 //! # Buffer ownership (the one hard invariant)
 //! The worker owns a [`Pool`] of `n` slots. Slot `i` is a packet buffer plus the `msghdr`,
-//! `iovec` and `sockaddr_in` that `sendmsg`/`recvmsg` point the kernel at. A slot is **lent to
-//! the kernel** from the moment an SQE naming it (`user_data = i`) is pushed until its CQE is
-//! reaped; while lent, userspace never creates a reference to any of its memory. `ops[i]`
+//! `iovec` and `sockaddr_in` a receive of its own points the kernel at. A slot is **lent to
+//! the kernel** from the moment an SQE naming it (`user_data = i`) is pushed, or it is put in
+//! a provided-buffer ring, until the completion that names it is reaped; while lent,
+//! userspace never creates a reference to any of its memory. `ops[i]`
 //! (ordinary Rust memory the kernel never sees) records whether slot `i` is lent and for what.
 //!
 //! Slots have a home: the first `egress_slots` slots circulate TUN read → (UDP send at the
@@ -52,9 +53,11 @@
 //!
 //! # Drop order
 //! Closing a ring does not wait for the kernel to stop using lent memory. [`UringIo`]'s `Drop`
-//! therefore cancels every lent slot and reaps until all have come back (bounded by a deadline);
-//! only then are the pool's allocations freed. If the deadline passes, the pool is leaked
-//! instead: a little memory lost beats the kernel writing into freed memory.
+//! therefore cancels every request in flight (the multishot ones too) and reaps until all have
+//! ended (bounded by a deadline); buffers still in a provided-buffer ring can then no longer be
+//! taken. Only then are the registrations dropped and the pool's allocations freed. If the
+//! deadline passes, the pool and buffer rings are leaked instead: a little memory lost beats
+//! the kernel writing into freed memory.
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
@@ -223,14 +226,15 @@ impl Default for UringConfig {
     }
 }
 
-/// The part of a slot the kernel reads and writes for `sendmsg`/`recvmsg`.
+/// The part of a slot the kernel reads and writes for a receive of the slot's own (`recvmsg`
+/// without multishot).
 #[repr(C)]
 struct KernelSlot {
     msg: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_in,
-    /// Control messages: `UDP_SEGMENT` on a GSO send, `UDP_GRO` on a receive (u64s for the
-    /// alignment `cmsghdr` needs).
+    /// Control messages: the `UDP_GRO` segment size of a receive (u64s for the alignment
+    /// `cmsghdr` needs).
     control: [u64; CONTROL_WORDS],
 }
 
@@ -693,11 +697,6 @@ impl UringIo {
             "io_uring worker ready"
         );
         Ok(io)
-    }
-
-    /// Whether the multishot TUN read / UDP receive is in use.
-    pub fn multishot(&self) -> (bool, bool) {
-        (self.multi[0].is_some(), self.multi[1].is_some())
     }
 
     /// The multishot side slot `i` belongs to, if that side uses one.
