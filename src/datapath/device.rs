@@ -126,8 +126,6 @@ pub async fn create(spec: &TunSpec) -> Result<Vec<TunQueue>, DeviceError> {
     result.map(|()| queues)
 }
 
-/// Upstream ignores `EEXIST` for the address and the route (a restart finds them in place
-/// only if the device survived, but the check is cheap).
 /// How long [`open_fresh`] waits for a stale device of the same name to go away.
 const STALE_DEVICE_WAIT: Duration = Duration::from_secs(5);
 
@@ -141,11 +139,10 @@ async fn open_fresh(spec: &TunSpec) -> std::io::Result<Vec<TunQueue>> {
     let deadline = Instant::now() + STALE_DEVICE_WAIT;
     loop {
         let queues = tun::open_queues(&spec.name, spec.queues, spec.offload)?;
-        let first = queues
-            .first()
-            .ok_or_else(|| std::io::Error::other("no queue opened"))?;
-        if first.vnet_hdr()? == spec.offload {
-            return Ok(queues);
+        // No queue at all is for `create` to report.
+        match queues.first().map(TunQueue::vnet_hdr).transpose()? {
+            Some(on) if on != spec.offload => {}
+            _ => return Ok(queues),
         }
         drop(queues);
         if Instant::now() >= deadline {
@@ -159,6 +156,8 @@ async fn open_fresh(spec: &TunSpec) -> std::io::Result<Vec<TunQueue>> {
     }
 }
 
+/// Upstream ignores `EEXIST` for the address and the route (a restart finds them in place
+/// only if the device survived, but the check is cheap).
 fn tolerate_exists(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
     match r {
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),

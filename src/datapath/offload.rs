@@ -506,6 +506,55 @@ pub fn finish_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<()
 /// send's total bytes.
 pub const GSO_MAX_BYTES: usize = 65_507;
 
+/// Which consecutive datagrams one UDP GSO send may carry (both I/O layers batch their sends
+/// with it): all to one peer and as long as the first, but for the last, which may be shorter
+/// and ends the run; at most `max_segments` of them and [`GSO_MAX_BYTES`] in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GsoRun {
+    peer: Option<std::net::SocketAddrV4>,
+    /// The first datagram's length: the segment size of the send.
+    seg: usize,
+    /// Bytes and datagrams admitted so far.
+    pub len: usize,
+    pub count: usize,
+    closed: bool,
+}
+
+impl GsoRun {
+    /// Admits the next datagram (`n` bytes to `peer`) if it continues the run; the first
+    /// datagram always starts one (a run of one is a plain send).
+    pub fn admit(&mut self, peer: std::net::SocketAddrV4, n: usize, max_segments: usize) -> bool {
+        if self.count == 0 {
+            *self = GsoRun {
+                peer: Some(peer),
+                seg: n,
+                ..GsoRun::default()
+            };
+        } else if self.closed
+            || self.peer != Some(peer)
+            || n > self.seg
+            || self.count >= max_segments
+            || self.len + n > GSO_MAX_BYTES
+        {
+            return false;
+        }
+        self.len += n;
+        self.count += 1;
+        self.closed = n < self.seg;
+        true
+    }
+
+    /// Where the run goes (`None` while empty).
+    pub fn peer(&self) -> Option<std::net::SocketAddrV4> {
+        self.peer
+    }
+
+    /// The `UDP_SEGMENT` size of the send: `None` for a run of one, a plain datagram.
+    pub fn segment(&self) -> Option<usize> {
+        (self.count > 1).then_some(self.seg)
+    }
+}
+
 impl Segments {
     /// Byte ranges of the scratch buffer, one per UDP GSO send: whole segments only, at most
     /// `max_segments` of them and [`GSO_MAX_BYTES`] in one send (a 64 KiB super-packet with
@@ -661,6 +710,30 @@ mod tests {
             joined.extend_from_slice(&seg[40..]);
         }
         assert_eq!(joined, data);
+    }
+
+    #[test]
+    fn a_gso_run_takes_equal_datagrams_to_one_peer_and_ends_with_a_shorter_one() {
+        let (p, q) = (
+            std::net::SocketAddrV4::new(A, 8285),
+            std::net::SocketAddrV4::new(B, 8285),
+        );
+        let mut run = GsoRun::default();
+        assert!(run.admit(p, 100, 3));
+        assert_eq!(run.segment(), None, "one datagram: a plain send");
+        assert!(!run.admit(q, 100, 3), "another peer");
+        assert!(!run.admit(p, 101, 3), "longer than the first");
+        assert!(run.admit(p, 100, 3));
+        assert!(run.admit(p, 60, 3));
+        assert_eq!((run.count, run.len, run.segment()), (3, 260, Some(100)));
+        assert!(!run.admit(p, 60, 9), "a shorter datagram ends the run");
+        let mut full = GsoRun::default();
+        assert!(full.admit(p, 100, 2) && full.admit(p, 100, 2));
+        assert!(!full.admit(p, 100, 2), "at most max_segments");
+        let mut big = GsoRun::default();
+        assert!(big.admit(p, 40_000, 64), "the first always goes");
+        assert!(!big.admit(p, 40_000, 64), "beyond GSO_MAX_BYTES");
+        assert_eq!(big.peer(), Some(p));
     }
 
     #[test]

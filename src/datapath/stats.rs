@@ -116,6 +116,19 @@ impl WorkerStats {
         self.egress_bytes.add(bytes as u64);
     }
 
+    /// `packets` datagrams (`bytes` in all) handed to one send: sent if `ok`, else each
+    /// dropped as a socket error.
+    #[inline]
+    pub fn sent(&self, ok: bool, packets: usize, bytes: usize) {
+        if ok {
+            self.egress_n(packets, bytes);
+        } else {
+            for _ in 0..packets {
+                self.drop_packet(DropReason::SocketError);
+            }
+        }
+    }
+
     #[inline]
     pub fn ingress(&self, bytes: usize) {
         self.ingress_n(1, bytes);

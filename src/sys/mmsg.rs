@@ -22,7 +22,7 @@ use super::offload::{
     egress_wire, split_datagrams, write_delivered, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use super::{is_transient, sockopt, WorkerFds};
-use crate::datapath::offload::{Layout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
+use crate::datapath::offload::{GsoRun, Layout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -41,51 +41,30 @@ enum Side {
     Ingress,
 }
 
-/// A run of datagrams to one peer being gathered for one GSO send: every datagram `seg`
-/// bytes but the last, which may be shorter (and ends the run).
-struct GsoRun {
+/// A run of datagrams to one peer (see [`GsoRun`]) copied together for one GSO send.
+struct GsoBuffer {
     buf: Box<[u8]>,
-    peer: Option<SocketAddrV4>,
-    seg: usize,
-    len: usize,
-    count: usize,
-    closed: bool,
+    run: GsoRun,
 }
 
-impl GsoRun {
+impl GsoBuffer {
     fn new() -> Self {
-        GsoRun {
+        GsoBuffer {
             buf: vec![0u8; GSO_MAX_BYTES].into_boxed_slice(),
-            peer: None,
-            seg: 0,
-            len: 0,
-            count: 0,
-            closed: false,
+            run: GsoRun::default(),
         }
     }
 
     /// Appends `contents` if it continues the run; `false` when the run must be sent first.
     fn push(&mut self, peer: SocketAddrV4, contents: &[u8], max_segments: usize) -> bool {
-        let n = contents.len();
-        if self.count == 0 {
-            self.peer = Some(peer);
-            self.seg = n;
-            self.closed = false;
-        } else if self.closed
-            || self.peer != Some(peer)
-            || n > self.seg
-            || self.count >= max_segments
-            || self.len + n > self.buf.len()
-        {
-            return false;
-        }
-        let Some(dst) = self.buf.get_mut(self.len..self.len + n) else {
+        let at = self.run.len;
+        let Some(dst) = self.buf.get_mut(at..at + contents.len()) else {
             return false;
         };
+        if !self.run.admit(peer, contents.len(), max_segments) {
+            return false;
+        }
         dst.copy_from_slice(contents);
-        self.len += n;
-        self.count += 1;
-        self.closed = n < self.seg;
         true
     }
 }
@@ -103,7 +82,7 @@ pub struct MmsgIo {
     metas: [RecvMeta; BATCH],
     /// With UDP GSO (`UDP_SEGMENT`): consecutive equal-sized datagrams to one peer are copied
     /// here and leave in one send (the kernel builds one skb for the whole run). `None`: off.
-    gso: Option<GsoRun>,
+    gso: Option<GsoBuffer>,
     /// Decisions waiting to be carried out at the end of the round (capacity reserved once).
     pending: Vec<(Side, usize, Action)>,
     /// Offloads on: the virtio-net header's length in front of every TUN read and write
@@ -151,7 +130,7 @@ impl MmsgIo {
             egress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             ingress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             metas: [RecvMeta::default(); BATCH],
-            gso: gso.then(GsoRun::new),
+            gso: gso.then(GsoBuffer::new),
             pending: Vec::with_capacity(2 * BATCH),
             headroom,
             scratch: vec![0u8; if offload { SCRATCH_LEN } else { 0 }].into_boxed_slice(),
@@ -321,11 +300,8 @@ impl MmsgIo {
                             continue;
                         }
                     }
-                    if send(sock, state, peer, contents, None) {
-                        self.stats.egress(len);
-                    } else {
-                        self.stats.drop_packet(DropReason::SocketError);
-                    }
+                    self.stats
+                        .sent(send(sock, state, peer, contents, None), 1, len);
                 }
                 Action::WriteTun { len, kind } => {
                     // With offloads the packet goes behind a plain virtio-net header (the
@@ -371,38 +347,24 @@ fn send_segments(
             continue;
         };
         let segment = (count > 1).then_some(segs.segment_len);
-        if send(sock, state, peer, contents, segment) {
-            stats.egress_n(count, contents.len());
-        } else {
-            for _ in 0..count {
-                stats.drop_packet(DropReason::SocketError);
-            }
-        }
+        stats.sent(
+            send(sock, state, peer, contents, segment),
+            count,
+            contents.len(),
+        );
     }
 }
 
 /// Sends the gathered run (one GSO send, or a plain one for a single datagram) and empties it.
-fn send_run(sock: &UdpSocket, state: &UdpSocketState, run: &mut GsoRun, stats: &WorkerStats) {
-    let (Some(peer), Some(contents)) = (run.peer, run.buf.get(..run.len)) else {
-        run.count = 0;
-        run.len = 0;
+fn send_run(sock: &UdpSocket, state: &UdpSocketState, gso: &mut GsoBuffer, stats: &WorkerStats) {
+    let run = std::mem::take(&mut gso.run);
+    let (Some(peer), Some(contents)) = (run.peer(), gso.buf.get(..run.len)) else {
         return;
     };
     if run.count > 0 {
-        let segment = (run.count > 1).then_some(run.seg);
-        if send(sock, state, peer, contents, segment) {
-            for _ in 0..run.count - 1 {
-                stats.egress(run.seg);
-            }
-            stats.egress(run.len - run.seg * (run.count - 1));
-        } else {
-            for _ in 0..run.count {
-                stats.drop_packet(DropReason::SocketError);
-            }
-        }
+        let ok = send(sock, state, peer, contents, run.segment());
+        stats.sent(ok, run.count, run.len);
     }
-    run.count = 0;
-    run.len = 0;
 }
 
 /// Sends one datagram, or with `segment` a GSO run of datagrams of that size; waits briefly

@@ -76,7 +76,7 @@ use super::offload::{
     egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use super::{errno_error, is_transient, sockopt, WorkerFds};
-use crate::datapath::offload::{Layout as WireLayout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
+use crate::datapath::offload::{GsoRun, Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{DropReason, WorkerStats};
 
@@ -125,10 +125,11 @@ struct Received {
 }
 
 /// Opcodes the worker uses; all exist since Linux 5.6.
-const REQUIRED_OPS: [(&str, u8); 7] = [
+const REQUIRED_OPS: [(&str, u8); 8] = [
     ("READ", opcode::Read::CODE),
     ("WRITE", opcode::Write::CODE),
-    ("SENDMSG", opcode::SendMsg::CODE),
+    ("READ_FIXED", opcode::ReadFixed::CODE),
+    ("WRITE_FIXED", opcode::WriteFixed::CODE),
     ("RECVMSG", opcode::RecvMsg::CODE),
     ("POLL_ADD", opcode::PollAdd::CODE),
     ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
@@ -939,7 +940,7 @@ impl UringIo {
             // SAFETY: the iovecs were just written into slot `i`, which is Idle, and point
             // into its buffer.
             let sent = unsafe { self.send_gathered(peer, iov, segment) };
-            self.count_sent(sent, count, range.len());
+            self.stats.sent(sent, count, range.len());
         }
     }
 
@@ -948,38 +949,30 @@ impl UringIo {
     /// limits, in one UDP GSO send; then hands the slots back (an error: the ring refused).
     fn flush_sends(&mut self) -> io::Result<()> {
         let mut k = 0;
-        while let Some(&(_, peer, size)) = self.pending.get(k) {
+        while let Some(&(_, peer, _)) = self.pending.get(k) {
             let mut iovs = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             }; GSO_MAX_SEGMENTS];
-            let (mut n, mut bytes) = (0, 0);
-            while let Some(&(slot, p, len)) = self.pending.get(k + n) {
-                // The first packet always goes (alone if it is too big to batch).
-                if n > 0
-                    && (n == GSO_MAX_SEGMENTS
-                        || p != peer
-                        || len > size
-                        || bytes + len > GSO_MAX_BYTES)
-                {
+            let mut run = GsoRun::default();
+            // The first packet always starts a run, so each pass sends at least one; `admit`
+            // stops at GSO_MAX_SEGMENTS, the length of `iovs`.
+            while let Some(&(slot, p, len)) = self.pending.get(k + run.count) {
+                let n = run.count;
+                if !run.admit(p, len, GSO_MAX_SEGMENTS) {
                     break;
                 }
                 iovs[n] = libc::iovec {
                     iov_base: self.pool.buf_ptr(slot).wrapping_add(self.headroom).cast(),
                     iov_len: len,
                 };
-                n += 1;
-                bytes += len;
-                if len < size {
-                    break;
-                }
             }
-            let segment = (n > 1).then_some(size as u16);
+            let segment = run.segment().map(|s| s as u16);
             // SAFETY: each iovec points at the packet in a pending slot, which is Idle (ours)
             // until `arm_home` below; `iovs` is a live local.
-            let sent = unsafe { self.send_gathered(peer, (iovs.as_mut_ptr(), n), segment) };
-            self.count_sent(sent, n, bytes);
-            k += n;
+            let sent = unsafe { self.send_gathered(peer, (iovs.as_mut_ptr(), run.count), segment) };
+            self.stats.sent(sent, run.count, run.len);
+            k += run.count;
         }
         let mut armed = Ok(());
         for j in 0..self.pending.len() {
@@ -1018,16 +1011,6 @@ impl UringIo {
         // SAFETY: `msg`, `addr` and `cmsg` are live locals for this synchronous call; the
         // iovecs are valid per this function's contract.
         unsafe { libc::sendmsg(tx, &msg, 0) >= 0 }
-    }
-
-    fn count_sent(&self, sent: bool, packets: usize, bytes: usize) {
-        if sent {
-            self.stats.egress_n(packets, bytes);
-        } else {
-            for _ in 0..packets {
-                self.stats.drop_packet(DropReason::SocketError);
-            }
-        }
     }
 
     /// Copies up to [`REAP_CHUNK`] completions out of the ring.
