@@ -7,14 +7,13 @@
 #   FLANNEL_BENCH_RUNS=5 FLANNEL_BENCH_SECS=10 scripts/bench.sh   # longer throughput runs
 #   FLANNEL_BENCH_MODES=udp,udp-mmsg scripts/bench.sh             # a subset (vxlan always runs)
 #
-# The throughput bench needs root, iperf3, ping, iproute2 and etcd; as root, this script
-# installs what is missing (without root the bench says so and skips).
+# The throughput bench needs root and a namespace cluster (scripts/packages.sh); as root, this
+# script installs what is missing (without root the bench says so and skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
     . scripts/packages.sh
-    install_missing etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler \
-        ip:iproute2 iperf3:iperf3 ping:iputils-ping
+    install_for build cluster bench
 fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 

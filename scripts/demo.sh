@@ -54,11 +54,10 @@ fi
 
 # --- install and build -------------------------------------------------------
 . "$ROOT/scripts/packages.sh"
-install_missing etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler ip:iproute2 \
-    iperf3:iperf3 iptables:iptables ping:iputils-ping \
-    /usr/lib/cni/bridge:containernetworking-plugins
+. "$ROOT/scripts/lib.sh"
+install_for build cluster
 say "building flanneld and the flannel CNI plugin (release)"
-cargo build --release --bins 2>&1 | tail -1
+quietly "cargo build" cargo build --release --bins --locked
 BIN=$ROOT/target/release
 
 # --- cluster -----------------------------------------------------------------

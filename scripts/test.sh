@@ -2,30 +2,31 @@
 # Installs what the test suite needs on a fresh Debian 12 machine, builds the
 # tests once, and runs the whole suite. The README's test command.
 #
-#   scripts/test.sh            # everything
-#   scripts/test.sh NAME       # only tests whose name contains NAME
+#   scripts/test.sh                # everything
+#   scripts/test.sh NAME           # only tests whose name contains NAME
+#   scripts/test.sh --build-only   # install and build everything, run nothing
+#                                  # (scripts/fresh-check.sh uses it in a clean root)
 #
 # With CI=true every privileged capability is required: a test that would skip
 # fails instead (see tests/common/mod.rs, FLANNEL_TEST_REQUIRE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=false
+if [ "${1:-}" = "--build-only" ]; then
+    build_only=true
+    shift
+fi
+
 . scripts/packages.sh
-install_missing etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler ip:iproute2 \
-    openssl:openssl iptables:iptables nft:nftables iperf3:iperf3 ping:iputils-ping \
-    /usr/lib/cni/bridge:containernetworking-plugins
+. scripts/lib.sh
+install_for build cluster test
 
 # moto, the EC2 API emulator tests/aws_vpc.rs runs against, in a venv of its own.
 if [ ! -x .venv/bin/moto_server ]; then
     echo "==> installing moto[server] into .venv"
-    if ! python3 -m venv .venv >/dev/null 2>&1; then
-        # Debian's python3 lacks ensurepip until python3-venv is installed.
-        rm -rf .venv
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
-        python3 -m venv .venv
-    fi
+    rm -rf .venv
+    python3 -m venv .venv
     .venv/bin/pip install -q 'moto[server]>=5,<6'
 fi
 export MOTO_SERVER="$PWD/.venv/bin/moto_server"
@@ -34,15 +35,29 @@ if [ "${CI:-}" = "true" ]; then
     export FLANNEL_TEST_REQUIRE="${FLANNEL_TEST_REQUIRE:-all}"
 fi
 
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+
+echo "==> formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --check
+cargo clippy --quiet --all-targets --locked -- -D warnings
+
 echo "==> building tests"
-cargo build --all-targets --locked 2>&1 | tail -3
-if [ -f fuzz/Cargo.toml ]; then
-    echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz.sh)"
-    cargo build --manifest-path fuzz/Cargo.toml 2>&1 | tail -3
-fi
+quietly "cargo build" cargo build --all-targets --locked
+
+echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz.sh)"
+# The fuzz crate is its own workspace. Seeding its lock file from ours and building
+# into our target directory resolves the same versions and reuses the compiled
+# dependencies, instead of a second full build with whatever versions are newest.
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+quietly "fuzz build" cargo build --manifest-path fuzz/Cargo.toml --target-dir "$target"
 
 echo "==> building benches (release; run them with scripts/bench.sh)"
-cargo bench --no-run --locked 2>&1 | tail -3
+quietly "bench build" cargo bench --no-run --locked
+
+if $build_only; then
+    echo "==> built everything (--build-only: no tests run)"
+    exit 0
+fi
 
 echo "==> running tests"
 log=$(mktemp)

@@ -67,39 +67,6 @@ elif cmd == "associate":
 print(json.dumps(out))
 "#;
 
-/// Where moto_server is: `$MOTO_SERVER`, else the venv scripts/test.sh makes.
-fn moto_server_bin() -> Result<PathBuf, String> {
-    let path = match std::env::var_os("MOTO_SERVER") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found (scripts/test.sh installs moto[server] into .venv; or set MOTO_SERVER)",
-            path.display()
-        ))
-    }
-}
-
-/// `Some(path)` when moto can run; otherwise SKIP (or fail when CI requires moto).
-fn require_moto() -> Option<PathBuf> {
-    match moto_server_bin() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            let test = std::thread::current().name().unwrap_or("?").to_owned();
-            let wanted = std::env::var("FLANNEL_TEST_REQUIRE").unwrap_or_default();
-            let required = wanted
-                .split(',')
-                .any(|w| matches!(w.trim().to_ascii_lowercase().as_str(), "all" | "moto"));
-            assert!(!required, "{test}: required capability Moto missing: {why}");
-            eprintln!("SKIP {test}: needs Moto: {why}");
-            None
-        }
-    }
-}
-
 /// A moto server on a free loopback port; killed on drop.
 struct Moto {
     child: Child,
@@ -303,8 +270,11 @@ fn daemon(etcd: &Etcd, moto: &Moto, imds: &FakeImds, env_creds: bool) -> Flannel
 
 /// A moto server with the fixture's VPC set up; `None` (after a SKIP) without moto.
 fn moto_with_vpc() -> Option<(Moto, Vpc)> {
-    let bin = require_moto()?;
-    let moto = Moto::start(&bin);
+    if let Err(why) = probe(Cap::Moto) {
+        skip_or_fail(Cap::Moto, &why);
+        return None;
+    }
+    let moto = Moto::start(&moto_server().ok()?);
     let vpc = Vpc(moto.py("setup", &[]));
     Some((moto, vpc))
 }

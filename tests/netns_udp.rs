@@ -13,18 +13,18 @@ use common::*;
 
 const UDP_NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#;
 
-fn caps() -> [Cap; 5] {
-    [Cap::Root, Cap::Netns, Cap::Veth, Cap::Tun, Cap::Etcd]
-}
-
+/// What every test here needs: a netns cluster with etcd and TUN, and io_uring (the
+/// default I/O path these tests check).
 macro_rules! require_udp {
     () => {
-        for cap in caps() {
-            if let Err(why) = probe(cap) {
-                skip_or_fail(cap, &why);
-                return;
-            }
-        }
+        require!(
+            Cap::Root,
+            Cap::Netns,
+            Cap::Veth,
+            Cap::Tun,
+            Cap::Etcd,
+            Cap::IoUring
+        )
     };
 }
 

@@ -326,13 +326,7 @@ fn datapath_end_to_end(io: IoChoice) {
 
 #[test]
 fn uring_datapath_forwards_filters_and_answers_unroutable() {
-    require!(Cap::Root, Cap::Netns, Cap::Tun);
-    if let Err(why) = flannel_rs::sys::uring::probe() {
-        eprintln!(
-            "SKIP uring_datapath_forwards_filters_and_answers_unroutable: io_uring unusable: {why}"
-        );
-        return;
-    }
+    require!(Cap::Root, Cap::Netns, Cap::Tun, Cap::IoUring);
     datapath_end_to_end(IoChoice::Uring);
 }
 

@@ -26,6 +26,11 @@ pub enum Cap {
     Iptables,
     Nft,
     Iperf3,
+    /// io_uring with every opcode the udp worker uses (not disabled by
+    /// `kernel.io_uring_disabled` or a seccomp filter).
+    IoUring,
+    /// `moto_server`, the EC2 API emulator (scripts/test.sh installs it into `.venv`).
+    Moto,
 }
 
 /// `Ok(())` if this machine can run tests needing `cap`, else why not.
@@ -77,9 +82,27 @@ pub fn probe(cap: Cap) -> Result<(), String> {
         Cap::Iptables => run_ok("iptables", &["--version"]),
         Cap::Nft => run_ok("nft", &["--version"]),
         Cap::Iperf3 => run_ok("iperf3", &["--version"]),
+        Cap::IoUring => flannel_rs::sys::uring::probe(),
+        Cap::Moto => moto_server().map(|_| ()),
     };
     cache.lock().unwrap().push((cap, result.clone()));
     result
+}
+
+/// Where `moto_server` is: `$MOTO_SERVER`, else the venv scripts/test.sh makes.
+pub fn moto_server() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("MOTO_SERVER") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found (scripts/test.sh installs moto[server] into .venv; or set MOTO_SERVER)",
+            path.display()
+        ))
+    }
 }
 
 /// Where Debian's containernetworking-plugins puts the plugins.

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# The clean-room check: proves the README's two set-up commands on a fresh Debian 12.
+#
+#   scripts/fresh-check.sh               # demo + test suite's install and build steps
+#   scripts/fresh-check.sh --full        # ... and the whole test suite in the clean root
+#   scripts/fresh-check.sh --rebuild     # build the pristine root again (new download)
+#   scripts/fresh-check.sh --keep        # leave the run directories for inspection
+#
+# What it does, as root:
+#  1. A pristine root: `debootstrap --variant=minbase bookworm` from the mirror the host's
+#     own apt sources name (read at run time), plus exactly the README's prerequisites
+#     (build-essential, git, ca-certificates, python3). Cached as a tarball under
+#     $FRESH_CHECK_CACHE; --rebuild makes it again.
+#  2. For each command, a fresh copy of that root with the host's *network* set-up (resolver
+#     and hosts files, extra CA certificates, apt acquire/proxy settings, pip's certificate
+#     setting, proxy variables): what any machine needs to reach the registries, never a
+#     project prerequisite. The host's Rust toolchain is mounted read-only; CARGO_HOME is
+#     inside the root, so every crate downloads afresh. The repository's committed HEAD is
+#     cloned into it (uncommitted changes are not part of the check).
+#  3. The command runs the way the README says, with CI=true, in a private mount namespace
+#     (its own /proc, /sys, /dev, /dev/pts, and fresh tmpfs on /run and /tmp), chrooted.
+#     Afterwards every process started is killed by PID, everything mounted is unmounted,
+#     and the copy is removed, also when the command fails or this script is interrupted.
+#  4. The last lines are one per command: `ok` with its time, or FAIL with the first error.
+#
+# The commands: `scripts/demo.sh`, and `scripts/test.sh --build-only` (installs and builds
+# everything the suite needs; the suite itself runs once in the work tree, under .ci/run, to
+# keep CI inside its time budget). `--full` runs `scripts/test.sh` entire instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+SUITE=bookworm
+PREREQS=(build-essential git ca-certificates python3) # the README's prerequisites
+CACHE=${FRESH_CHECK_CACHE:-/var/cache/flannel-rs/fresh-check}
+WORK=${FRESH_CHECK_DIR:-/var/tmp/flannel-rs-fresh-check}
+TIMEOUT=${FRESH_CHECK_TIMEOUT:-2400} # seconds per command
+
+rebuild=false keep=false full=false
+for arg in "$@"; do
+    case "$arg" in
+        --rebuild) rebuild=true ;;
+        --keep) keep=true ;;
+        --full) full=true ;;
+        *) echo "usage: $0 [--rebuild] [--keep] [--full]" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "fresh-check.sh needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
+
+. scripts/packages.sh
+install_for fresh_check
+
+say() { printf '==> %s\n' "$*"; }
+
+# --- the host's Debian mirror, from its own apt sources --------------------------
+# The first URI that serves $SUITE itself (not -updates or -security), from deb822
+# .sources files or one-line .list files.
+host_mirror() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        # deb822: stanzas separated by blank lines; pick one whose Suites has $SUITE.
+        awk -v suite="$SUITE" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                uris = ""; ok = 0; deb = 0
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^Types:/ && $i ~ /(^|[ \t])deb([ \t]|$)/) deb = 1
+                    if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
+                    if ($i ~ /^Suites:/) { n = split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == suite) ok = 1 }
+                    if ($i ~ /^Enabled:[ \t]*no/) ok = 0
+                }
+                if (deb && ok && uris != "") { split(uris, u, /[ \t]+/); print u[1]; exit }
+            }' "$f"
+    done
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+        awk -v suite="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) while ($i !~ /\]$/) i++; if ($2 ~ /^\[/) i++; if ($(i + 1) == suite) print $i }'
+    return 0
+}
+MIRROR=$(host_mirror | head -1 || true)
+[ -n "$MIRROR" ] || { echo "no apt source for Debian $SUITE in /etc/apt/sources.list{,.d}" >&2; exit 1; }
+
+# --- the pristine root, cached --------------------------------------------------------
+key=$(printf '%s ' "$SUITE" "${PREREQS[@]}" | sha256sum | cut -c1-12)
+TARBALL=$CACHE/debian-$SUITE-minbase-$key.tar
+mkdir -p "$CACHE" "$WORK"
+
+# Copies the host's network set-up into root $1: what this machine needs to reach Debian's
+# mirror, crates.io and PyPI (it is the machine's, not the project's).
+apply_host_network() {
+    local root=$1 f
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    cp /etc/hosts "$root/etc/hosts"
+    # apt settings about fetching (proxies, validity checks against a snapshot mirror).
+    for f in /etc/apt/apt.conf.d/*; do
+        [ -f "$f" ] && grep -q '^[[:space:]]*Acquire::' "$f" && cp "$f" "$root/etc/apt/apt.conf.d/"
+    done
+    [ -f /etc/apt/apt.conf ] && cp /etc/apt/apt.conf "$root/etc/apt/apt.conf"
+    [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
+    # Extra CA certificates (e.g. an egress proxy's); ca-certificates adds them to the bundle.
+    if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
+        mkdir -p "$root/usr/local/share/ca-certificates"
+        cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+        # (before the prerequisites are in, ca-certificates' own install picks them up)
+        if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
+            chroot "$root" /usr/sbin/update-ca-certificates >/dev/null 2>&1
+        fi
+    fi
+    # Package installs inside a root must not start daemons (etcd-server would).
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod +x "$root/usr/sbin/policy-rc.d"
+}
+
+# Processes whose root directory is $1 (so started inside it by us).
+procs_in_root() {
+    local root p
+    root=$(readlink -f "$1")
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# Kills everything started in root $1 and unmounts whatever is mounted below it.
+teardown_root() {
+    local root=$1 pids mnt
+    for _ in 1 2 3 4 5; do
+        pids=$(procs_in_root "$root")
+        [ -z "$pids" ] && break
+        # shellcheck disable=SC2086
+        kill -9 $pids 2>/dev/null || true
+        sleep 0.2
+    done
+    # Deepest first. A private mount namespace took most of them with it; this is the rest.
+    for mnt in $(awk -v r="$(readlink -f "$root")" '$5 == r || index($5, r "/") == 1 { print $5 }' \
+        /proc/self/mountinfo | sort -r); do
+        umount -l "$mnt" 2>/dev/null || true
+    done
+}
+
+BUILD_ROOT=$WORK/pristine
+cleanup_build() { [ -d "$BUILD_ROOT" ] && { teardown_root "$BUILD_ROOT"; rm -rf "$BUILD_ROOT"; }; return 0; }
+
+if $rebuild || [ ! -s "$TARBALL" ]; then
+    say "making a pristine Debian $SUITE root (debootstrap from $MIRROR)"
+    trap cleanup_build EXIT
+    cleanup_build
+    debootstrap --variant=minbase "$SUITE" "$BUILD_ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
+        { tail -20 "$WORK/debootstrap.log"; echo "FAIL debootstrap (log: $WORK/debootstrap.log)"; exit 1; }
+    apply_host_network "$BUILD_ROOT"
+    say "adding the README's prerequisites: ${PREREQS[*]}"
+    mount -t proc proc "$BUILD_ROOT/proc"
+    chroot "$BUILD_ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+        sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${PREREQS[*]} >/dev/null && apt-get clean" \
+        >>"$WORK/debootstrap.log" 2>&1 ||
+        { tail -20 "$WORK/debootstrap.log"; echo "FAIL installing the prerequisites"; exit 1; }
+    umount "$BUILD_ROOT/proc"
+    rm -f "$BUILD_ROOT/usr/sbin/policy-rc.d"
+    tar -C "$BUILD_ROOT" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
+    cleanup_build
+    trap - EXIT
+    say "cached $TARBALL ($(du -h "$TARBALL" | cut -f1))"
+else
+    say "pristine root: $TARBALL (cached; --rebuild makes it again)"
+fi
+
+# --- the toolchain, read-only ---------------------------------------------------------
+SYSROOT=$(rustc --print sysroot)
+[ -x "$SYSROOT/bin/cargo" ] || { echo "no cargo in the host toolchain $SYSROOT" >&2; exit 1; }
+say "toolchain: $("$SYSROOT/bin/rustc" --version) (from $SYSROOT, read-only)"
+
+HEAD=$(git -C "$REPO" rev-parse HEAD)
+say "checking commit $(git -C "$REPO" log -1 --format='%h %s' "$HEAD" | cut -c1-72)"
+[ -z "$(git -C "$REPO" status --porcelain --untracked-files=no)" ] ||
+    say "note: uncommitted changes in the work tree are not part of this check"
+
+RESULTS=()
+CURRENT_ROOT=""
+on_exit() {
+    if [ -n "$CURRENT_ROOT" ]; then
+        teardown_root "$CURRENT_ROOT"
+        $keep || rm -rf "$(dirname "$CURRENT_ROOT")"
+    fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+# run_in_fresh_root NAME COMMAND...: a fresh copy of the pristine root runs COMMAND in the
+# clone. Records one result line.
+run_in_fresh_root() {
+    local name=$1 cmd=$2 dir root log start status secs reason
+    dir=$WORK/run-$name
+    root=$dir/root
+    log=$dir/log
+    rm -rf "$dir"
+    mkdir -p "$root"
+    CURRENT_ROOT=$root
+    tar -C "$root" -xf "$TARBALL"
+    apply_host_network "$root"
+    mkdir -p "$root/opt/rust" "$root/root"
+    git clone --quiet --no-hardlinks "$REPO" "$root/root/flannel-rs"
+    git -C "$root/root/flannel-rs" checkout --quiet --detach "$HEAD"
+
+    say "$name: $cmd (log: $log)"
+    start=$(date +%s)
+    set +e
+    # A private mount namespace: the mounts below (and the network namespaces the command
+    # binds under /run/netns) belong to it and go away with its last process.
+    setsid unshare --mount --propagation private -- /bin/sh -ec '
+        root=$1; sysroot=$2; shift 2
+        mount -t proc proc "$root/proc"
+        mount -t sysfs sysfs "$root/sys"
+        mount --rbind /dev "$root/dev" # with /dev/pts, /dev/shm and /dev/net/tun
+        mount -t tmpfs tmpfs "$root/run"
+        mount -t tmpfs tmpfs "$root/tmp"
+        mount --bind "$sysroot" "$root/opt/rust"
+        mount -o remount,bind,ro "$root/opt/rust"
+        exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 CI=true \
+            PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            CARGO_HOME=/root/.cargo ${http_proxy:+http_proxy=$http_proxy} \
+            ${https_proxy:+https_proxy=$https_proxy} ${no_proxy:+no_proxy=$no_proxy} \
+            timeout --kill-after=30 "$FRESH_CHECK_TIMEOUT" /bin/bash -c "cd /root/flannel-rs && $*" </dev/null
+    ' sh "$root" "$SYSROOT" "$cmd" >"$log" 2>&1 &
+    local pid=$!
+    wait "$pid"
+    status=$?
+    set -e
+    secs=$(($(date +%s) - start))
+    # Every process it started, by PID: the session leader's group, then anything left in
+    # the root.
+    kill -9 -- "-$pid" 2>/dev/null || true
+    teardown_root "$root"
+    if [ "$status" = 0 ]; then
+        RESULTS+=("ok    $name ($cmd): $((secs / 60))m$((secs % 60))s")
+    else
+        reason=$(first_failure "$log")
+        RESULTS+=("FAIL  $name ($cmd): exit $status after $((secs / 60))m$((secs % 60))s: $reason")
+        tail -25 "$log" | sed 's/^/    | /'
+    fi
+    $keep || rm -rf "$dir"
+    CURRENT_ROOT=""
+}
+
+# The first line of a log that says what went wrong: the most telling kind found first.
+first_failure() {
+    local pattern line
+    for pattern in '^error(\[[A-Z0-9]+\])?:' '^E: ' 'panicked at' 'command not found' \
+        '^test .* FAILED|^test result: FAILED' '(Failed|failed) to|FAILED|^Error' \
+        'No such file or directory'; do
+        line=$(grep -m1 -E "$pattern" "$1" || true)
+        [ -n "$line" ] && break
+    done
+    [ -n "$line" ] || line=$(grep -v '^[[:space:]]*$' "$1" | tail -1)
+    echo "${line:0:300}"
+}
+
+export FRESH_CHECK_TIMEOUT=$TIMEOUT
+run_in_fresh_root demo "scripts/demo.sh"
+if $full; then
+    run_in_fresh_root test "scripts/test.sh"
+else
+    run_in_fresh_root test "scripts/test.sh --build-only"
+fi
+
+echo
+echo "fresh-check (Debian $SUITE minbase + ${PREREQS[*]}, commit ${HEAD:0:10}):"
+failed=0
+for line in "${RESULTS[@]}"; do
+    echo "  $line"
+    [[ $line == ok* ]] || failed=1
+done
+exit "$failed"
