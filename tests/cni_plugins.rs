@@ -390,6 +390,60 @@ fn default_gateway_option_gives_a_default_route() {
     lab.plugin("DEL", "ctr-c", &conf).ok();
 }
 
+/// A subnet.env as flanneld v0.21-v0.24 wrote it for a config with several networks: the
+/// pod gets a route to each, and the saved delegate config is the one upstream's plugin
+/// builds (`loadFlannelSubnetEnv` splits and dedups; `getDelegateIPAM` adds the routes).
+#[test]
+fn subnet_env_listing_several_networks_routes_each() {
+    require!(Cap::Root, Cap::Netns, Cap::CniPlugins);
+    let lab = Lab::new();
+    fs::write(
+        lab.subnet_file(),
+        format!(
+            "FLANNEL_NETWORK={NETWORK},192.168.0.0/16,{NETWORK}\nFLANNEL_SUBNET={GATEWAY}/24\n\
+             FLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"
+        ),
+    )
+    .unwrap();
+    let conf = lab.conf("1.0.0", json!({}));
+    let addr = pod_address(&lab.plugin("ADD", "ctr-l", &conf).ok().result());
+    assert!(SUBNET.parse::<IpNet>().unwrap().contains(&addr.addr()));
+    for dst in [NETWORK, "192.168.0.0/16"] {
+        assert!(
+            lab.has_route(dst, GATEWAY),
+            "route {dst} via {GATEWAY}: {:?}",
+            lab.ip(&lab.ctr, &["route"])
+        );
+    }
+    let saved: Value = serde_json::from_slice(&fs::read(lab.state_file("ctr-l")).unwrap()).unwrap();
+    let upstream = json!({
+        "cniVersion": "1.0.0",
+        "name": "flannel-test",
+        "type": "bridge",
+        "bridge": lab.bridge,
+        "ipMasq": false,
+        "isGateway": true,
+        "mtu": MTU,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": lab.dir.path().join("ipam"),
+            "ranges": [[{"subnet": SUBNET}]],
+            "routes": [{"dst": NETWORK}, {"dst": "192.168.0.0/16"}],
+        },
+    });
+    assert_eq!(saved, upstream);
+    lab.plugin("DEL", "ctr-l", &conf).ok();
+    assert_eq!(
+        lab.link(&lab.ctr, "eth0"),
+        None,
+        "DEL removes the interface"
+    );
+    assert!(
+        !lab.state_file("ctr-l").exists(),
+        "DEL removes the state file"
+    );
+}
+
 #[test]
 fn macvlan_delegate_on_a_veth_master() {
     require!(Cap::Root, Cap::Netns, Cap::CniPlugins, Cap::Veth);

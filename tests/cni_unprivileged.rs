@@ -293,11 +293,38 @@ fn add_runs_upstreams_delegate_config_and_returns_its_result_verbatim() {
         (mode(&fx.data_dir()), mode(&fx.state_file("c1"))),
         (0o700, 0o600)
     );
+    // Silent about the delegate config, as upstream is; the delegate's own stderr passes.
     assert!(
-        out.stderr.contains("delegate config for c1") && out.stderr.contains("fake ADD done"),
+        !out.stderr.contains("delegate config") && out.stderr.contains("fake ADD done"),
         "{}",
         out.stderr
     );
+    // `"debug": true` logs it.
+    let debug = fx.conf(json!({"debug": true}));
+    let out = fx.run("ADD", &debug, &[("CNI_CONTAINERID", "c2")]);
+    out.ok();
+    assert!(
+        out.stderr.contains("flannel: delegate config for c2: {"),
+        "{}",
+        out.stderr
+    );
+    fx.run("ADD", &fx.conf(json!({"debug": "yes"})), &[])
+        .error(6);
+}
+
+/// Container ids up to the file-name limit are accepted, as upstream accepts them; their
+/// state file round-trips through DEL.
+#[test]
+fn the_longest_container_ids_are_accepted() {
+    let fx = Fixture::new();
+    let conf = fx.conf(json!({}));
+    for len in [245, 255] {
+        let id = "a".repeat(len);
+        fx.run("ADD", &conf, &[("CNI_CONTAINERID", &id)]).ok();
+        assert!(fx.state_file(&id).exists(), "state file of an id of {len}");
+        fx.run("DEL", &conf, &[("CNI_CONTAINERID", &id)]).ok();
+        assert!(!fx.state_file(&id).exists());
+    }
 }
 
 #[test]

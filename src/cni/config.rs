@@ -45,6 +45,9 @@ pub struct NetConf {
     pub runtime_config: Option<Map<String, Value>>,
     /// `prevResult`: only used to pass CHECK through to the delegate.
     pub prev_result: Option<Map<String, Value>>,
+    /// `debug` (ours; upstream has no such key): log the delegate config on every ADD.
+    /// Upstream's plugin is silent there, so by default ours is too.
+    pub debug: bool,
 }
 
 impl NetConf {
@@ -71,6 +74,7 @@ impl NetConf {
             ipam: object_field(obj, "ipam")?,
             runtime_config: object_field(obj, "runtimeConfig")?,
             prev_result: object_field(obj, "prevResult")?,
+            debug: bool_field(obj, "debug")?,
         })
     }
 }
@@ -92,6 +96,18 @@ pub fn string_field(obj: &Map<String, Value>, name: &str) -> Result<String, CniE
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(CniError::BadNetConf(format!(
             "{name:?} must be a string, not {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// A boolean field; absent or `null` is `false`.
+fn bool_field(obj: &Map<String, Value>, name: &str) -> Result<bool, CniError> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(CniError::BadNetConf(format!(
+            "{name:?} must be a boolean, not {}",
             kind(other)
         ))),
     }
@@ -142,12 +158,14 @@ impl FlannelEnv {
     /// `subnetEnv.missing` does: a network and a subnet of either family, the MTU and
     /// the masquerade flag. The error text is upstream's ("<file> is missing …").
     pub fn from_subnet_env(env: &SubnetEnv, path: &Path) -> Result<Self, CniError> {
+        // Each family's networks: one, or the comma list flanneld v0.21-v0.24 wrote for a
+        // config with several (upstream: `loadFlannelSubnetEnv` splits, dedups, and
+        // `getDelegateIPAM` adds a route per network).
         let networks: Vec<IpNet> = env
-            .network
-            .map(IpNet::V4)
+            .all_networks()
             .into_iter()
-            .chain(env.ipv6_network.map(IpNet::V6))
-            .map(|n| n.trunc())
+            .map(IpNet::V4)
+            .chain(env.all_ipv6_networks().into_iter().map(IpNet::V6))
             .collect();
         let subnets: Vec<IpNet> = env
             .subnet
@@ -679,6 +697,30 @@ mod tests {
         assert_eq!(
             (got["mtu"].clone(), got["ipMasq"].clone()),
             (json!(1450), json!(false))
+        );
+    }
+
+    /// flanneld v0.21-v0.24's subnet.env for a config with several networks: one route
+    /// per network, duplicates dropped, in the file's order (upstream's
+    /// `loadFlannelSubnetEnv` + `getDelegateIPAM`).
+    #[test]
+    fn network_lists_give_one_route_per_network() {
+        let text = "FLANNEL_NETWORK=10.1.0.0/16,192.168.0.0/16,10.1.0.0/16\n\
+                    FLANNEL_SUBNET=10.1.17.1/24\n\
+                    FLANNEL_IPV6_NETWORK=2001:db8:42::/56,2001:db8:99::/56\n\
+                    FLANNEL_IPV6_SUBNET=2001:db8:42:17::1/64\n\
+                    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        let env =
+            FlannelEnv::from_subnet_env(&SubnetEnv::parse(text).unwrap(), Path::new("s")).unwrap();
+        let got = build(json!({"name": "n"}), &env).unwrap();
+        assert_eq!(
+            got["ipam"],
+            json!({
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.1.17.0/24"}], [{"subnet": "2001:db8:42:17::/64"}]],
+                "routes": [{"dst": "10.1.0.0/16"}, {"dst": "192.168.0.0/16"},
+                           {"dst": "2001:db8:42::/56"}, {"dst": "2001:db8:99::/56"}],
+            })
         );
     }
 

@@ -22,7 +22,7 @@
 //!
 //! # Errors
 //! Every failure is a [`CniError`]: printed as the spec's error JSON on stdout with exit
-//! status 1 by the binary. Diagnostics (the delegate config, the delegate's stderr,
+//! status 1 by the binary. Diagnostics (the delegate config with `"debug": true`, the delegate's stderr,
 //! ignored problems) go to the `log` writer, which the binary points at stderr.
 
 pub mod config;
@@ -182,12 +182,14 @@ fn add(call: Call<'_>, id: &ContainerId) -> Result<String, CniError> {
         .to_owned();
     let bytes = serde_json::to_vec(&delegate)
         .map_err(|e| CniError::BadNetConf(format!("cannot serialize the delegate config: {e}")))?;
-    let _ = writeln!(
-        call.log,
-        "flannel: delegate config for {}: {}",
-        id.as_str(),
-        String::from_utf8_lossy(&bytes)
-    );
+    if call.conf.debug {
+        let _ = writeln!(
+            call.log,
+            "flannel: delegate config for {}: {}",
+            id.as_str(),
+            String::from_utf8_lossy(&bytes)
+        );
+    }
     // Saved before the delegate runs, so the DEL that follows a failed ADD can undo
     // whatever the delegate did half-way.
     StateDir::new(&call.conf.data_dir).save(id, &bytes)?;

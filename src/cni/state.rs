@@ -109,6 +109,21 @@ mod tests {
         assert_eq!(state.load(&id).unwrap(), None);
     }
 
+    /// Ids up to the file-name limit work (the temp file's name must not be longer).
+    #[test]
+    fn the_longest_container_ids_are_saved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::new(tmp.path());
+        for len in [244, 245, 250, 255] {
+            let id = ContainerId::new(&"c".repeat(len)).unwrap();
+            state
+                .save(&id, b"{}")
+                .unwrap_or_else(|e| panic!("id of {len}: {e}"));
+            assert_eq!(state.load(&id).unwrap().as_deref(), Some(&b"{}"[..]));
+            state.remove(&id).unwrap();
+        }
+    }
+
     #[test]
     fn unwritable_dir_is_an_io_error_naming_the_file() {
         let tmp = tempfile::tempdir().unwrap();

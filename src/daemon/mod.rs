@@ -304,6 +304,7 @@ impl Daemon<'_> {
             ipv6_subnet: held.lease.key.ipv6.map(first_host_v6),
             mtu: Some(mtu),
             ipmasq: Some(self.cli.ip_masq),
+            ..SubnetEnv::default()
         };
         env.write_atomic(&self.cli.subnet_file)
             .with_context(|| format!("writing {}", self.cli.subnet_file.display()))

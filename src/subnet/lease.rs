@@ -139,7 +139,11 @@ pub struct SubnetKey {
 
 impl SubnetKey {
     /// Parses the last path component of a lease key (`10.5.34.0-24` or
-    /// `10.42.1.0-24&2001:cafe:42:1::-64`), as upstream's key regex does.
+    /// `10.42.1.0-24&2001:cafe:42:1::-64`) as upstream's `ParseSubnetKey`
+    /// (pkg/subnet/subnet.go) decides it: its regex takes the IPv6 part only in lower-case
+    /// hex (`[a-f\d:]+`), so a key with upper-case hex is not a subnet key; host bits are
+    /// kept as written (upstream builds the net from the address as given), so the key
+    /// renders back to itself and a renewal writes the very key it read.
     pub fn parse(key: &str) -> Result<Self, LeaseError> {
         let bad = || LeaseError::Key(key.to_owned());
         let name = key.rsplit('/').next().unwrap_or(key);
@@ -149,7 +153,14 @@ impl SubnetKey {
         };
         let ipv4 = parse_dashed(v4).ok_or_else(bad)?;
         let ipv6 = match v6 {
-            Some(text) => Some(parse_dashed(text).ok_or_else(bad)?),
+            Some(text)
+                if text
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b':' | b'-')) =>
+            {
+                Some(parse_dashed(text).ok_or_else(bad)?)
+            }
+            Some(_) => return Err(bad()),
             None => None,
         };
         Ok(SubnetKey { ipv4, ipv6 })
@@ -166,9 +177,10 @@ fn parse_dashed<T: std::str::FromStr>(text: &str) -> Option<T> {
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ipv4.network(), self.ipv4.prefix_len())?;
+        // The addresses as parsed (host bits and all): see `SubnetKey::parse`.
+        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
         if let Some(v6) = self.ipv6 {
-            write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
+            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
         }
         Ok(())
     }
@@ -209,6 +221,37 @@ pub enum LeaseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys as upstream's `ParseSubnetKey` decides them, and each renders back to itself.
+    #[test]
+    fn subnet_keys_parse_as_upstream_and_render_back() {
+        for key in [
+            "10.5.34.0-24",
+            "10.42.1.0-24&2001:cafe:42:1::-64",
+            // Host bits are kept, in both families (the fuzzer's find).
+            "10.42.2.0-24&2001:cafe::241:b-64",
+            "10.42.2.7-24",
+        ] {
+            let parsed = SubnetKey::parse(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(parsed.to_string(), key);
+        }
+        assert_eq!(
+            SubnetKey::parse("/coreos.com/network/subnets/10.5.34.0-24")
+                .unwrap()
+                .to_string(),
+            "10.5.34.0-24"
+        );
+        // Upper-case hex is not in upstream's key regex: not a subnet key.
+        for bad in [
+            "10.42.2.0-24&2001:cafe::241:B-64",
+            "10.42.2.0-24&2001:CAFE::-64",
+            "10.42.2.0-24&",
+            "10.42.2.0/24",
+            "10.42.2.0-",
+        ] {
+            assert!(SubnetKey::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn udp_and_alloc_leases_serialize_like_upstream() {
