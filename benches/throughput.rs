@@ -13,9 +13,11 @@
 //! backend, our udp backend on io_uring with and without TUN/UDP offloads and with busy
 //! polling, on recvmmsg/sendmsg with offloads, and with one packet per syscall as upstream
 //! does) it measures pod to pod: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
-//! payloads (packets/s delivered and loss), and ping latency (p50, p99 over 200 pings at 10 ms),
-//! plus the daemons' CPU time per GB and per million packets (`/proc/<pid>/stat`) and their
-//! peak RSS (`VmHWM`). Each figure is the median of `FLANNEL_BENCH_RUNS` runs (default 3) of
+//! payloads (packets/s delivered and loss), ping latency (200 pings at 10 ms) and back-to-back
+//! request/response latency (`sockperf ping-pong`, UDP, full round trips), each as p50, p99 and
+//! maximum; the whole machine's CPU time per Gbit and per million packets (busy time from
+//! `/proc/stat` around each run, so the kernel's datapaths are costed like ours: both hosts
+//! share the machine's cores), and the daemons' peak RSS (`VmHWM`). Each figure is the median of `FLANNEL_BENCH_RUNS` runs (default 3) of
 //! `FLANNEL_BENCH_SECS` seconds (default 4). Results: one table on stdout, and
 //! `target/bench/throughput.json` and `target/bench/throughput.svg`. `FLANNEL_BENCH_MODES`
 //! (comma-separated keys of `MODES`) runs other modes instead, VXLAN always included: e.g.
@@ -132,6 +134,24 @@ const MODES: [Mode; 12] = [
 /// One figure of a mode, for the plot.
 type Metric = fn(&Figures) -> f64;
 
+/// Percentiles of a latency sample, in µs.
+#[derive(Clone, Copy)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            p50: f64::NAN,
+            p99: f64::NAN,
+            max: f64::NAN,
+        }
+    }
+}
+
 /// The medians of one mode.
 #[derive(Default, Clone)]
 struct Figures {
@@ -139,10 +159,16 @@ struct Figures {
     tcp4: f64,
     udp_pps: f64,
     udp_loss: f64,
-    p50_us: f64,
-    p99_us: f64,
-    cpu_s_per_gb: Option<f64>,
-    cpu_s_per_mpkt: Option<f64>,
+    /// Whole-machine CPU per Gbit/s during the TCP runs: busy CPU % (100 = one core) per
+    /// Gbit/s delivered, i.e. 100 × busy CPU-seconds per Gbit.
+    cpu_pct_per_gbps1: f64,
+    cpu_pct_per_gbps4: f64,
+    /// Whole-machine busy CPU-seconds per million 64-byte packets delivered.
+    cpu_s_per_mpkt: f64,
+    ping: Latency,
+    rr: Latency,
+    /// The flanneld processes' own CPU-seconds per GB (udp only; in the JSON).
+    daemon_cpu_s_per_gb: Option<f64>,
     rss_mb: Option<f64>,
 }
 
@@ -281,36 +307,65 @@ fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
     );
 
     let mut samples: Vec<Figures> = Vec::new();
-    let (mut tcp_cpu, mut tcp_bytes, mut udp_cpu, mut udp_pkts) = (0.0, 0.0, 0.0, 0.0);
+    let (mut daemon_cpu, mut tcp_bytes) = (0.0, 0.0);
     for run_no in 0..runs {
         let mut f = Figures::default();
         let cpu0 = cpu_seconds(&pids);
+        let busy = MachineCpu::now();
         let (g1, b1) = iperf_tcp(c, secs, 1);
+        f.cpu_pct_per_gbps1 = 100.0 * busy.busy_seconds() / (b1 * 8.0 / 1e9);
+        let busy = MachineCpu::now();
         let (g4, b4) = iperf_tcp(c, secs, 4);
-        let cpu1 = cpu_seconds(&pids);
-        let (pps, loss, pkts) = iperf_udp64(c, secs);
-        let cpu2 = cpu_seconds(&pids);
-        let (p50, p99) = ping_latency(c, &peer);
-        (f.tcp1, f.tcp4, f.udp_pps, f.udp_loss, f.p50_us, f.p99_us) = (g1, g4, pps, loss, p50, p99);
-        tcp_cpu += cpu1 - cpu0;
+        f.cpu_pct_per_gbps4 = 100.0 * busy.busy_seconds() / (b4 * 8.0 / 1e9);
+        daemon_cpu += cpu_seconds(&pids) - cpu0;
         tcp_bytes += b1 + b4;
-        udp_cpu += cpu2 - cpu1;
-        udp_pkts += pkts;
+        let busy = MachineCpu::now();
+        let (pps, loss, delivered) = iperf_udp64(c, secs);
+        f.cpu_s_per_mpkt = busy.busy_seconds() / (delivered / 1e6);
+        f.ping = ping_latency(c, &peer);
+        f.rr = request_response(c, &peer, secs);
+        (f.tcp1, f.tcp4, f.udp_pps, f.udp_loss) = (g1, g4, pps, loss);
         println!(
-            "  run {}: tcp1 {g1:.2} Gbit/s, tcp4 {g4:.2} Gbit/s, udp64 {:.0} kpps ({loss:.1}% lost), ping p50 {p50:.0} µs p99 {p99:.0} µs",
+            "  run {}: tcp1 {g1:.2} Gbit/s ({:.1} % CPU per Gbit/s), tcp4 {g4:.2} Gbit/s ({:.1} %), \
+             udp64 {:.0} kpps ({loss:.1}% lost, {:.2} CPU s/Mpkt), ping p50/p99/max {}, rr {}",
             run_no + 1,
-            pps / 1e3
+            f.cpu_pct_per_gbps1,
+            f.cpu_pct_per_gbps4,
+            pps / 1e3,
+            f.cpu_s_per_mpkt,
+            lat(&f.ping),
+            lat(&f.rr),
         );
         samples.push(f);
     }
     let med = |get: fn(&Figures) -> f64| median(samples.iter().map(get).collect());
+    // Latency maxima are the maximum over all runs: the tail is what they are for.
+    let max = |get: fn(&Figures) -> f64| {
+        samples
+            .iter()
+            .map(get)
+            .filter(|v| v.is_finite())
+            .reduce(f64::max)
+            .unwrap_or(f64::NAN)
+    };
     let mut out = Figures {
         tcp1: med(|f| f.tcp1),
         tcp4: med(|f| f.tcp4),
         udp_pps: med(|f| f.udp_pps),
         udp_loss: med(|f| f.udp_loss),
-        p50_us: med(|f| f.p50_us),
-        p99_us: med(|f| f.p99_us),
+        cpu_pct_per_gbps1: med(|f| f.cpu_pct_per_gbps1),
+        cpu_pct_per_gbps4: med(|f| f.cpu_pct_per_gbps4),
+        cpu_s_per_mpkt: med(|f| f.cpu_s_per_mpkt),
+        ping: Latency {
+            p50: med(|f| f.ping.p50),
+            p99: med(|f| f.ping.p99),
+            max: max(|f| f.ping.max),
+        },
+        rr: Latency {
+            p50: med(|f| f.rr.p50),
+            p99: med(|f| f.rr.p99),
+            max: max(|f| f.rr.max),
+        },
         ..Figures::default()
     };
     if !pids.is_empty() {
@@ -318,8 +373,7 @@ fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
     }
     // Only the udp backend forwards in the daemon; with VXLAN the kernel does the work.
     if mode.backend == Some("udp") {
-        out.cpu_s_per_gb = (tcp_bytes > 0.0).then(|| tcp_cpu / (tcp_bytes / 1e9));
-        out.cpu_s_per_mpkt = (udp_pkts > 0.0).then(|| udp_cpu / (udp_pkts / 1e6));
+        out.daemon_cpu_s_per_gb = (tcp_bytes > 0.0).then(|| daemon_cpu / (tcp_bytes / 1e9));
     }
     match mode.backend {
         Some(_) => {
@@ -409,7 +463,7 @@ fn iperf_tcp(c: &Cluster, secs: u32, streams: u32) -> (f64, f64) {
     )
 }
 
-/// UDP with 64-byte payloads, unlimited rate: (packets/s delivered, loss %, packets sent).
+/// UDP with 64-byte payloads, unlimited rate: (packets/s delivered, loss %, packets delivered).
 fn iperf_udp64(c: &Cluster, secs: u32) -> (f64, f64, f64) {
     let secs = secs.to_string();
     let v = iperf3(c, &["-u", "-l", "64", "-b", "0", "-t", &secs]);
@@ -430,11 +484,11 @@ fn iperf_udp64(c: &Cluster, secs: u32) -> (f64, f64, f64) {
     } else {
         100.0
     };
-    (delivered / seconds, loss, packets)
+    (delivered / seconds, loss, delivered)
 }
 
-/// 200 pings 10 ms apart from pod 0 to pod 1: (p50, p99) round trip in µs.
-fn ping_latency(c: &Cluster, peer: &str) -> (f64, f64) {
+/// 200 pings 10 ms apart from pod 0 to pod 1: round trips in µs.
+fn ping_latency(c: &Cluster, peer: &str) -> Latency {
     let out = run(
         Some(&c.hosts[0].pod_netns),
         "ping",
@@ -454,24 +508,120 @@ fn ping_latency(c: &Cluster, peer: &str) -> (f64, f64) {
         .collect();
     rtts.sort_by(f64::total_cmp);
     if rtts.is_empty() {
-        return (f64::NAN, f64::NAN);
+        return Latency::default();
     }
     let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
-    (at(0.50), at(0.99))
+    Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+    }
 }
 
-/// utime + stime of the processes, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    // Clock ticks per second (100 on every common Linux build; asked once to be exact).
+/// Back-to-back UDP request/response for `secs` seconds from pod 0 to pod 1 with `sockperf
+/// ping-pong` (one message in flight, full round trips): the latency of the datapath itself,
+/// without ping's 10 ms of idle between samples. All NaN when sockperf is missing.
+fn request_response(c: &Cluster, peer: &str, secs: u32) -> Latency {
+    const PORT: &str = "11111";
+    let Ok(mut server) = in_netns(Some(&c.hosts[1].pod_netns), "sockperf")
+        .args(["server", "-i", peer, "-p", PORT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        println!(
+            "  sockperf not found: no request/response latency (scripts/bench.sh installs it)"
+        );
+        return Latency::default();
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let secs = secs.to_string();
+    let out = run(
+        Some(&c.hosts[0].pod_netns),
+        "sockperf",
+        &[
+            "ping-pong",
+            "-i",
+            peer,
+            "-p",
+            PORT,
+            "-t",
+            &secs,
+            "--full-rtt",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    parse_sockperf(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// sockperf's summary lines: `---> percentile 50.000 =   12.278`, `---> <MAX> observation = …`.
+fn parse_sockperf(text: &str) -> Latency {
+    let find = |label: &str| {
+        text.lines()
+            .find(|l| l.contains(label))
+            .and_then(|l| l.rsplit('=').next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Latency {
+        p50: find("percentile 50.000"),
+        p99: find("percentile 99.000"),
+        max: find("<MAX> observation"),
+    }
+}
+
+/// `p50 / p99 / max` in µs, for the log.
+fn lat(l: &Latency) -> String {
+    format!("{:.0} / {:.0} / {:.0} µs", l.p50, l.p99, l.max)
+}
+
+/// A snapshot of the whole machine's CPU time (the `cpu` line of `/proc/stat`).
+struct MachineCpu {
+    busy_ticks: f64,
+}
+
+impl MachineCpu {
+    fn now() -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        let total: f64 = f.iter().sum();
+        let idle = f.get(3).unwrap_or(&0.0) + f.get(4).unwrap_or(&0.0);
+        MachineCpu {
+            busy_ticks: total - idle,
+        }
+    }
+
+    /// Busy CPU-seconds of all cores together since this snapshot.
+    fn busy_seconds(&self) -> f64 {
+        (MachineCpu::now().busy_ticks - self.busy_ticks) / clock_ticks()
+    }
+}
+
+/// Clock ticks per second of /proc's counters (100 on every common Linux build; asked once).
+fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
+    *TICKS.get_or_init(|| {
         std::process::Command::new("getconf")
             .arg("CLK_TCK")
             .output()
             .ok()
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
-    });
+    })
+}
+
+/// utime + stime of the processes, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter()
         .filter_map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -481,7 +631,7 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
             Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
         })
         .sum::<f64>()
-        / ticks
+        / clock_ticks()
 }
 
 fn peak_rss_mb(pid: u32) -> Option<f64> {
@@ -524,29 +674,31 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 
 fn render_table(results: &[(&Mode, Figures)], base: &Figures) -> String {
     let mut t = String::new();
-    t.push_str("| datapath | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP loss | ping p50 µs | ping p99 µs | daemon CPU s/GB | daemon CPU s/Mpkt | daemon peak RSS MB |\n");
-    t.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    t.push_str("| datapath | TCP 1 stream Gbit/s | CPU % per Gbit/s | TCP 4 streams Gbit/s | CPU % per Gbit/s | UDP 64 B kpps | CPU s/Mpkt | UDP loss | ping p50 / p99 / max µs | request/response p50 / p99 / max µs | daemon peak RSS MB |\n");
+    t.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let fig = |x: f64, b: f64, prec: usize| format!("{x:.prec$} ({:.2}×)", ratio(x, b));
     for (m, f) in results {
         let _ = writeln!(
             t,
-            "| {} | {:.2} ({:.2}×) | {:.2} ({:.2}×) | {:.0} ({:.2}×) | {:.1} % | {:.0} ({:.2}×) | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {:.0} / {:.0} | {} / {:.0} / {:.0} | {} |",
             m.label,
-            f.tcp1,
-            ratio(f.tcp1, base.tcp1),
-            f.tcp4,
-            ratio(f.tcp4, base.tcp4),
-            f.udp_pps / 1e3,
-            ratio(f.udp_pps, base.udp_pps),
+            fig(f.tcp1, base.tcp1, 2),
+            fig(f.cpu_pct_per_gbps1, base.cpu_pct_per_gbps1, 1),
+            fig(f.tcp4, base.tcp4, 2),
+            fig(f.cpu_pct_per_gbps4, base.cpu_pct_per_gbps4, 1),
+            fig(f.udp_pps / 1e3, base.udp_pps / 1e3, 0),
+            fig(f.cpu_s_per_mpkt, base.cpu_s_per_mpkt, 2),
             f.udp_loss,
-            f.p50_us,
-            ratio(f.p50_us, base.p50_us),
-            f.p99_us,
-            opt(f.cpu_s_per_gb, 2),
-            opt(f.cpu_s_per_mpkt, 2),
+            fig(f.ping.p50, base.ping.p50, 0),
+            f.ping.p99,
+            f.ping.max,
+            fig(f.rr.p50, base.rr.p50, 0),
+            f.rr.p99,
+            f.rr.max,
             opt(f.rss_mb, 1),
         );
     }
-    t.push_str("\nRatios in parentheses are to kernel VXLAN (for latency, lower is better). CPU and RSS are the two flanneld processes' (utime+stime, VmHWM); the kernel datapaths' CPU is not attributed to a process.\n");
+    t.push_str("\nRatios in parentheses are to kernel VXLAN (for CPU and latency, lower is better). CPU is the whole machine's busy time from /proc/stat during the run (both hosts share its cores), per Gbit/s delivered (100 % = one core) and per million 64-byte packets delivered. Latency p50 and p99 are medians over the runs, max the largest sample of all runs; request/response is `sockperf ping-pong` (UDP, full round trips). RSS is the larger of the two flanneld processes' VmHWM.\n");
     t
 }
 
@@ -568,10 +720,17 @@ fn to_json(
                 "tcp4_gbps": f.tcp4, "tcp4_vs_vxlan": ratio(f.tcp4, base.tcp4),
                 "udp64_pps": f.udp_pps, "udp64_vs_vxlan": ratio(f.udp_pps, base.udp_pps),
                 "udp64_loss_percent": f.udp_loss,
-                "ping_p50_us": f.p50_us, "ping_p50_vs_vxlan": ratio(f.p50_us, base.p50_us),
-                "ping_p99_us": f.p99_us,
-                "cpu_s_per_gb": f.cpu_s_per_gb,
+                "cpu_pct_per_gbps_tcp1": f.cpu_pct_per_gbps1,
+                "cpu_pct_per_gbps_tcp1_vs_vxlan": ratio(f.cpu_pct_per_gbps1, base.cpu_pct_per_gbps1),
+                "cpu_pct_per_gbps_tcp4": f.cpu_pct_per_gbps4,
+                "cpu_pct_per_gbps_tcp4_vs_vxlan": ratio(f.cpu_pct_per_gbps4, base.cpu_pct_per_gbps4),
                 "cpu_s_per_mpkt": f.cpu_s_per_mpkt,
+                "cpu_s_per_mpkt_vs_vxlan": ratio(f.cpu_s_per_mpkt, base.cpu_s_per_mpkt),
+                "ping_us": {"p50": f.ping.p50, "p99": f.ping.p99, "max": f.ping.max},
+                "ping_p50_vs_vxlan": ratio(f.ping.p50, base.ping.p50),
+                "rr_us": {"p50": f.rr.p50, "p99": f.rr.p99, "max": f.rr.max},
+                "rr_p50_vs_vxlan": ratio(f.rr.p50, base.rr.p50),
+                "daemon_cpu_s_per_gb": f.daemon_cpu_s_per_gb,
                 "peak_rss_mb": f.rss_mb,
             })
         })
@@ -579,17 +738,24 @@ fn to_json(
     json!({ "machine": machine, "runs": runs, "seconds_per_run": secs, "results": rows })
 }
 
-/// Four bar-chart panels (TCP 1, TCP 4, UDP 64 B, ping p50), one bar per datapath.
+/// Six bar-chart panels (TCP 1 and 4 streams, their CPU per Gbit/s, UDP 64 B,
+/// request/response p50), one bar per datapath.
 fn svg(results: &[(&Mode, Figures)], machine: &str) -> String {
     const COLORS: [&str; 12] = [
         "#9e9e9e", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2",
         "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8",
     ];
-    let panels: [(&str, Metric); 4] = [
+    let panels: [(&str, Metric); 6] = [
         ("TCP 1 stream (Gbit/s)", |f| f.tcp1),
         ("TCP 4 streams (Gbit/s)", |f| f.tcp4),
+        ("CPU % per Gbit/s, 1 stream (lower is better)", |f| {
+            f.cpu_pct_per_gbps1
+        }),
+        ("CPU % per Gbit/s, 4 streams (lower is better)", |f| {
+            f.cpu_pct_per_gbps4
+        }),
         ("UDP 64 B (kpps delivered)", |f| f.udp_pps / 1e3),
-        ("ping p50 (µs, lower is better)", |f| f.p50_us),
+        ("request/response p50 (µs, lower is better)", |f| f.rr.p50),
     ];
     let (pw, ph, top) = (300.0, 220.0, 60.0);
     let width = pw * panels.len() as f64 + 20.0;

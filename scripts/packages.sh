@@ -35,9 +35,9 @@ PKGS_cluster=(iproute2 etcd-server etcd-client iputils-ping iperf3 iptables
 # (the EC2 emulator of tests/aws_vpc.rs; Debian's python3 has no ensurepip without it).
 PKGS_test=(nftables openssl python3-venv)
 
-# The throughput bench: a cluster, nothing more (kept as its own key so that a
-# bench-only tool has one place to go).
-PKGS_bench=()
+# The throughput bench, on top of a cluster: sockperf for back-to-back UDP
+# request/response latency (sockperf ping-pong) beside ping's 10-ms samples.
+PKGS_bench=(sockperf)
 
 # scripts/fresh-check.sh: builds a minimal Debian root.
 PKGS_fresh_check=(debootstrap)
