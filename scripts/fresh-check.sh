@@ -5,6 +5,7 @@
 #   scripts/fresh-check.sh --full        # ... and the whole test suite in the clean root
 #   scripts/fresh-check.sh --rebuild     # build the pristine root again (new download)
 #   scripts/fresh-check.sh --keep        # leave the run directories for inspection
+#   scripts/fresh-check.sh --only demo   # one command only (demo or test)
 #
 # What it does, as root:
 #  1. A pristine root: `debootstrap --variant=minbase bookworm` from the mirror the host's
@@ -36,14 +37,16 @@ CACHE=${FRESH_CHECK_CACHE:-/var/cache/flannel-rs/fresh-check}
 WORK=${FRESH_CHECK_DIR:-/var/tmp/flannel-rs-fresh-check}
 TIMEOUT=${FRESH_CHECK_TIMEOUT:-2400} # seconds per command
 
-rebuild=false keep=false full=false
-for arg in "$@"; do
-    case "$arg" in
+rebuild=false keep=false full=false only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --rebuild) rebuild=true ;;
         --keep) keep=true ;;
         --full) full=true ;;
-        *) echo "usage: $0 [--rebuild] [--keep] [--full]" >&2; exit 2 ;;
+        --only) only=${2:?--only needs demo or test}; shift ;;
+        *) echo "usage: $0 [--rebuild] [--keep] [--full] [--only demo|test]" >&2; exit 2 ;;
     esac
+    shift
 done
 [ "$(id -u)" = 0 ] || { echo "fresh-check.sh needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
 
@@ -208,6 +211,9 @@ run_in_fresh_root() {
     # binds under /run/netns) belong to it and go away with its last process.
     setsid unshare --mount --propagation private -- /bin/sh -ec '
         root=$1; sysroot=$2; shift 2
+        # The root a mount point of its own: `ip netns add` makes "/" a slave mount, which a
+        # plain directory as chroot cannot be.
+        mount --bind "$root" "$root"
         mount -t proc proc "$root/proc"
         mount -t sysfs sysfs "$root/sys"
         mount --rbind /dev "$root/dev" # with /dev/pts, /dev/shm and /dev/net/tun
@@ -255,11 +261,15 @@ first_failure() {
 }
 
 export FRESH_CHECK_TIMEOUT=$TIMEOUT
-run_in_fresh_root demo "scripts/demo.sh"
-if $full; then
-    run_in_fresh_root test "scripts/test.sh"
-else
-    run_in_fresh_root test "scripts/test.sh --build-only"
+if [ "$only" != test ]; then
+    run_in_fresh_root demo "scripts/demo.sh"
+fi
+if [ "$only" != demo ]; then
+    if $full; then
+        run_in_fresh_root test "scripts/test.sh"
+    else
+        run_in_fresh_root test "scripts/test.sh --build-only"
+    fi
 fi
 
 echo
