@@ -28,8 +28,17 @@
 # everything the suite needs; the suite itself runs once in the work tree, under .ci/run, to
 # keep CI inside its time budget). `--full` runs `scripts/test.sh` entire instead.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-REPO=$PWD
+# Bash reads a script as it runs: run from a copy, so that editing this file during the
+# half hour a check takes cannot derail it.
+if [ -z "${FRESH_CHECK_RUNNING_COPY:-}" ]; then
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    copy=$(mktemp /tmp/fresh-check.XXXXXX.sh)
+    cp "$0" "$copy"
+    FRESH_CHECK_RUNNING_COPY=$copy FRESH_CHECK_REPO=$repo exec bash "$copy" "$@"
+fi
+trap 'rm -f "$FRESH_CHECK_RUNNING_COPY"' EXIT
+REPO=$FRESH_CHECK_REPO
+cd "$REPO"
 
 SUITE=bookworm
 PREREQS=(build-essential git ca-certificates python3) # the README's prerequisites
@@ -180,6 +189,7 @@ say "checking commit $(git -C "$REPO" log -1 --format='%h %s' "$HEAD" | cut -c1-
 RESULTS=()
 CURRENT_ROOT=""
 on_exit() {
+    rm -f "$FRESH_CHECK_RUNNING_COPY"
     if [ -n "$CURRENT_ROOT" ]; then
         teardown_root "$CURRENT_ROOT"
         $keep || rm -rf "$(dirname "$CURRENT_ROOT")"
