@@ -3,6 +3,7 @@
 //! The map (see `DESIGN.md` for the picture):
 //! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
 //! - [`config`]: the network config JSON, defaults and validation.
+//! - [`cancel`]: the one cancellation token every long-running task takes.
 //! - [`compat`]: names, paths, ports and keys shared with upstream flannel.
 //! - [`subnet`]: the lease model, subnet math, subnet.env, the etcd registry and
 //!   the watch reducer that turns etcd events into [`subnet::lease::LeaseEvent`]s.
@@ -14,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cancel;
 pub mod cli;
 pub mod cni;
 pub mod compat;

@@ -18,6 +18,7 @@ pub mod vxlan;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use crate::config::BackendKind;
 use crate::config::NetworkConfig;
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
 
@@ -67,44 +68,6 @@ pub trait Backend: Send {
     /// remove what no lease explains. Default: nothing.
     fn resynced(&mut self) -> impl Future<Output = ()> + Send {
         async {}
-    }
-}
-
-/// The backend types flannel-rs knows, by `Backend.Type` (lower-cased).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Udp,
-    Vxlan,
-    HostGw,
-    AwsVpc,
-    Alloc,
-    Extension,
-}
-
-impl BackendKind {
-    /// Parses `Backend.Type`. Upstream lower-cases the name before the lookup.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "udp" => BackendKind::Udp,
-            "vxlan" => BackendKind::Vxlan,
-            "host-gw" => BackendKind::HostGw,
-            "aws-vpc" => BackendKind::AwsVpc,
-            "alloc" => BackendKind::Alloc,
-            "extension" => BackendKind::Extension,
-            _ => return None,
-        })
-    }
-
-    /// The name as configs spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Udp => "udp",
-            BackendKind::Vxlan => "vxlan",
-            BackendKind::HostGw => "host-gw",
-            BackendKind::AwsVpc => "aws-vpc",
-            BackendKind::Alloc => "alloc",
-            BackendKind::Extension => "extension",
-        }
     }
 }
 

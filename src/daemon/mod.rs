@@ -6,7 +6,6 @@
 //! `READY=1` to systemd) → watch. etcd going away later never stops the
 //! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
 
-pub mod cancel;
 pub mod health;
 
 use std::net::SocketAddr;
@@ -23,6 +22,7 @@ use crate::backend::host_gw::HostGw;
 use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
+use crate::cancel::{cancel_pair, CancelToken};
 use crate::cli::{Cli, UdpIo};
 use crate::config::NetworkConfig;
 use crate::datapath::IoChoice;
@@ -36,7 +36,6 @@ use crate::subnet::registry::{
     raw_events, AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError, Renewal,
 };
 use crate::subnet::watch::{LeaseSet, OwnChange};
-use cancel::{cancel_pair, CancelToken};
 use health::Readiness;
 
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
@@ -188,7 +187,7 @@ impl Daemon<'_> {
             .context("starting the backend")?;
         // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
-        let rules_cfg = masq::RulesConfig::from_daemon(self.cli, &ctx.config, &held.lease.key);
+        let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
         self.ready.set_ready();
@@ -307,6 +306,22 @@ impl Daemon<'_> {
         };
         env.write_atomic(&self.cli.subnet_file)
             .with_context(|| format!("writing {}", self.cli.subnet_file.display()))
+    }
+}
+
+/// The masquerade and forward rules for this daemon's flags, config and lease.
+fn masq_config(cli: &Cli, config: &NetworkConfig, own: &SubnetKey) -> masq::RulesConfig {
+    masq::RulesConfig {
+        ip_masq: cli.ip_masq,
+        forward_rules: cli.iptables_forward_rules,
+        random_fully_disabled: cli.ip_masq_fully_random_disable,
+        nftables: config.enable_nftables,
+        // Upstream sleeps `--iptables-resync` seconds; 0 would spin.
+        resync: Duration::from_secs(u64::from(cli.iptables_resync.max(1))),
+        network_v4: config.network_v4(),
+        network_v6: config.network_v6(),
+        subnet_v4: config.network_v4().map(|_| own.ipv4),
+        subnet_v6: config.network_v6().and(own.ipv6),
     }
 }
 

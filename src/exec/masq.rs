@@ -40,9 +40,7 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
 
-use crate::cli::Cli;
-use crate::config::NetworkConfig;
-use crate::daemon::cancel::CancelToken;
+use crate::cancel::CancelToken;
 use crate::subnet::lease::SubnetKey;
 
 /// kube-proxy's masquerade mark; traffic carrying it is left to kube-proxy.
@@ -70,22 +68,6 @@ pub struct RulesConfig {
 }
 
 impl RulesConfig {
-    /// The rules for this daemon's flags, config and lease.
-    pub fn from_daemon(cli: &Cli, config: &NetworkConfig, own: &SubnetKey) -> RulesConfig {
-        RulesConfig {
-            ip_masq: cli.ip_masq,
-            forward_rules: cli.iptables_forward_rules,
-            random_fully_disabled: cli.ip_masq_fully_random_disable,
-            nftables: config.enable_nftables,
-            // Upstream sleeps `--iptables-resync` seconds; 0 would spin.
-            resync: Duration::from_secs(u64::from(cli.iptables_resync.max(1))),
-            network_v4: config.network_v4(),
-            network_v6: config.network_v6(),
-            subnet_v4: config.network_v4().map(|_| own.ipv4),
-            subnet_v6: config.network_v6().and(own.ipv6),
-        }
-    }
-
     fn wants_anything(&self) -> bool {
         self.ip_masq || self.forward_rules
     }
