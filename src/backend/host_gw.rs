@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ipnet::IpNet;
 
-use super::kernel_state::{
+use super::kernel::{
     Desired, DirectPeers, Engine, EngineState, Host, Ownership, Planner, Reconciler, RouteSpec,
 };
 use super::{Backend, BackendAttrs, BackendContext};
@@ -285,8 +285,8 @@ impl<H: Host> Backend for HostGw<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::kernel_state::fake::FakeHost;
-    use crate::backend::kernel_state::{ObservedRoute, RouteLookup};
+    use crate::backend::kernel::fake::FakeHost;
+    use crate::backend::kernel::{ObservedRoute, RouteLookup};
     use crate::backend::ExternalInterface;
     use crate::config::NetworkConfig;
     use crate::subnet::lease::LeaseAttrs;

@@ -11,7 +11,7 @@ pub mod alloc;
 pub mod aws_vpc;
 pub mod extension;
 pub mod host_gw;
-pub mod kernel_state;
+pub mod kernel;
 pub mod udp;
 pub mod vxlan;
 

@@ -37,7 +37,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::backend::kernel_state::{
+use crate::backend::kernel::{
     FdbSpec, Host, HostError, LinkChange, LinkState, Mac, NeighSpec, Observed, ObservedFdb,
     ObservedNeigh, ObservedRoute, Op, RouteKey, RouteLookup, RouteSpec, VxlanAttrs, VxlanSpec,
 };
