@@ -16,27 +16,11 @@ pub mod udp;
 pub mod vxlan;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use crate::config::BackendKind;
 use crate::config::NetworkConfig;
+pub use crate::exec::iface::ExternalInterface;
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
-
-/// The external interface flanneld talks to other hosts through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalInterface {
-    pub name: String,
-    pub index: u32,
-    pub mtu: u32,
-    /// The interface's own IPv4 address.
-    pub iface_addr: Ipv4Addr,
-    /// The interface's own IPv6 address, when IPv6 is enabled.
-    pub iface_addr_v6: Option<Ipv6Addr>,
-    /// The address published in the lease (`--public-ip`, else `iface_addr`).
-    pub public_ip: Ipv4Addr,
-    /// `--public-ipv6`, else `iface_addr_v6`.
-    pub public_ipv6: Option<Ipv6Addr>,
-}
 
 /// The backend-specific part of this host's lease value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -28,6 +28,7 @@ use crate::config::NetworkConfig;
 use crate::datapath::IoChoice;
 use crate::exec::iface::{self, IfaceRequest};
 use crate::exec::masq;
+use crate::exec::netlink::Netlink;
 use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{judge_own_change, renew_delay, renew_retry, OwnVerdict};
 use crate::subnet::lease::{LeaseAttrs, LeaseEvent, SubnetKey};
@@ -83,7 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         public_ipv6: cli.public_ipv6()?,
         want_ipv6: config.ipv6.is_some(),
     };
-    let ext = iface::discover(&req)
+    // One rtnetlink socket for the whole control plane: discovery, then the backend.
+    let netlink = Netlink::connect().context("opening the netlink socket")?;
+    let ext = iface::discover(&netlink, &req)
         .await
         .context("choosing the external interface")?;
     tracing::info!(
@@ -119,10 +122,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 busy_poll: std::time::Duration::from_micros(cli.udp_busy_poll),
                 ..UdpOptions::default()
             };
-            daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await
+            daemon
+                .run_backend(Udp::new(&ctx, opts)?.with_netlink(netlink), &ctx)
+                .await
         }
-        BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx)?, &ctx).await,
-        BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx)?, &ctx).await,
+        BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx, netlink)?, &ctx).await,
+        BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx, netlink)?, &ctx).await,
         BackendKind::AwsVpc => {
             let backend = AwsVpc::new(&ctx, daemon.stop.clone())?;
             daemon.run_backend(backend, &ctx).await

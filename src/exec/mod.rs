@@ -5,3 +5,4 @@ pub mod hooks;
 pub mod iface;
 pub mod masq;
 pub mod netlink;
+pub mod tun;

@@ -42,7 +42,6 @@ use super::kernel::{
     Engine, EngineState, Host, LinkChange, Mac, Reconciler, VxlanAttrs, VxlanSpec,
 };
 use super::{Backend, BackendAttrs, BackendContext, ExternalInterface};
-use crate::exec::netlink::Netlink;
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 mod plan;
@@ -265,23 +264,17 @@ impl<H: Host> EngineState for Inner<H> {
 }
 
 /// The vxlan backend (generic over the kernel seam for tests).
-pub struct Vxlan<H: Host = Netlink> {
+pub struct Vxlan<H: Host> {
     reconciler: Reconciler<Inner<H>>,
     mtu: u32,
     config: VxlanConfig,
     link_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Vxlan<Netlink> {
-    /// Reads the backend options and opens the netlink socket.
-    pub fn new(ctx: &BackendContext) -> anyhow::Result<Self> {
-        let host = Netlink::connect().context("vxlan backend")?;
-        Vxlan::with_host(ctx, host)
-    }
-}
-
 impl<H: Host> Vxlan<H> {
-    pub fn with_host(ctx: &BackendContext, host: H) -> anyhow::Result<Self> {
+    /// Builds the backend on `host`, the kernel seam: the daemon's shared
+    /// `exec::netlink::Netlink`, a `FakeHost` in tests.
+    pub fn new(ctx: &BackendContext, host: H) -> anyhow::Result<Self> {
         let config = VxlanConfig::from_backend(&ctx.config.backend, ctx.config.ipv6.is_some())
             .context("error decoding VXLAN backend config")?;
         tracing::info!(
@@ -520,7 +513,7 @@ mod tests {
 
     async fn started(conf: &str, mut host: FakeHost) -> Vxlan<FakeHost> {
         let c = ctx(conf, &mut host);
-        let mut vx = Vxlan::with_host(&c, host)
+        let mut vx = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         vx.prepare().await.unwrap();
@@ -538,7 +531,7 @@ mod tests {
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":4,"Port":4789,"MTU":1400,"GBP":true}}"#,
             &mut host,
         );
-        let mut vx = Vxlan::with_host(&c, host).unwrap();
+        let mut vx = Vxlan::new(&c, host).unwrap();
         assert_eq!(vx.mtu(), 1350);
         let attrs = vx.prepare().await.unwrap();
         let link = vx
@@ -564,7 +557,7 @@ mod tests {
     async fn start_sets_a_slash32_and_removes_stray_network_addresses() {
         let mut host = FakeHost::new();
         let c = ctx(CONF, &mut host);
-        let mut vx = Vxlan::with_host(&c, host)
+        let mut vx = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         vx.prepare().await.unwrap();
@@ -686,7 +679,7 @@ mod tests {
                 oif: Some(eth),
             },
         );
-        let mut vx = Vxlan::with_host(&c, host)
+        let mut vx = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         vx.prepare().await.unwrap();
@@ -814,7 +807,7 @@ mod tests {
 
         // flanneld starts again on the same kernel.
         let c = ctx(CONF, &mut host);
-        let mut second = Vxlan::with_host(&c, host)
+        let mut second = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         let attrs = second.prepare().await.unwrap();
@@ -855,7 +848,7 @@ mod tests {
                 ..Default::default()
             }),
         });
-        let mut vx = Vxlan::with_host(&c, host)
+        let mut vx = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         let attrs = vx.prepare().await.unwrap();
@@ -878,7 +871,7 @@ mod tests {
         let conf = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
         let mut host = FakeHost::new();
         let c = ctx(conf, &mut host);
-        let mut vx = Vxlan::with_host(&c, host)
+        let mut vx = Vxlan::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         let attrs = vx.prepare().await.unwrap();
