@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, Instant};
 
 use crate::backend::aws_vpc::AwsVpc;
-use crate::backend::extension::{self, Extension};
+use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
 use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
@@ -135,7 +135,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         BackendKind::Extension => {
             // Upstream's extension publishes the interface address, whatever --public-ip says.
             let ctx = extension::context_for_extension(&ctx);
-            daemon.run_backend(Extension::new(&ctx)?, &ctx).await
+            daemon
+                .run_backend(Extension::new(&ctx, ExecHooks)?, &ctx)
+                .await
         }
     }
 }
