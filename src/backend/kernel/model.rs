@@ -319,7 +319,7 @@ impl RouteLookup {
 }
 
 /// Peer public IP → the interface it is directly connected through, for the
-/// peers that are. Filled from [`Host::route_to`] before planning.
+/// peers that are. Filled from [`Host::route_to`](super::Host::route_to) before planning.
 pub type DirectPeers = HashMap<IpAddr, u32>;
 
 /// Attributes of a vxlan link.

@@ -19,7 +19,7 @@
 //!   via <PublicIP>`. All removed with the lease.
 //!
 //! # Better than upstream
-//! A periodic check (every [`RECONCILE_PERIOD`], after a watch resync, and at
+//! A periodic check (every [`RECONCILE_PERIOD`](super::kernel::RECONCILE_PERIOD), after a watch resync, and at
 //! once when the device is deleted — upstream's `RTM_DELLINK` watcher)
 //! compares the kernel with the leases: it recreates a deleted device with
 //! the same MAC (so the `VtepMAC` in our lease stays true), restores deleted
