@@ -5,8 +5,9 @@
 //!
 //! Planning never touches the OS. A backend turns leases into a [`Desired`]
 //! state; [`Desired::removed_in`] and [`reconcile`] turn two states into
-//! [`Op`]s; an implementation of [`Host`] (`crate::exec::netlink::Netlink` in
-//! the daemon, `fake::FakeHost` in unit tests) performs them. [`Engine`] is
+//! [`Op`]s; an implementation of [`Host`] (the daemon's shared
+//! `exec::netlink::Netlink`, see `host.rs`; `fake::FakeHost` in unit tests)
+//! performs them. [`Engine`] is
 //! the loop both backends share: lease events in, operations out, and a
 //! periodic [`reconcile`] that repairs drift with one log line per repair.
 //!
@@ -17,6 +18,13 @@
 //! lies inside the flannel network (but not inside this host's own subnet)
 //! and that go through a flannel device or through a gateway on the external
 //! interface; permanent neighbours and FDB entries on flannel devices.
+//!
+//! # Layout
+//! - `model`: links, routes, neighbours, FDB entries, [`Desired`], [`Observed`], [`Op`] (pure).
+//! - `reconcile`: [`Ownership`] and the repairs between two states (pure).
+//! - `host`: the [`Host`] seam and its netlink implementation (model ⇄ messages).
+//! - `engine`: [`Planner`], [`Engine`] and the [`Reconciler`] task.
+//! - `fake`: the in-memory kernel for unit tests.
 
 mod engine;
 #[cfg(test)]
