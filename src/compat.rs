@@ -12,15 +12,10 @@ pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1
 pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 /// Default `--subnet-file`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
-/// Default `--net-config-path` (upstream's Kubernetes-mode config file).
-pub const DEFAULT_NET_CONFIG_PATH: &str = "/etc/kube-flannel/net-conf.json";
 /// Default `--subnet-lease-renew-margin`, in minutes.
 pub const DEFAULT_RENEW_MARGIN_MINUTES: u32 = 60;
 /// Default `--iptables-resync`, in seconds.
 pub const DEFAULT_IPTABLES_RESYNC_SECS: u32 = 5;
-
-/// Environment variable prefix for flags (`--etcd-endpoints` ⇒ `FLANNELD_ETCD_ENDPOINTS`).
-pub const ENV_PREFIX: &str = "FLANNELD_";
 
 /// TTL of a subnet lease in etcd (upstream's `subnetTTL`).
 pub const SUBNET_TTL: Duration = Duration::from_secs(24 * 60 * 60);

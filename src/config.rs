@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
-use crate::backend::BackendKind;
 use crate::subnet::net::{bits, from_u128, to_u128, SubnetRange};
 
 /// A config that cannot be used; `key` is the config key at fault.
@@ -24,6 +23,44 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_owned(),
         reason: reason.into(),
+    }
+}
+
+/// The backend types flannel-rs knows, by `Backend.Type` (lower-cased).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Udp,
+    Vxlan,
+    HostGw,
+    AwsVpc,
+    Alloc,
+    Extension,
+}
+
+impl BackendKind {
+    /// Parses `Backend.Type`. Upstream lower-cases the name before the lookup.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "udp" => BackendKind::Udp,
+            "vxlan" => BackendKind::Vxlan,
+            "host-gw" => BackendKind::HostGw,
+            "aws-vpc" => BackendKind::AwsVpc,
+            "alloc" => BackendKind::Alloc,
+            "extension" => BackendKind::Extension,
+            _ => return None,
+        })
+    }
+
+    /// The name as configs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Udp => "udp",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::AwsVpc => "aws-vpc",
+            BackendKind::Alloc => "alloc",
+            BackendKind::Extension => "extension",
+        }
     }
 }
 

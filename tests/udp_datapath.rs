@@ -20,6 +20,7 @@ use flannel_rs::backend::{Backend, BackendContext, ExternalInterface};
 use flannel_rs::config::NetworkConfig;
 use flannel_rs::datapath::packet::{build_ipv4, checksum, Ipv4View, PROTO_ICMP, PROTO_UDP};
 use flannel_rs::datapath::stats::{DropReason, StatsSnapshot};
+use flannel_rs::exec::netlink::Netlink;
 use flannel_rs::subnet::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -160,7 +161,8 @@ fn datapath_end_to_end(io: IoChoice) {
             io,
             ..UdpOptions::default()
         };
-        let mut udp = Udp::new(&context(), opts).unwrap();
+        let netlink = rt.block_on(async { Netlink::connect() }).unwrap();
+        let mut udp = Udp::new(&context(), opts).unwrap().with_netlink(netlink);
         assert_eq!(udp.mtu(), 1472);
         rt.block_on(udp.prepare()).unwrap();
         let own = lease("10.5.1.0/24", US);

@@ -58,8 +58,8 @@ use self::ec2::{Ec2, Ec2Error};
 use self::imds::{Imds, ImdsError};
 use self::plan::{plan_table, RouteOp};
 use super::{Backend, BackendAttrs, BackendContext};
+use crate::cancel::CancelToken;
 use crate::config::BackendConfig;
-use crate::daemon::cancel::CancelToken;
 use crate::subnet::lease::{Lease, LeaseEvent};
 
 /// How often the route tables are checked once the backend runs.

@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Backend, BackendAttrs, BackendContext};
-use crate::exec::hooks::{self, Hook};
+use crate::exec::hooks::{self, Hook, HookError, HookOutput};
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson, SubnetKey};
 
 /// `BackendType` of extension leases.
@@ -266,9 +266,29 @@ fn retry_delay(failures: u32) -> Duration {
     (RETRY_FIRST * factor).min(RETRY_MAX)
 }
 
-/// The extension backend.
+/// How the backend runs its commands: [`ExecHooks`] in the daemon, a fake in unit tests.
+pub trait HookRunner: Send + Sync + 'static {
+    /// Runs `hook` and returns its output, or why it failed.
+    fn run(
+        &self,
+        hook: &Hook<'_>,
+    ) -> impl std::future::Future<Output = Result<HookOutput, HookError>> + Send;
+}
+
+/// The real commands, through `exec::hooks`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecHooks;
+
+impl HookRunner for ExecHooks {
+    async fn run(&self, hook: &Hook<'_>) -> Result<HookOutput, HookError> {
+        hooks::run(hook).await
+    }
+}
+
+/// The extension backend (generic over the command runner for tests).
 #[derive(Debug)]
-pub struct Extension {
+pub struct Extension<R: HookRunner> {
+    runner: Arc<R>,
     cfg: Arc<ExtensionConfig>,
     mtu: u32,
     network: Option<Ipv4Net>,
@@ -277,13 +297,14 @@ pub struct Extension {
     events: Option<mpsc::UnboundedSender<Vec<LeaseEvent>>>,
 }
 
-impl Extension {
-    /// Reads the commands from the config.
+impl<R: HookRunner> Extension<R> {
+    /// Reads the commands from the config; `runner` runs them ([`ExecHooks`] in the daemon).
     ///
     /// # Errors
     /// A command option that is not a string.
-    pub fn new(ctx: &BackendContext) -> anyhow::Result<Self> {
+    pub fn new(ctx: &BackendContext, runner: R) -> anyhow::Result<Self> {
         Ok(Extension {
+            runner: Arc::new(runner),
             cfg: Arc::new(ExtensionConfig::from_backend(&ctx.config.backend)?),
             mtu: ctx.iface.mtu,
             network: ctx.config.network_v4(),
@@ -295,7 +316,7 @@ impl Extension {
     }
 }
 
-impl Backend for Extension {
+impl<R: HookRunner> Backend for Extension<R> {
     fn mtu(&self) -> u32 {
         self.mtu
     }
@@ -314,7 +335,7 @@ impl Backend for Extension {
                     stdin: "",
                     timeout: None,
                 };
-                let out = hooks::run(&hook).await?;
+                let out = self.runner.run(&hook).await?;
                 if out.truncated {
                     bail!(
                         "PreStartupCommand {command:?} printed more than {} bytes, too much for a lease's BackendData",
@@ -346,12 +367,12 @@ impl Backend for Extension {
                     stdin: "",
                     timeout: None,
                 };
-                let out = hooks::run(&hook).await?;
+                let out = self.runner.run(&hook).await?;
                 tracing::info!(command = %command, output = %out.output, "ran PostStartupCommand");
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_subnet_hooks(self.cfg.clone(), rx));
+        tokio::spawn(run_subnet_hooks(self.runner.clone(), self.cfg.clone(), rx));
         self.events = Some(tx);
         Ok(())
     }
@@ -371,7 +392,8 @@ impl Backend for Extension {
 }
 
 /// The task that runs add/remove commands in order and retries failed ones.
-async fn run_subnet_hooks(
+async fn run_subnet_hooks<R: HookRunner>(
+    runner: Arc<R>,
     cfg: Arc<ExtensionConfig>,
     mut rx: mpsc::UnboundedReceiver<Vec<LeaseEvent>>,
 ) {
@@ -389,7 +411,7 @@ async fn run_subnet_hooks(
                     retries.supersede(&lease.key);
                     match plan_event(&cfg, ev) {
                         Plan::Run(hook) => {
-                            if !run_subnet_hook(&hook, 0).await {
+                            if !run_subnet_hook(&*runner, &hook, 0).await {
                                 let delay = retries.failed(hook, 1, Instant::now());
                                 tracing::warn!(subnet = %lease.subnet(), "will retry in {delay:?}");
                             }
@@ -401,7 +423,7 @@ async fn run_subnet_hooks(
             }
             _ = sleep_until_opt(retries.next_due()) => {
                 for (hook, failures) in retries.take_due(Instant::now()) {
-                    if !run_subnet_hook(&hook, failures).await {
+                    if !run_subnet_hook(&*runner, &hook, failures).await {
                         let delay = retries.failed(hook.clone(), failures + 1, Instant::now());
                         tracing::warn!(subnet = %hook.subnet.ipv4, "will retry in {delay:?}");
                     }
@@ -412,7 +434,11 @@ async fn run_subnet_hooks(
 }
 
 /// Runs one add/remove command and logs the result; `true` on success.
-async fn run_subnet_hook(hook: &SubnetHook, failures_before: u32) -> bool {
+async fn run_subnet_hook<R: HookRunner>(
+    runner: &R,
+    hook: &SubnetHook,
+    failures_before: u32,
+) -> bool {
     let run = Hook {
         name: hook.kind.option(),
         command: &hook.command,
@@ -420,7 +446,7 @@ async fn run_subnet_hook(hook: &SubnetHook, failures_before: u32) -> bool {
         stdin: &hook.stdin,
         timeout: Some(SUBNET_HOOK_TIMEOUT),
     };
-    match hooks::run(&run).await {
+    match runner.run(&run).await {
         Ok(out) => {
             tracing::info!(
                 subnet = %hook.subnet.ipv4, command = %hook.command, output = %out.output, attempt = failures_before + 1,
@@ -616,5 +642,125 @@ mod tests {
         assert!(q.is_empty() && q.next_due().is_none());
         assert_eq!(retry_delay(7), Duration::from_secs(300));
         assert_eq!(retry_delay(u32::MAX), Duration::from_secs(300));
+    }
+
+    /// One recorded run: (option, command, vars, stdin).
+    type Run = (String, String, Vec<(&'static str, String)>, String);
+
+    /// Runs nothing: records each command and answers from a script.
+    #[derive(Debug, Default)]
+    struct FakeHooks {
+        /// (option, command, vars, stdin) of every run, in order.
+        log: std::sync::Mutex<Vec<Run>>,
+        /// How many runs of `SubnetAddCommand` fail before one succeeds.
+        add_failures: std::sync::Mutex<u32>,
+    }
+
+    impl HookRunner for Arc<FakeHooks> {
+        async fn run(&self, hook: &Hook<'_>) -> Result<HookOutput, HookError> {
+            self.log.lock().unwrap().push((
+                hook.name.to_owned(),
+                hook.command.to_owned(),
+                hook.vars.clone(),
+                hook.stdin.to_owned(),
+            ));
+            let mut left = self.add_failures.lock().unwrap();
+            if hook.name == "SubnetAddCommand" && *left > 0 {
+                *left -= 1;
+                return Err(HookError::TimedOut {
+                    name: hook.name,
+                    command: hook.command.to_owned(),
+                    after: SUBNET_HOOK_TIMEOUT,
+                    output: String::new(),
+                });
+            }
+            Ok(HookOutput {
+                output: format!("out of {}", hook.command),
+                truncated: false,
+            })
+        }
+    }
+
+    fn ctx(backend: &str) -> BackendContext {
+        BackendContext {
+            config: crate::config::NetworkConfig::parse(&format!(
+                r#"{{"Network":"10.5.0.0/16","Backend":{backend}}}"#
+            ))
+            .unwrap(),
+            iface: crate::backend::ExternalInterface {
+                name: "eth0".into(),
+                index: 2,
+                mtu: 1500,
+                iface_addr: "192.0.2.1".parse().unwrap(),
+                iface_addr_v6: None,
+                public_ip: "192.0.2.1".parse().unwrap(),
+                public_ipv6: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn pre_startup_output_is_published_and_post_startup_gets_the_lease() {
+        let hooks = Arc::new(FakeHooks::default());
+        let c =
+            ctx(r#"{"Type":"extension","PreStartupCommand":"pre","PostStartupCommand":"post"}"#);
+        let mut ext = Extension::new(&c, hooks.clone()).unwrap();
+        let attrs = ext.prepare().await.unwrap();
+        assert_eq!(attrs.backend_type.as_deref(), Some("extension"));
+        assert_eq!(
+            attrs.backend_data.as_ref().map(RawJson::get),
+            Some(r#""out of pre""#)
+        );
+        let own = lease("10.5.3.0/24", "192.0.2.1", Some("extension"), None);
+        ext.start(&own).await.unwrap();
+        let log = hooks.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 2);
+        assert_eq!(
+            (log[0].0.as_str(), log[0].1.as_str()),
+            ("PreStartupCommand", "pre")
+        );
+        assert_eq!(
+            (log[1].0.as_str(), log[1].1.as_str()),
+            ("PostStartupCommand", "post")
+        );
+        assert!(log[1].2.contains(&("SUBNET", "10.5.3.0/24".to_owned())));
+    }
+
+    /// Real time (no paused clock in this build): about six seconds.
+    #[tokio::test]
+    async fn a_failed_add_command_is_retried_after_the_backoff() {
+        let hooks = Arc::new(FakeHooks::default());
+        *hooks.add_failures.lock().unwrap() = 1;
+        let c = ctx(r#"{"Type":"extension","SubnetAddCommand":"add"}"#);
+        let mut ext = Extension::new(&c, hooks.clone()).unwrap();
+        ext.prepare().await.unwrap();
+        let own = lease("10.5.3.0/24", "192.0.2.1", Some("extension"), None);
+        ext.start(&own).await.unwrap();
+        let peer = lease(
+            "10.5.7.0/24",
+            "192.0.2.3",
+            Some("extension"),
+            Some(r#""data""#),
+        );
+        ext.apply(&[LeaseEvent::Added(peer)]).await;
+        let adds = || {
+            hooks
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.0 == "SubnetAddCommand")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(adds().len(), 1, "the first attempt runs at once");
+        tokio::time::sleep(RETRY_FIRST).await;
+        let runs = adds();
+        assert_eq!(runs.len(), 2, "one retry after {RETRY_FIRST:?}");
+        assert_eq!(runs[1].3, "data");
+        assert!(runs[1].2.contains(&("SUBNET", "10.5.7.0/24".to_owned())));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(adds().len(), 2, "a success is not retried");
     }
 }

@@ -24,14 +24,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use ipnet::IpNet;
 
-use super::kernel_state::{
+use super::kernel::{
     Desired, DirectPeers, Engine, EngineState, Host, Ownership, Planner, Reconciler, RouteSpec,
 };
 use super::{Backend, BackendAttrs, BackendContext};
-use crate::exec::netlink::Netlink;
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 /// Upstream's refusal when the public IP is not the interface's own.
@@ -187,18 +186,9 @@ impl<H: Host> EngineState for Inner<H> {
 }
 
 /// The host-gw backend (generic over the kernel seam for tests).
-pub struct HostGw<H: Host = Netlink> {
+pub struct HostGw<H: Host> {
     reconciler: Reconciler<Inner<H>>,
     mtu: u32,
-}
-
-impl HostGw<Netlink> {
-    /// Checks the interface (no NAT) and opens the netlink socket.
-    pub fn new(ctx: &BackendContext) -> anyhow::Result<Self> {
-        check_no_nat(ctx)?;
-        let host = Netlink::connect().context("host-gw backend")?;
-        HostGw::with_host(ctx, host)
-    }
 }
 
 fn check_no_nat(ctx: &BackendContext) -> anyhow::Result<()> {
@@ -209,7 +199,9 @@ fn check_no_nat(ctx: &BackendContext) -> anyhow::Result<()> {
 }
 
 impl<H: Host> HostGw<H> {
-    pub fn with_host(ctx: &BackendContext, host: H) -> anyhow::Result<Self> {
+    /// Builds the backend on `host`, the kernel seam: the daemon's shared
+    /// `exec::netlink::Netlink`, a `FakeHost` in tests.
+    pub fn new(ctx: &BackendContext, host: H) -> anyhow::Result<Self> {
         check_no_nat(ctx)?;
         let planner = HostGwPlanner {
             ext_index: ctx.iface.index,
@@ -285,8 +277,8 @@ impl<H: Host> Backend for HostGw<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::kernel_state::fake::FakeHost;
-    use crate::backend::kernel_state::{ObservedRoute, RouteLookup};
+    use crate::backend::kernel::fake::FakeHost;
+    use crate::backend::kernel::{ObservedRoute, RouteLookup};
     use crate::backend::ExternalInterface;
     use crate::config::NetworkConfig;
     use crate::subnet::lease::LeaseAttrs;
@@ -346,7 +338,7 @@ mod tests {
                 oif: Some(eth),
             },
         );
-        let mut gw = HostGw::with_host(&c, host)
+        let mut gw = HostGw::new(&c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         assert_eq!(gw.mtu(), 1500);
@@ -373,7 +365,7 @@ mod tests {
     fn a_nat_public_ip_is_refused_with_upstreams_message() {
         let mut host = FakeHost::new();
         let c = ctx(&mut host, "203.0.113.7");
-        let err = HostGw::with_host(&c, host).err().unwrap();
+        let err = HostGw::new(&c, host).err().unwrap();
         assert_eq!(err.to_string(), NAT_REFUSAL);
     }
 

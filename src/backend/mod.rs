@@ -11,31 +11,16 @@ pub mod alloc;
 pub mod aws_vpc;
 pub mod extension;
 pub mod host_gw;
-pub mod kernel_state;
+pub mod kernel;
 pub mod udp;
 pub mod vxlan;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use crate::config::BackendKind;
 use crate::config::NetworkConfig;
+pub use crate::exec::iface::ExternalInterface;
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
-
-/// The external interface flanneld talks to other hosts through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalInterface {
-    pub name: String,
-    pub index: u32,
-    pub mtu: u32,
-    /// The interface's own IPv4 address.
-    pub iface_addr: Ipv4Addr,
-    /// The interface's own IPv6 address, when IPv6 is enabled.
-    pub iface_addr_v6: Option<Ipv6Addr>,
-    /// The address published in the lease (`--public-ip`, else `iface_addr`).
-    pub public_ip: Ipv4Addr,
-    /// `--public-ipv6`, else `iface_addr_v6`.
-    pub public_ipv6: Option<Ipv6Addr>,
-}
 
 /// The backend-specific part of this host's lease value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,44 +52,6 @@ pub trait Backend: Send {
     /// remove what no lease explains. Default: nothing.
     fn resynced(&mut self) -> impl Future<Output = ()> + Send {
         async {}
-    }
-}
-
-/// The backend types flannel-rs knows, by `Backend.Type` (lower-cased).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    Udp,
-    Vxlan,
-    HostGw,
-    AwsVpc,
-    Alloc,
-    Extension,
-}
-
-impl BackendKind {
-    /// Parses `Backend.Type`. Upstream lower-cases the name before the lookup.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "udp" => BackendKind::Udp,
-            "vxlan" => BackendKind::Vxlan,
-            "host-gw" => BackendKind::HostGw,
-            "aws-vpc" => BackendKind::AwsVpc,
-            "alloc" => BackendKind::Alloc,
-            "extension" => BackendKind::Extension,
-            _ => return None,
-        })
-    }
-
-    /// The name as configs spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Udp => "udp",
-            BackendKind::Vxlan => "vxlan",
-            BackendKind::HostGw => "host-gw",
-            BackendKind::AwsVpc => "aws-vpc",
-            BackendKind::Alloc => "alloc",
-            BackendKind::Extension => "extension",
-        }
     }
 }
 

@@ -13,13 +13,14 @@
 //! - `Workers` (ours): worker threads, used when [`UdpOptions::workers`] is `None`.
 //!
 //! # Kernel state owned by this module
-//! - link `flannel0` with its /32 address and network route, through `datapath::device`;
-//!   it disappears when the workers stop (their queue fds are the device's only holders).
+//! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
+//!   (set through the daemon's netlink handle by `exec::tun`); it disappears when the workers
+//!   stop (their queue fds are the device's only holders).
 //! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
 //! # Limitations
-//! IPv4 only, as upstream. UDP GSO sends on the mmsg path only; no TUN offloads yet (issue 5).
+//! IPv4 only, as upstream.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -36,6 +37,8 @@ use crate::datapath::route::{RouteSet, RouteTable, Routes};
 use crate::datapath::stats::StatsSnapshot;
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
+use crate::exec::netlink::Netlink;
+use crate::exec::tun::{self as tun_link, TunLink};
 use crate::subnet::lease::{Lease, LeaseEvent};
 use crate::sys::mmsg::BATCH as MMSG_BATCH;
 use crate::sys::sockopt;
@@ -65,8 +68,9 @@ pub struct UdpOptions {
     /// I/O layer use its full batch.
     pub batch: Option<usize>,
     /// Send consecutive datagrams to one peer with one UDP GSO (`UDP_SEGMENT`) send; the wire
-    /// still carries one inner packet per datagram. On by default; used on the mmsg path only
-    /// so far (issue 5), and where the kernel refuses GSO quinn-udp falls back by itself.
+    /// still carries one inner packet per datagram. On by default. Read by the mmsg path (where
+    /// the kernel refuses GSO, quinn-udp falls back by itself); the io_uring path sends GSO
+    /// runs whenever [`UdpOptions::offload`] is on.
     pub gso: bool,
     /// TUN offloads (TCP super-packets cut into GSO sends, UDP GRO coalesced back). On by
     /// default; off with one packet per syscall (`batch: Some(1)`), upstream's design.
@@ -130,6 +134,8 @@ pub struct Udp {
     set: RouteSet,
     routes: Routes,
     running: Option<Running>,
+    /// The daemon's netlink handle, for the device set-up ([`Udp::with_netlink`]).
+    netlink: Option<Netlink>,
 }
 
 #[derive(Debug)]
@@ -153,7 +159,15 @@ impl Udp {
             set,
             routes,
             running: None,
+            netlink: None,
         })
+    }
+
+    /// The netlink handle `start` configures the TUN device through (the daemon's shared one).
+    #[must_use]
+    pub fn with_netlink(mut self, netlink: Netlink) -> Self {
+        self.netlink = Some(netlink);
+        self
     }
 
     /// The UDP port peers are reached on (and we listen on).
@@ -254,15 +268,27 @@ impl Backend for Udp {
         };
         let io = select_io(choice)?;
         let offload = self.opts.offload && self.opts.batch != Some(1);
+        let netlink = self
+            .netlink
+            .clone()
+            .context("udp backend: no netlink handle to configure the TUN device with")?;
         let spec = TunSpec {
             name: self.opts.tun_name.clone(),
             queues: self.settings.workers,
-            mtu: self.settings.mtu,
-            addr: own_subnet.network(),
-            network: self.settings.network,
             offload,
         };
         let queues = device::create(&spec).await?;
+        let first = &queues[0];
+        let link = TunLink {
+            index: first
+                .if_index()
+                .with_context(|| format!("reading the index of {}", spec.name))?,
+            name: first.name().unwrap_or_else(|_| spec.name.clone()),
+            mtu: self.settings.mtu,
+            addr: own_subnet.network(),
+            network: self.settings.network,
+        };
+        tun_link::configure(&netlink, &link).await?;
         let fds = self.bind_sockets(queues)?;
         let cfg = WorkerConfig {
             io,
@@ -283,10 +309,10 @@ impl Backend for Udp {
         };
         let workers = Workers::spawn(fds, cfg, &self.routes).context("spawning udp workers")?;
         tracing::info!(
-            device = %spec.name,
-            address = %spec.addr,
-            network = %spec.network,
-            mtu = spec.mtu,
+            device = %link.name,
+            address = %link.addr,
+            network = %link.network,
+            mtu = link.mtu,
             port = self.settings.port,
             workers = self.settings.workers,
             %io,

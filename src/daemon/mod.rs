@@ -6,7 +6,6 @@
 //! `READY=1` to systemd) → watch. etcd going away later never stops the
 //! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
 
-pub mod cancel;
 pub mod health;
 
 use std::net::SocketAddr;
@@ -15,28 +14,27 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, Instant};
+use tokio::time::sleep;
 
 use crate::backend::aws_vpc::AwsVpc;
-use crate::backend::extension::{self, Extension};
+use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
-use crate::backend::udp::{Udp, UdpOptions};
+use crate::backend::udp::{IoChoice, Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
+use crate::cancel::{cancel_pair, CancelToken};
 use crate::cli::{Cli, UdpIo};
 use crate::config::NetworkConfig;
-use crate::datapath::IoChoice;
 use crate::exec::iface::{self, IfaceRequest};
 use crate::exec::masq;
+use crate::exec::netlink::Netlink;
+use crate::subnet::clock::{Backoff, TokioClock};
 use crate::subnet::env::SubnetEnv;
-use crate::subnet::keeper::{judge_own_change, renew_delay, renew_retry, OwnVerdict};
-use crate::subnet::lease::{LeaseAttrs, LeaseEvent, SubnetKey};
+use crate::subnet::keeper::{self, Keeper, Reacquired};
+use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{
-    raw_events, AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError, Renewal,
-};
-use crate::subnet::watch::{LeaseSet, OwnChange};
-use cancel::{cancel_pair, CancelToken};
+use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
+use crate::subnet::watcher::{watch_leases, WatchMsg};
 use health::Readiness;
 
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
@@ -84,7 +82,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         public_ipv6: cli.public_ipv6()?,
         want_ipv6: config.ipv6.is_some(),
     };
-    let ext = iface::discover(&req)
+    // One rtnetlink socket for the whole control plane: discovery, then the backend.
+    let netlink = Netlink::connect().context("opening the netlink socket")?;
+    let ext = iface::discover(&netlink, &req)
         .await
         .context("choosing the external interface")?;
     tracing::info!(
@@ -120,10 +120,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 busy_poll: std::time::Duration::from_micros(cli.udp_busy_poll),
                 ..UdpOptions::default()
             };
-            daemon.run_backend(Udp::new(&ctx, opts)?, &ctx).await
+            daemon
+                .run_backend(Udp::new(&ctx, opts)?.with_netlink(netlink), &ctx)
+                .await
         }
-        BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx)?, &ctx).await,
-        BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx)?, &ctx).await,
+        BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx, netlink)?, &ctx).await,
+        BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx, netlink)?, &ctx).await,
         BackendKind::AwsVpc => {
             let backend = AwsVpc::new(&ctx, daemon.stop.clone())?;
             daemon.run_backend(backend, &ctx).await
@@ -131,7 +133,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         BackendKind::Extension => {
             // Upstream's extension publishes the interface address, whatever --public-ip says.
             let ctx = extension::context_for_extension(&ctx);
-            daemon.run_backend(Extension::new(&ctx)?, &ctx).await
+            daemon
+                .run_backend(Extension::new(&ctx, ExecHooks)?, &ctx)
+                .await
         }
     }
 }
@@ -142,15 +146,6 @@ struct Daemon<'a> {
     registry: Registry,
     ready: Readiness,
     stop: CancelToken,
-}
-
-/// A message from the watcher task.
-#[derive(Debug)]
-struct WatchMsg {
-    events: Vec<LeaseEvent>,
-    own: Option<OwnChange>,
-    /// The events come from a full re-list: afterwards the backend knows every host.
-    resync: bool,
 }
 
 impl Daemon<'_> {
@@ -167,7 +162,7 @@ impl Daemon<'_> {
             backend_data: battrs.backend_data,
             backend_v6_data: battrs.backend_v6_data,
         };
-        let mut acquire = AcquireRequest {
+        let acquire = AcquireRequest {
             attrs,
             ipv4: ctx
                 .config
@@ -176,10 +171,11 @@ impl Daemon<'_> {
             ipv6: ctx.config.ipv6,
             preferred: previous_subnet(&self.cli.subnet_file),
         };
-        let Some(held) = until_stopped(&self.stop, self.acquire(&acquire)).await else {
+        let acquired = keeper::acquire(&self.registry, &TokioClock, &acquire);
+        let Some(held) = until_stopped(&self.stop, acquired).await else {
             return Ok(());
         };
-        let mut held = held?;
+        let held = held.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
         tracing::info!(subnet = %held.lease.key, "acquired lease");
 
         backend
@@ -188,7 +184,7 @@ impl Daemon<'_> {
             .context("starting the backend")?;
         // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
-        let rules_cfg = masq::RulesConfig::from_daemon(self.cli, &ctx.config, &held.lease.key);
+        let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
         self.ready.set_ready();
@@ -200,13 +196,14 @@ impl Daemon<'_> {
         let (tx, mut rx) = mpsc::channel::<WatchMsg>(64);
         let watcher = tokio::spawn(watch_leases(
             self.registry.clone(),
+            TokioClock,
             own_rx,
             tx,
             self.stop.clone(),
         ));
 
         let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
-        let mut renew_at = next_renewal(&held, margin);
+        let mut keeper = Keeper::new(self.registry.clone(), TokioClock, held, acquire, margin);
         loop {
             let lost = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -218,77 +215,27 @@ impl Daemon<'_> {
                     if msg.resync {
                         backend.resynced().await;
                     }
-                    match msg.own.map(|c| judge_own_change(&held.lease, &c)) {
-                        Some(OwnVerdict::Lost) => true,
-                        Some(OwnVerdict::Adopt(rev)) => {
-                            held.lease.mod_revision = rev;
-                            false
-                        }
-                        _ => false,
-                    }
+                    msg.own.is_some_and(|c| keeper.own_changed(&c))
                 }
-                _ = sleep_until_opt(renew_at) => match self.registry.renew(&held).await {
-                    Ok(Renewal::Renewed(h)) => {
-                        tracing::info!(subnet = %h.lease.key, "renewed lease");
-                        held = h;
-                        renew_at = next_renewal(&held, margin);
-                        false
-                    }
-                    Ok(Renewal::Lost) => true,
-                    Err(e) => {
-                        let retry = renew_retry(held.ttl.unwrap_or(Duration::from_secs(600)));
-                        tracing::warn!("lease renewal failed, retrying in {retry:?}: {e}");
-                        renew_at = Some(Instant::now() + retry);
-                        false
-                    }
-                },
+                _ = keeper.renewal_due() => keeper.renew().await,
             };
             if lost {
-                tracing::warn!(subnet = %held.lease.key, "our lease was deleted or taken over; re-acquiring");
-                acquire.preferred = Some(held.lease.key);
-                let Some(again) = until_stopped(&self.stop, self.acquire(&acquire)).await else {
+                let Some(again) = until_stopped(&self.stop, keeper.reacquire()).await else {
                     break;
                 };
-                let again = again?;
-                if again.lease.key != held.lease.key {
-                    tracing::error!(
-                        old = %held.lease.key, new = %again.lease.key,
-                        "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
-                    );
-                    self.write_subnet_env(&ctx.config, &again, backend.mtu())?;
+                let again = again.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
+                if let Reacquired::Moved { new, .. } = again {
+                    self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
                     if let Some(r) = &rules {
-                        r.update_lease(again.lease.key);
+                        r.update_lease(new);
                     }
-                    let _ = own_tx.send(Some(again.lease.key));
-                } else {
-                    tracing::info!(subnet = %again.lease.key, "re-acquired our subnet");
+                    let _ = own_tx.send(Some(new));
                 }
-                held = again;
-                renew_at = next_renewal(&held, margin);
             }
         }
         watcher.abort();
         tracing::info!("Exiting cleanly...");
         Ok(())
-    }
-
-    /// Acquires a lease, retrying while etcd is unreachable. Running out of
-    /// subnets is final.
-    async fn acquire(&self, req: &AcquireRequest) -> anyhow::Result<HeldLease> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.registry.acquire(req).await {
-                Ok(h) => return Ok(h),
-                Err(e @ (RegistryError::OutOfSubnets(_) | RegistryError::TooManyConflicts(_))) => {
-                    return Err(anyhow!(e).context("acquiring a subnet lease"))
-                }
-                Err(e) => {
-                    let d = backoff.next();
-                    tracing::warn!("acquiring a lease failed, retrying in {d:?}: {e}");
-                    sleep(d).await;
-                }
-            }
-        }
     }
 
     fn write_subnet_env(
@@ -311,6 +258,22 @@ impl Daemon<'_> {
     }
 }
 
+/// The masquerade and forward rules for this daemon's flags, config and lease.
+fn masq_config(cli: &Cli, config: &NetworkConfig, own: &SubnetKey) -> masq::RulesConfig {
+    masq::RulesConfig {
+        ip_masq: cli.ip_masq,
+        forward_rules: cli.iptables_forward_rules,
+        random_fully_disabled: cli.ip_masq_fully_random_disable,
+        nftables: config.enable_nftables,
+        // Upstream sleeps `--iptables-resync` seconds; 0 would spin.
+        resync: Duration::from_secs(u64::from(cli.iptables_resync.max(1))),
+        network_v4: config.network_v4(),
+        network_v6: config.network_v6(),
+        subnet_v4: config.network_v4().map(|_| own.ipv4),
+        subnet_v6: config.network_v6().and(own.ipv6),
+    }
+}
+
 /// The subnet recorded in a previous subnet.env, in network form.
 fn previous_subnet(path: &Path) -> Option<SubnetKey> {
     let env = match SubnetEnv::read(path) {
@@ -324,18 +287,6 @@ fn previous_subnet(path: &Path) -> Option<SubnetKey> {
         ipv4: env.subnet?.trunc(),
         ipv6: env.ipv6_subnet.map(|n| n.trunc()),
     })
-}
-
-fn next_renewal(held: &HeldLease, margin: Duration) -> Option<Instant> {
-    held.ttl
-        .map(|ttl| Instant::now() + renew_delay(ttl, margin))
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Runs `fut` unless the daemon is told to stop first.
@@ -378,7 +329,7 @@ async fn connect(cli: &Cli) -> Registry {
                 return r;
             }
             Err(e) => {
-                let d = backoff.next();
+                let d = backoff.next_delay();
                 tracing::warn!("etcd is not reachable yet, retrying in {d:?}: {e}");
                 sleep(d).await;
             }
@@ -401,7 +352,7 @@ async fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<NetworkCo
         match registry.get_config().await {
             Ok(Some(text)) => return Ok(NetworkConfig::parse(&text)?),
             Ok(None) => {
-                let d = backoff.next();
+                let d = backoff.next_delay();
                 tracing::warn!(
                     "flannel config not found in etcd at {}; waiting {d:?} (create it with `etcdctl put`)",
                     crate::compat::config_key(&cli.etcd_prefix)
@@ -409,115 +360,11 @@ async fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<NetworkCo
                 sleep(d).await;
             }
             Err(e) => {
-                let d = backoff.next();
+                let d = backoff.next_delay();
                 tracing::warn!("reading the network config failed, retrying in {d:?}: {e}");
                 sleep(d).await;
             }
         }
-    }
-}
-
-/// The watcher task: list, then watch from the listing's revision + 1; on a
-/// compaction or a broken stream, re-list and diff (the reducer makes sure
-/// nothing is lost or announced twice).
-async fn watch_leases(
-    registry: Registry,
-    mut own_rx: watch::Receiver<Option<SubnetKey>>,
-    tx: mpsc::Sender<WatchMsg>,
-    stop: CancelToken,
-) {
-    let mut set = LeaseSet::new(*own_rx.borrow_and_update());
-    let mut backoff = Backoff::new();
-    let mut outage = false;
-    loop {
-        let listed = async {
-            let (raw, rev) = registry.list_raw().await?;
-            let stream = registry.watch_from(rev + 1).await?;
-            Ok::<_, RegistryError>((raw, rev, stream))
-        };
-        let (raw, rev, mut stream) = match listed.await {
-            Ok(v) => v,
-            Err(e) => {
-                let d = backoff.next();
-                if !outage {
-                    tracing::warn!(
-                        "lease watch: etcd unreachable, retrying (backoff up to 5s): {e}"
-                    );
-                    outage = true;
-                }
-                tokio::select! { _ = sleep(d) => continue, _ = stop.cancelled() => return }
-            }
-        };
-        if outage {
-            tracing::info!("lease watch: etcd is back; re-listed leases at revision {rev}");
-            outage = false;
-        }
-        backoff = Backoff::new();
-        let out = set.resync(raw, rev);
-        if tx
-            .send(WatchMsg {
-                events: out.events,
-                own: out.own,
-                resync: true,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                changed = own_rx.changed() => {
-                    if changed.is_err() { return; }
-                    let events = set.set_own(*own_rx.borrow_and_update());
-                    if tx.send(WatchMsg { events, own: None, resync: false }).await.is_err() { return; }
-                }
-                msg = stream.message() => match msg {
-                    Ok(Some(resp)) => {
-                        if resp.compact_revision() > 0 || resp.canceled() {
-                            tracing::info!(
-                                compact_revision = resp.compact_revision(),
-                                "lease watch cancelled (compaction?): {}; re-listing",
-                                resp.cancel_reason()
-                            );
-                            break;
-                        }
-                        let out = set.apply(raw_events(&resp));
-                        if (!out.events.is_empty() || out.own.is_some())
-                            && tx.send(WatchMsg { events: out.events, own: out.own, resync: false }).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        tracing::warn!("lease watch stream closed; re-listing");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("lease watch broke; re-listing: {e}");
-                        outage = true;
-                        break;
-                    }
-                },
-            }
-        }
-        tokio::select! { _ = sleep(backoff.next()) => {}, _ = stop.cancelled() => return }
-    }
-}
-
-/// Exponential backoff: 100 ms doubling to 5 s (upstream's watch backoff).
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        d
     }
 }
 

@@ -7,15 +7,29 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures_util::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::AddressFamily;
 use regex::Regex;
-use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::backend::ExternalInterface;
+use super::netlink::{Netlink, NetlinkError};
+
+/// The external interface flanneld talks to other hosts through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    /// The interface's own IPv4 address.
+    pub iface_addr: Ipv4Addr,
+    /// The interface's own IPv6 address, when IPv6 is enabled.
+    pub iface_addr_v6: Option<Ipv6Addr>,
+    /// The address published in the lease (`--public-ip`, else `iface_addr`).
+    pub public_ip: Ipv4Addr,
+    /// `--public-ipv6`, else `iface_addr_v6`.
+    pub public_ipv6: Option<Ipv6Addr>,
+}
 
 /// One address of an interface, with what ranks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,31 +212,29 @@ fn choose<'a>(
 }
 
 /// Queries netlink and selects the external interface.
-pub async fn discover(req: &IfaceRequest) -> Result<ExternalInterface, IfaceError> {
-    let nl = |e: rtnetlink::Error| IfaceError::Netlink(e.to_string());
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| IfaceError::Netlink(e.to_string()))?;
-    let conn_task = tokio::spawn(conn);
-    let result = async {
-        let inventory = inventory(&handle).await.map_err(nl)?;
-        let mut hints = RouteHints::default();
-        if req.ifaces.is_empty() && req.regexes.is_empty() {
-            match req.can_reach {
-                Some(dst) => hints.can_reach_oif = route_oif(&handle, dst).await,
-                None => hints.default_oif = default_oif(&handle).await.map_err(nl)?,
+pub async fn discover(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface, IfaceError> {
+    let e = |e: NetlinkError| IfaceError::Netlink(e.to_string());
+    let inventory = inventory(nl).await.map_err(e)?;
+    let mut hints = RouteHints::default();
+    if req.ifaces.is_empty() && req.regexes.is_empty() {
+        match req.can_reach {
+            Some(dst) => {
+                hints.can_reach_oif = nl
+                    .route_to(dst)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| oif_of(&r.attributes));
             }
+            None => hints.default_oif = default_oif(nl).await.map_err(e)?,
         }
-        select(&inventory, req, hints)
     }
-    .await;
-    conn_task.abort();
-    result
+    select(&inventory, req, hints)
 }
 
-async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> {
+async fn inventory(nl: &Netlink) -> Result<Vec<IfaceInfo>, NetlinkError> {
     let mut out = Vec::new();
-    let mut links = handle.link().get().execute();
-    while let Some(msg) = links.try_next().await? {
+    for msg in nl.links().await? {
         let mut info = IfaceInfo {
             name: String::new(),
             index: msg.header.index,
@@ -238,8 +250,7 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
         }
         out.push(info);
     }
-    let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await? {
+    for msg in nl.addresses(None).await? {
         let ip = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
@@ -260,22 +271,9 @@ async fn inventory(handle: &Handle) -> Result<Vec<IfaceInfo>, rtnetlink::Error> 
     Ok(out)
 }
 
-/// The interface the kernel routes `dst` through (RTM_GETROUTE for one address).
-async fn route_oif(handle: &Handle, dst: IpAddr) -> Option<u32> {
-    let mut routes = handle
-        .route()
-        .get(super::netlink::route_query(dst))
-        .execute();
-    let route = routes.try_next().await.ok()??;
-    oif_of(&route.attributes)
-}
-
-async fn default_oif(handle: &Handle) -> Result<Option<u32>, rtnetlink::Error> {
-    let mut routes = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    while let Some(r) = routes.try_next().await? {
+/// The interface of the first IPv4 default route.
+async fn default_oif(nl: &Netlink) -> Result<Option<u32>, NetlinkError> {
+    for r in nl.routes(false).await? {
         let is_default = r.header.address_family == AddressFamily::Inet
             && r.header.destination_prefix_length == 0
             && !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(ip)) if !ip.is_unspecified()));

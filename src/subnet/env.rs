@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -301,11 +300,6 @@ pub fn parse_go_bool(v: &str) -> Option<bool> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
     }
-}
-
-/// The network form of a `FLANNEL_SUBNET`-style value (`10.5.52.1/24` ⇒ `10.5.52.0/24`).
-pub fn network_of(ip: IpAddr, len: u8) -> Option<ipnet::IpNet> {
-    ipnet::IpNet::new(ip, len).ok().map(|n| n.trunc())
 }
 
 #[cfg(test)]

@@ -1,9 +1,19 @@
-//! Decisions of the lease keeper (pure): when to renew, and what a change to
-//! our own key in etcd means.
+//! The lease keeper: acquires this host's lease, renews it before it
+//! expires, and re-acquires it when it is lost (deleted, expired, or taken by
+//! another host), preferring the subnet it had.
+//!
+//! The decisions are pure ([`renew_delay`], [`renew_retry`],
+//! [`judge_own_change`]); [`Keeper`] carries them out through [`LeaseStore`]
+//! (the [`Registry`] in the daemon, a fake in unit tests) and [`Clock`].
 
+use std::future::Future;
 use std::time::Duration;
 
-use super::lease::Lease;
+use tokio::time::Instant;
+
+use super::clock::{Backoff, Clock};
+use super::lease::{Lease, SubnetKey};
+use super::registry::{AcquireRequest, HeldLease, Registry, RegistryError, Renewal};
 use super::watch::OwnChange;
 
 /// How long after a grant of `ttl` to renew, given the renew margin.
@@ -49,6 +59,173 @@ pub fn judge_own_change(held: &Lease, change: &OwnChange) -> OwnVerdict {
             OwnVerdict::Adopt(l.mod_revision)
         }
         OwnChange::Written(_) => OwnVerdict::Lost,
+    }
+}
+
+/// What the keeper needs of the registry.
+pub trait LeaseStore: Send + Sync + 'static {
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+    ) -> impl Future<Output = Result<HeldLease, RegistryError>> + Send;
+
+    fn renew(
+        &self,
+        held: &HeldLease,
+    ) -> impl Future<Output = Result<Renewal, RegistryError>> + Send;
+}
+
+impl LeaseStore for Registry {
+    fn acquire(
+        &self,
+        req: &AcquireRequest,
+    ) -> impl Future<Output = Result<HeldLease, RegistryError>> + Send {
+        Registry::acquire(self, req)
+    }
+
+    fn renew(
+        &self,
+        held: &HeldLease,
+    ) -> impl Future<Output = Result<Renewal, RegistryError>> + Send {
+        Registry::renew(self, held)
+    }
+}
+
+/// Acquires a lease, retrying with backoff while etcd is unreachable. Running
+/// out of subnets, or losing too many races, is final.
+pub async fn acquire<S: LeaseStore, C: Clock>(
+    store: &S,
+    clock: &C,
+    req: &AcquireRequest,
+) -> Result<HeldLease, RegistryError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match store.acquire(req).await {
+            Ok(h) => return Ok(h),
+            Err(e @ (RegistryError::OutOfSubnets(_) | RegistryError::TooManyConflicts(_))) => {
+                return Err(e)
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!("acquiring a lease failed, retrying in {d:?}: {e}");
+                clock.sleep(d).await;
+            }
+        }
+    }
+}
+
+/// The outcome of a re-acquisition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reacquired {
+    /// We got our subnet back.
+    Same,
+    /// Another host holds our old subnet now; we moved to a new one.
+    Moved { old: SubnetKey, new: SubnetKey },
+}
+
+/// Keeps one held lease alive: the renew timer, renewals, the verdict on
+/// changes to our key, and re-acquisition. The daemon's loop drives it.
+#[derive(Debug)]
+pub struct Keeper<S: LeaseStore, C: Clock> {
+    store: S,
+    clock: C,
+    held: HeldLease,
+    req: AcquireRequest,
+    margin: Duration,
+    renew_at: Option<Instant>,
+}
+
+impl<S: LeaseStore, C: Clock> Keeper<S, C> {
+    /// Keeps `held` (acquired with `req`), renewing `margin` before expiry.
+    pub fn new(store: S, clock: C, held: HeldLease, req: AcquireRequest, margin: Duration) -> Self {
+        let mut k = Keeper {
+            store,
+            clock,
+            held,
+            req,
+            margin,
+            renew_at: None,
+        };
+        k.schedule_renewal();
+        k
+    }
+
+    pub fn held(&self) -> &HeldLease {
+        &self.held
+    }
+
+    /// When the next renewal is due (`None`: a reservation, never renewed).
+    pub fn renew_at(&self) -> Option<Instant> {
+        self.renew_at
+    }
+
+    fn schedule_renewal(&mut self) {
+        self.renew_at = self
+            .held
+            .ttl
+            .map(|ttl| self.clock.now() + renew_delay(ttl, self.margin));
+    }
+
+    /// Resolves when the next renewal is due (never, for a reservation).
+    pub async fn renewal_due(&self) {
+        match self.renew_at {
+            Some(t) => self.clock.sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Renews the lease. `true` when it is lost (re-acquire it); a failed
+    /// renewal is retried soon enough for the lease not to expire meanwhile.
+    pub async fn renew(&mut self) -> bool {
+        match self.store.renew(&self.held).await {
+            Ok(Renewal::Renewed(h)) => {
+                tracing::info!(subnet = %h.lease.key, "renewed lease");
+                self.held = h;
+                self.schedule_renewal();
+                false
+            }
+            Ok(Renewal::Lost) => true,
+            Err(e) => {
+                let retry = renew_retry(self.held.ttl.unwrap_or(Duration::from_secs(600)));
+                tracing::warn!("lease renewal failed, retrying in {retry:?}: {e}");
+                self.renew_at = Some(self.clock.now() + retry);
+                false
+            }
+        }
+    }
+
+    /// Judges a change to our key seen by the watcher. `true` when the lease
+    /// is lost (re-acquire it).
+    pub fn own_changed(&mut self, change: &OwnChange) -> bool {
+        match judge_own_change(&self.held.lease, change) {
+            OwnVerdict::Lost => true,
+            OwnVerdict::Adopt(rev) => {
+                self.held.lease.mod_revision = rev;
+                false
+            }
+            OwnVerdict::Ignore => false,
+        }
+    }
+
+    /// Acquires a lease again after a loss, preferring the subnet we had.
+    pub async fn reacquire(&mut self) -> Result<Reacquired, RegistryError> {
+        let old = self.held.lease.key;
+        tracing::warn!(subnet = %old, "our lease was deleted or taken over; re-acquiring");
+        self.req.preferred = Some(old);
+        let again = acquire(&self.store, &self.clock, &self.req).await?;
+        let new = again.lease.key;
+        self.held = again;
+        self.schedule_renewal();
+        Ok(if new == old {
+            tracing::info!(subnet = %new, "re-acquired our subnet");
+            Reacquired::Same
+        } else {
+            tracing::error!(
+                old = %old, new = %new,
+                "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
+            );
+            Reacquired::Moved { old, new }
+        })
     }
 }
 
@@ -107,5 +284,190 @@ mod tests {
             judge_own_change(&held, &OwnChange::Written(lease("192.0.2.9", 6, 12))),
             OwnVerdict::Lost
         );
+    }
+
+    mod keeper {
+        use std::collections::VecDeque;
+        use std::sync::{Arc, Mutex};
+
+        use super::*;
+        use crate::subnet::clock::FakeClock;
+        use crate::subnet::net::SubnetRange;
+
+        /// A scripted registry that records when (on the virtual clock) it was asked what.
+        #[derive(Clone)]
+        struct FakeStore(Arc<Mutex<Script>>, FakeClock);
+
+        #[derive(Default)]
+        struct Script {
+            renewals: VecDeque<Result<Renewal, RegistryError>>,
+            acquisitions: VecDeque<Result<HeldLease, RegistryError>>,
+            /// (virtual seconds, call, preferred subnet for acquisitions).
+            calls: Vec<(f64, &'static str, Option<SubnetKey>)>,
+        }
+
+        impl LeaseStore for FakeStore {
+            async fn acquire(&self, req: &AcquireRequest) -> Result<HeldLease, RegistryError> {
+                let mut s = self.0.lock().unwrap();
+                s.calls
+                    .push((self.1.elapsed().as_secs_f64(), "acquire", req.preferred));
+                s.acquisitions.pop_front().expect("an unscripted acquire")
+            }
+
+            async fn renew(&self, _held: &HeldLease) -> Result<Renewal, RegistryError> {
+                let mut s = self.0.lock().unwrap();
+                s.calls
+                    .push((self.1.elapsed().as_secs_f64(), "renew", None));
+                s.renewals.pop_front().expect("an unscripted renew")
+            }
+        }
+
+        const TTL: Duration = Duration::from_secs(60);
+        const MARGIN: Duration = Duration::from_secs(10);
+
+        fn held(subnet: &str, rev: i64) -> HeldLease {
+            let mut l = lease("192.0.2.1", 5, rev);
+            l.key = SubnetKey::parse(subnet).unwrap();
+            HeldLease {
+                lease: l,
+                ttl: Some(TTL),
+            }
+        }
+
+        fn unreachable() -> RegistryError {
+            RegistryError::Etcd {
+                op: "renew",
+                source: etcd_client::Error::InvalidArgs("etcd is down".into()),
+            }
+        }
+
+        fn keeper() -> (Keeper<FakeStore, FakeClock>, FakeStore, FakeClock) {
+            let clock = FakeClock::new();
+            let store = FakeStore(Arc::default(), clock.clone());
+            let req = AcquireRequest {
+                attrs: held("10.5.1.0-24", 1).lease.attrs,
+                ipv4: SubnetRange {
+                    network: "10.5.0.0/16".parse().unwrap(),
+                    subnet_len: 24,
+                    min: "10.5.1.0".parse().unwrap(),
+                    max: "10.5.255.0".parse().unwrap(),
+                },
+                ipv6: None,
+                preferred: None,
+            };
+            let k = Keeper::new(
+                store.clone(),
+                clock.clone(),
+                held("10.5.1.0-24", 1),
+                req,
+                MARGIN,
+            );
+            (k, store, clock)
+        }
+
+        fn calls(store: &FakeStore) -> Vec<(f64, &'static str, Option<SubnetKey>)> {
+            store.0.lock().unwrap().calls.clone()
+        }
+
+        #[tokio::test]
+        async fn renews_before_expiry_and_retries_a_failed_renewal_in_time() {
+            let (mut k, store, _clock) = keeper();
+            {
+                let mut s = store.0.lock().unwrap();
+                s.renewals
+                    .push_back(Ok(Renewal::Renewed(held("10.5.1.0-24", 2))));
+                s.renewals.push_back(Err(unreachable()));
+                s.renewals
+                    .push_back(Ok(Renewal::Renewed(held("10.5.1.0-24", 3))));
+            }
+            for _ in 0..3 {
+                k.renewal_due().await;
+                assert!(!k.renew().await, "not lost");
+            }
+            let times: Vec<f64> = calls(&store).iter().map(|c| c.0).collect();
+            // Margin before expiry; then, after a failure, an eighth of the TTL later.
+            assert_eq!(times, vec![50.0, 100.0, 107.5]);
+            let mut expires = TTL.as_secs_f64();
+            for (t, ok) in times.iter().zip([true, false, true]) {
+                assert!(*t < expires, "renewed at {t}s, after expiry at {expires}s");
+                if ok {
+                    expires = t + TTL.as_secs_f64();
+                }
+            }
+            assert_eq!(k.held().lease.mod_revision, 3);
+        }
+
+        #[tokio::test]
+        async fn a_lost_renewal_reacquires_preferring_our_subnet() {
+            let (mut k, store, clock) = keeper();
+            {
+                let mut s = store.0.lock().unwrap();
+                s.renewals.push_back(Ok(Renewal::Lost));
+                s.acquisitions.push_back(Err(unreachable()));
+                s.acquisitions.push_back(Ok(held("10.5.1.0-24", 9)));
+            }
+            k.renewal_due().await;
+            assert!(k.renew().await, "lost");
+            assert_eq!(k.reacquire().await.unwrap(), Reacquired::Same);
+            let own = SubnetKey::parse("10.5.1.0-24").unwrap();
+            assert_eq!(
+                calls(&store),
+                vec![
+                    (50.0, "renew", None),
+                    (50.0, "acquire", Some(own)),
+                    (50.1, "acquire", Some(own)),
+                ]
+            );
+            assert_eq!(k.held().lease.mod_revision, 9);
+            // The new lease is renewed on its own schedule.
+            assert_eq!(k.renew_at(), Some(clock.now() + TTL - MARGIN));
+        }
+
+        #[tokio::test]
+        async fn a_key_taken_by_another_host_moves_us_and_a_rewrite_of_ours_is_adopted() {
+            let (mut k, store, _clock) = keeper();
+            // Someone rewrote our key with our exact value: still ours.
+            let mut same = held("10.5.1.0-24", 4).lease;
+            same.etcd_lease = k.held().lease.etcd_lease;
+            assert!(!k.own_changed(&OwnChange::Written(same)));
+            assert_eq!(k.held().lease.mod_revision, 4);
+            // Old news is ignored.
+            assert!(!k.own_changed(&OwnChange::Deleted { revision: 3 }));
+            // Another host took it.
+            let mut theirs = held("10.5.1.0-24", 6).lease;
+            theirs.attrs.public_ip = "192.0.2.9".parse().unwrap();
+            assert!(k.own_changed(&OwnChange::Written(theirs)));
+            store
+                .0
+                .lock()
+                .unwrap()
+                .acquisitions
+                .push_back(Ok(held("10.5.7.0-24", 7)));
+            assert_eq!(
+                k.reacquire().await.unwrap(),
+                Reacquired::Moved {
+                    old: SubnetKey::parse("10.5.1.0-24").unwrap(),
+                    new: SubnetKey::parse("10.5.7.0-24").unwrap(),
+                }
+            );
+            assert_eq!(k.held().lease.key, SubnetKey::parse("10.5.7.0-24").unwrap());
+        }
+
+        #[tokio::test]
+        async fn running_out_of_subnets_is_final() {
+            let (mut k, store, clock) = keeper();
+            store
+                .0
+                .lock()
+                .unwrap()
+                .acquisitions
+                .push_back(Err(RegistryError::OutOfSubnets(255)));
+            assert!(matches!(
+                k.reacquire().await,
+                Err(RegistryError::OutOfSubnets(255))
+            ));
+            assert_eq!(calls(&store).len(), 1);
+            assert_eq!(clock.elapsed(), Duration::ZERO);
+        }
     }
 }

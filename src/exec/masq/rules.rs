@@ -1,49 +1,12 @@
-//! `--ip-masq` and `--iptables-forward-rules`: the masquerade and forward
-//! rules upstream installs, with its chain names, matches and comments, and
-//! a resync every `--iptables-resync` seconds that puts back what was
-//! deleted.
-//!
-//! # Kernel state owned by this module
-//! iptables mode (default), per address family in use:
-//! - nat: chain `FLANNEL-POSTRTG`, jumped to from `POSTROUTING` (`--ip-masq`);
-//! - filter: chain `FLANNEL-FWD`, jumped to from `FORWARD`
-//!   (`--iptables-forward-rules`, on by default, even without `--ip-masq`).
-//!
-//! Kept on shutdown, as upstream does. nftables mode (`EnableNFTables`):
-//! tables `ip flannel-ipv4` and `ip6 flannel-ipv6` with chains `postrtg` and
-//! `forward`; deleted on shutdown, as upstream does. Each mode removes the
-//! other mode's state at start.
-//!
-//! # How
-//! One batch per resync: `iptables-save` (one per family) to look, and only
-//! when something is off one `iptables-restore --noflush` (both tables, each
-//! committed atomically) that re-declares the flannel chain (which flushes
-//! it), deletes the existing jump and appends everything in upstream's
-//! order. nftables: one `nft -f` transaction that adds the table and chains,
-//! flushes the chains and adds the rules; the resync compares `nft list`
-//! output with what it read right after its own apply. Never one process
-//! per rule.
-//!
-//! # Deviations from upstream
-//! - Stale rules from a previous subnet need no separate pass: the chain is
-//!   flushed and rewritten.
-//! - nftables mode also resyncs (upstream sets its rules once).
-//! - Switching to nftables removes the iptables jumps and chains (upstream
-//!   only empties `FLANNEL-POSTRTG`, and looks for `FLANNEL-FWD` in the nat
-//!   table).
+//! The pure half of the masquerade and forward rules: what upstream installs
+//! (chains, matches, comments), rendered as `iptables-restore` and `nft -f`
+//! input, and how `iptables-save` output compares with it. Nothing here runs
+//! a program.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use tokio::sync::watch;
-
-use crate::cli::Cli;
-use crate::config::NetworkConfig;
-use crate::daemon::cancel::CancelToken;
-use crate::subnet::lease::SubnetKey;
 
 /// kube-proxy's masquerade mark; traffic carrying it is left to kube-proxy.
 pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
@@ -70,28 +33,12 @@ pub struct RulesConfig {
 }
 
 impl RulesConfig {
-    /// The rules for this daemon's flags, config and lease.
-    pub fn from_daemon(cli: &Cli, config: &NetworkConfig, own: &SubnetKey) -> RulesConfig {
-        RulesConfig {
-            ip_masq: cli.ip_masq,
-            forward_rules: cli.iptables_forward_rules,
-            random_fully_disabled: cli.ip_masq_fully_random_disable,
-            nftables: config.enable_nftables,
-            // Upstream sleeps `--iptables-resync` seconds; 0 would spin.
-            resync: Duration::from_secs(u64::from(cli.iptables_resync.max(1))),
-            network_v4: config.network_v4(),
-            network_v6: config.network_v6(),
-            subnet_v4: config.network_v4().map(|_| own.ipv4),
-            subnet_v6: config.network_v6().and(own.ipv6),
-        }
-    }
-
-    fn wants_anything(&self) -> bool {
+    pub(super) fn wants_anything(&self) -> bool {
         self.ip_masq || self.forward_rules
     }
 
     /// (cluster, pod) per family for the masquerade rules.
-    fn masq_families(&self) -> Vec<(IpNet, IpNet)> {
+    pub(super) fn masq_families(&self) -> Vec<(IpNet, IpNet)> {
         if !self.ip_masq {
             return Vec::new();
         }
@@ -105,7 +52,7 @@ impl RulesConfig {
         v
     }
 
-    fn forward_networks(&self) -> Vec<IpNet> {
+    pub(super) fn forward_networks(&self) -> Vec<IpNet> {
         if !self.forward_rules {
             return Vec::new();
         }
@@ -125,21 +72,21 @@ pub enum Family {
 }
 
 impl Family {
-    fn of(net: &IpNet) -> Family {
+    pub(super) fn of(net: &IpNet) -> Family {
         match net {
             IpNet::V4(_) => Family::V4,
             IpNet::V6(_) => Family::V6,
         }
     }
 
-    fn multicast(self) -> &'static str {
+    pub(super) fn multicast(self) -> &'static str {
         match self {
             Family::V4 => "224.0.0.0/4",
             Family::V6 => "ff00::/8",
         }
     }
 
-    fn iptables(self) -> &'static str {
+    pub(super) fn iptables(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
@@ -506,414 +453,7 @@ fn nft_family(net: &IpNet) -> (&'static str, &'static str) {
 pub const NFT_TEARDOWN: &str = "add table ip flannel-ipv4\ndelete table ip flannel-ipv4\n\
                                 add table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\n";
 
-const NFT_LIST: &str = "list table ip flannel-ipv4\nlist table ip6 flannel-ipv6\n";
-
-// ---------------------------------------------------------------------------
-// Doing
-// ---------------------------------------------------------------------------
-
-/// Runs `program args` with `input` on stdin; `Ok(stdout)` or an error
-/// naming the program and its stderr.
-fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        // Errors show up in the exit status and stderr below.
-        let _ = stdin.write_all(text.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// iptables mode for one family.
-#[derive(Debug)]
-struct IptFamily {
-    family: Family,
-    random_fully: bool,
-    wait: bool,
-    /// Set when `iptables-save` shows our rules differently from how we
-    /// write them: compare against what the kernel showed after our own
-    /// apply instead (so a different iptables version cannot make us
-    /// rewrite the rules every resync).
-    seen_after_apply: Option<Vec<ObservedChain>>,
-}
-
-impl IptFamily {
-    fn new(family: Family, cfg: &RulesConfig) -> Result<IptFamily, String> {
-        let version = run(family.iptables(), &["--version"], None)?;
-        let recent = iptables_is_recent(&version);
-        Ok(IptFamily {
-            family,
-            random_fully: recent && !cfg.random_fully_disabled,
-            wait: recent,
-            seen_after_apply: None,
-        })
-    }
-
-    fn save(&self) -> Result<BTreeMap<String, SavedTable>, String> {
-        Ok(parse_save(&run(
-            &format!("{}-save", self.family.iptables()),
-            &[],
-            None,
-        )?))
-    }
-
-    fn restore(&self, input: &str) -> Result<(), String> {
-        let mut args = vec!["--noflush"];
-        if self.wait {
-            args.push("--wait=10");
-        }
-        run(
-            &format!("{}-restore", self.family.iptables()),
-            &args,
-            Some(input),
-        )
-        .map(|_| ())
-    }
-
-    /// Checks and, when anything is off (or `force`), rewrites the rules.
-    fn ensure(&mut self, cfg: &RulesConfig, force: bool, first: bool) -> Result<(), String> {
-        let wanted = iptables_rules(cfg, self.family, self.random_fully);
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let saved = self.save()?;
-        let have: Vec<ObservedChain> = wanted.iter().map(|w| observe_chain(&saved, w)).collect();
-        let problems: Vec<String> = match (&self.seen_after_apply, force) {
-            (_, true) => vec!["rewriting".to_owned()],
-            (Some(seen), false) => {
-                if *seen == have {
-                    Vec::new()
-                } else {
-                    vec!["the rules changed since they were applied".to_owned()]
-                }
-            }
-            (None, false) => wanted
-                .iter()
-                .zip(&have)
-                .filter_map(|(w, h)| chain_problem(h, w))
-                .collect(),
-        };
-        if problems.is_empty() {
-            return Ok(());
-        }
-        if !first {
-            tracing::info!(
-                "Some {} rules are missing; deleting and recreating rules ({})",
-                self.family.iptables(),
-                problems.join("; ")
-            );
-        }
-        let pairs: Vec<(&ChainRules, &ObservedChain)> = wanted.iter().zip(&have).collect();
-        match self.restore(&restore_input(&pairs)) {
-            Ok(()) => {}
-            Err(e) if self.random_fully => {
-                tracing::warn!(
-                    "{e}; retrying without --random-fully (kernel or iptables without support)"
-                );
-                self.random_fully = false;
-                let wanted = iptables_rules(cfg, self.family, false);
-                let pairs: Vec<(&ChainRules, &ObservedChain)> = wanted.iter().zip(&have).collect();
-                self.restore(&restore_input(&pairs))?;
-            }
-            Err(e) => return Err(e),
-        }
-        // Read back: if the kernel prints our rules differently from how we
-        // render them, remember its version instead.
-        let wanted = iptables_rules(cfg, self.family, self.random_fully);
-        let saved = self.save()?;
-        let after: Vec<ObservedChain> = wanted.iter().map(|w| observe_chain(&saved, w)).collect();
-        let mismatch = wanted
-            .iter()
-            .zip(&after)
-            .find_map(|(w, h)| chain_problem(h, w));
-        self.seen_after_apply = match mismatch {
-            None => None,
-            Some(why) => {
-                if self.seen_after_apply.is_none() {
-                    tracing::warn!(
-                        "{}-save shows flannel's rules differently than they were written ({why}); comparing against its output from now on",
-                        self.family.iptables()
-                    );
-                }
-                Some(after)
-            }
-        };
-        Ok(())
-    }
-}
-
-/// Removes the other mode's state at start (upstream's traffic manager
-/// clean-up).
-fn clean_other_mode(nftables: bool) {
-    if nftables {
-        for family in [Family::V4, Family::V6] {
-            let save = format!("{}-save", family.iptables());
-            let Ok(text) = run(&save, &[], None) else {
-                continue;
-            };
-            let input = teardown_input(&parse_save(&text));
-            if input.is_empty() {
-                continue;
-            }
-            match run(
-                &format!("{}-restore", family.iptables()),
-                &["--noflush"],
-                Some(&input),
-            ) {
-                Ok(_) => tracing::info!(
-                    "removed flannel's {} chains (nftables mode)",
-                    family.iptables()
-                ),
-                Err(e) => tracing::warn!(
-                    "could not remove flannel's {} chains: {e}",
-                    family.iptables()
-                ),
-            }
-        }
-    } else if let Err(e) = run("nft", &["-f", "-"], Some(NFT_TEARDOWN)) {
-        // No nft binary, or no nf_tables: nothing of ours can be there.
-        tracing::debug!("no flannel nftables tables to remove: {e}");
-    }
-}
-
-/// nftables mode.
-#[derive(Debug)]
-struct Nft {
-    fully_random: bool,
-    /// `nft list` of our tables right after our last apply.
-    seen_after_apply: Option<String>,
-}
-
-impl Nft {
-    fn new(cfg: &RulesConfig) -> Nft {
-        let mut fully_random = !cfg.random_fully_disabled;
-        if let Err(e) = run("nft", &["--version"], None) {
-            tracing::error!("EnableNFTables is set but nft cannot run: {e}");
-        } else if fully_random && cfg.ip_masq {
-            // Upstream's dry run: does this kernel take `fully-random`?
-            if let Err(e) = run("nft", &["-c", "-f", "-"], Some(&nft_batch(cfg, true))) {
-                tracing::info!("nftables: masquerade fully-random is not accepted here ({e}); masquerading without it");
-                fully_random = false;
-            }
-        }
-        Nft {
-            fully_random,
-            seen_after_apply: None,
-        }
-    }
-
-    fn ensure(&mut self, cfg: &RulesConfig, force: bool, first: bool) -> Result<(), String> {
-        let listed = run("nft", &["-f", "-"], Some(NFT_LIST)).ok();
-        if !force && listed.is_some() && listed == self.seen_after_apply {
-            return Ok(());
-        }
-        if !first && !force {
-            tracing::info!(
-                "Some nftables rules are missing or changed; recreating flannel's tables"
-            );
-        }
-        run(
-            "nft",
-            &["-f", "-"],
-            Some(&nft_batch(cfg, self.fully_random)),
-        )?;
-        self.seen_after_apply = run("nft", &["-f", "-"], Some(NFT_LIST)).ok();
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-enum Mode {
-    Iptables(Vec<IptFamily>),
-    Nft(Nft),
-}
-
-impl Mode {
-    fn ensure(
-        &mut self,
-        cfg: &RulesConfig,
-        force: bool,
-        first: bool,
-        last_error: &mut Option<String>,
-    ) {
-        let result = match self {
-            Mode::Iptables(fams) => {
-                let errors: Vec<String> = fams
-                    .iter_mut()
-                    .filter_map(|f| {
-                        f.ensure(cfg, force, first)
-                            .err()
-                            .map(|e| format!("{}: {e}", f.family.iptables()))
-                    })
-                    .collect();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "Failed to ensure iptables rules: {}",
-                        errors.join("; ")
-                    ))
-                }
-            }
-            Mode::Nft(n) => n
-                .ensure(cfg, force, first)
-                .map_err(|e| format!("nftables: couldn't set up flannel's rules: {e}")),
-        };
-        // One line per change of state, not one per resync.
-        match result {
-            Ok(()) => {
-                if last_error.take().is_some() {
-                    tracing::info!("flannel's iptables/nftables rules are in place again");
-                }
-            }
-            Err(e) => {
-                if last_error.as_ref() != Some(&e) {
-                    tracing::error!("{e} (retrying every {:?})", cfg.resync);
-                }
-                *last_error = Some(e);
-            }
-        }
-    }
-}
-
-/// The running rules manager. Dropping it stops the resync; in nftables
-/// mode it also deletes flannel's tables, as upstream does on exit.
-#[derive(Debug)]
-pub struct RulesHandle {
-    task: tokio::task::JoinHandle<()>,
-    lease: watch::Sender<SubnetKey>,
-    nftables: bool,
-}
-
-impl RulesHandle {
-    /// Rewrites the masquerade rules for a new lease (after the subnet moved).
-    pub fn update_lease(&self, key: SubnetKey) {
-        let _ = self.lease.send(key);
-    }
-}
-
-impl Drop for RulesHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-        if self.nftables {
-            tracing::info!("Cleaning-up flannel tables...");
-            if let Err(e) = run("nft", &["-f", "-"], Some(NFT_TEARDOWN)) {
-                tracing::error!("nftables: error while cleaning-up: {e}");
-            }
-        }
-    }
-}
-
-/// Installs the rules now (before subnet.env is written, as upstream does)
-/// and keeps them in place every `cfg.resync` until `stop`. `None` when
-/// neither `--ip-masq` nor forward rules are asked for.
-pub async fn start(cfg: RulesConfig, stop: CancelToken) -> Option<RulesHandle> {
-    if !cfg.wants_anything() {
-        return None;
-    }
-    let own = SubnetKey {
-        ipv4: cfg.subnet_v4.unwrap_or_default(),
-        ipv6: cfg.subnet_v6,
-    };
-    let (tx, mut rx) = watch::channel(own);
-    let nftables = cfg.nftables;
-    let setup_cfg = cfg.clone();
-    let mode = tokio::task::spawn_blocking(move || {
-        let cfg = setup_cfg;
-        clean_other_mode(cfg.nftables);
-        let mut mode = if cfg.nftables {
-            tracing::info!("Starting flannel in nftables mode...");
-            Mode::Nft(Nft::new(&cfg))
-        } else {
-            let mut fams = Vec::new();
-            let want_v6 = cfg.network_v6.is_some();
-            for family in [Family::V4, Family::V6]
-                .into_iter()
-                .filter(|f| *f == Family::V4 || want_v6)
-            {
-                match IptFamily::new(family, &cfg) {
-                    Ok(f) => fams.push(f),
-                    Err(e) => tracing::error!(
-                        "Failed to setup IPTables. {} binary was not found: {e}",
-                        family.iptables()
-                    ),
-                }
-            }
-            Mode::Iptables(fams)
-        };
-        if cfg.ip_masq {
-            tracing::info!("Setting up masking rules");
-        }
-        if cfg.forward_rules {
-            tracing::info!("Changing default FORWARD chain policy to ACCEPT");
-        }
-        let mut last_error = None;
-        mode.ensure(&cfg, false, true, &mut last_error);
-        (mode, last_error)
-    })
-    .await;
-    let (mut mode, mut last_error) = match mode {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!("setting up iptables/nftables rules failed: {e}");
-            return None;
-        }
-    };
-    let task = tokio::spawn(async move {
-        let mut cfg = cfg;
-        loop {
-            let force = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(cfg.resync) => false,
-                changed = rx.changed() => {
-                    if changed.is_err() { return; }
-                    let key = *rx.borrow_and_update();
-                    cfg.subnet_v4 = cfg.network_v4.map(|_| key.ipv4);
-                    cfg.subnet_v6 = cfg.network_v6.and(key.ipv6);
-                    true
-                }
-            };
-            let c = cfg.clone();
-            (mode, last_error) = match tokio::task::spawn_blocking(move || {
-                mode.ensure(&c, force, false, &mut last_error);
-                (mode, last_error)
-            })
-            .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!("iptables resync task failed: {e}");
-                    return;
-                }
-            };
-        }
-    });
-    Some(RulesHandle {
-        task,
-        lease: tx,
-        nftables,
-    })
-}
+pub(super) const NFT_LIST: &str = "list table ip flannel-ipv4\nlist table ip6 flannel-ipv6\n";
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! A small cancellation token (a `tokio::sync::watch` underneath) that tells
-//! the daemon's tasks to stop.
+//! long-running tasks (the daemon's loops, a backend's sync task, the masq
+//! resync) to stop. Shared ground: any layer may take a [`CancelToken`].
 
 use tokio::sync::watch;
 
@@ -25,9 +26,5 @@ impl CancelToken {
     pub async fn cancelled(&self) {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|v| *v).await;
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        *self.0.borrow()
     }
 }
