@@ -30,7 +30,7 @@ use crate::exec::masq;
 use crate::exec::netlink::Netlink;
 use crate::subnet::clock::{Backoff, TokioClock};
 use crate::subnet::env::SubnetEnv;
-use crate::subnet::keeper::{self, Keeper, Reacquired};
+use crate::subnet::keeper::{self, Keeper, OwnAction, Reacquired};
 use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
 use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
@@ -215,7 +215,10 @@ impl Daemon<'_> {
                     if msg.resync {
                         backend.resynced().await;
                     }
-                    msg.own.is_some_and(|c| keeper.own_changed(&c))
+                    match msg.own {
+                        Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
+                        None => false,
+                    }
                 }
                 _ = keeper.renewal_due() => keeper.renew().await,
             };

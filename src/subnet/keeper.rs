@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clock::{Backoff, Clock};
-use super::lease::{Lease, SubnetKey};
+use super::lease::SubnetKey;
 use super::registry::{AcquireRequest, HeldLease, Registry, RegistryError, Renewal};
 use super::watch::OwnChange;
 
@@ -45,21 +45,65 @@ pub enum OwnVerdict {
     /// Someone rewrote our key with our exact value and lease: still ours,
     /// at this new revision.
     Adopt(i64),
-    /// The key is gone or belongs to someone else now: re-acquire.
+    /// Someone overwrote our live key in place (a stray `etcdctl put`, a confused
+    /// tool): a well-behaved flanneld only ever creates keys that do not exist, so the
+    /// write is not a claim. Write our value back over the write of this revision.
+    Restore(i64),
+    /// The key is gone, or was created anew by someone else: re-acquire.
     Lost,
 }
 
 /// Judges `change` against the lease we hold.
-pub fn judge_own_change(held: &Lease, change: &OwnChange) -> OwnVerdict {
+///
+/// | change to our key | condition | verdict |
+/// | --- | --- | --- |
+/// | deleted or expired | at or before the revision we hold | `Ignore` (old news) |
+/// | deleted or expired | after it | `Lost`: re-acquire, the same subnet when free |
+/// | written | at or before the revision we hold | `Ignore` (old news, our own write) |
+/// | written | our value and our etcd lease | `Adopt` the new revision |
+/// | written over the live key (same create revision), we hold a TTL lease | anything else | `Restore` ours |
+/// | written over the live key, we hold a reservation | anything else | `Lost` (an operator edits reservations) |
+/// | written after the key was deleted or expired (new create revision) | anything else | `Lost`: another host may hold it now (we never fight over a subnet, upstream #1289) |
+///
+/// Unknown create revisions (0) are never "the same": then a foreign write is `Lost`.
+pub fn judge_own_change(held: &HeldLease, change: &OwnChange) -> OwnVerdict {
+    let ours = &held.lease;
     match change {
-        OwnChange::Deleted { revision } if *revision > held.mod_revision => OwnVerdict::Lost,
+        OwnChange::Deleted { revision } if *revision > ours.mod_revision => OwnVerdict::Lost,
         OwnChange::Deleted { .. } => OwnVerdict::Ignore,
-        OwnChange::Written(l) if l.mod_revision <= held.mod_revision => OwnVerdict::Ignore,
-        OwnChange::Written(l) if l.attrs == held.attrs && l.etcd_lease == held.etcd_lease => {
-            OwnVerdict::Adopt(l.mod_revision)
+        OwnChange::Written { mod_revision, .. } if *mod_revision <= ours.mod_revision => {
+            OwnVerdict::Ignore
         }
-        OwnChange::Written(_) => OwnVerdict::Lost,
+        OwnChange::Written {
+            lease: Some(l),
+            mod_revision,
+            ..
+        } if l.attrs == ours.attrs && l.etcd_lease == ours.etcd_lease => {
+            OwnVerdict::Adopt(*mod_revision)
+        }
+        OwnChange::Written {
+            mod_revision,
+            create_revision,
+            ..
+        } if *create_revision == held.create_revision
+            && held.create_revision != 0
+            && !ours.is_reservation() =>
+        {
+            OwnVerdict::Restore(*mod_revision)
+        }
+        OwnChange::Written { .. } => OwnVerdict::Lost,
     }
+}
+
+/// What the daemon must do after a change to our key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnAction {
+    /// Nothing: the lease is still ours.
+    Keep,
+    /// Our value was written back over a stray write; the lease is still ours.
+    Restored,
+    /// The lease is lost: call [`Keeper::reacquire`].
+    Lost,
 }
 
 /// What the keeper needs of the registry.
@@ -73,6 +117,13 @@ pub trait LeaseStore: Send + Sync + 'static {
         &self,
         held: &HeldLease,
     ) -> impl Future<Output = Result<Renewal, RegistryError>> + Send;
+
+    /// Writes `held` back over the stray write of revision `theirs` (compare-and-swap).
+    fn restore(
+        &self,
+        held: &HeldLease,
+        theirs: i64,
+    ) -> impl Future<Output = Result<Option<HeldLease>, RegistryError>> + Send;
 }
 
 impl LeaseStore for Registry {
@@ -88,6 +139,14 @@ impl LeaseStore for Registry {
         held: &HeldLease,
     ) -> impl Future<Output = Result<Renewal, RegistryError>> + Send {
         Registry::renew(self, held)
+    }
+
+    fn restore(
+        &self,
+        held: &HeldLease,
+        theirs: i64,
+    ) -> impl Future<Output = Result<Option<HeldLease>, RegistryError>> + Send {
+        Registry::restore(self, held, theirs)
     }
 }
 
@@ -194,16 +253,45 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
         }
     }
 
-    /// Judges a change to our key seen by the watcher. `true` when the lease
-    /// is lost (re-acquire it).
-    pub fn own_changed(&mut self, change: &OwnChange) -> bool {
-        match judge_own_change(&self.held.lease, change) {
-            OwnVerdict::Lost => true,
+    /// Judges a change to our key seen by the watcher and acts on it: a stray write over
+    /// our live key is undone here (logged at error level with the writer's value).
+    pub async fn own_changed(&mut self, change: &OwnChange) -> OwnAction {
+        match judge_own_change(&self.held, change) {
+            OwnVerdict::Lost => OwnAction::Lost,
             OwnVerdict::Adopt(rev) => {
                 self.held.lease.mod_revision = rev;
-                false
+                OwnAction::Keep
             }
-            OwnVerdict::Ignore => false,
+            OwnVerdict::Ignore => OwnAction::Keep,
+            OwnVerdict::Restore(theirs) => self.restore(change, theirs).await,
+        }
+    }
+
+    async fn restore(&mut self, change: &OwnChange, theirs: i64) -> OwnAction {
+        let written = match change {
+            OwnChange::Written { lease: Some(l), .. } => l.attrs.to_json(),
+            _ => "(not a lease)".to_owned(),
+        };
+        tracing::error!(
+            subnet = %self.held.lease.key, revision = theirs, value = %written,
+            "our lease was overwritten in place while we hold it; restoring our value \
+             (a flanneld only creates keys that do not exist, so this is a stray write)"
+        );
+        match self.store.restore(&self.held, theirs).await {
+            Ok(Some(h)) => {
+                tracing::info!(subnet = %h.lease.key, "restored our lease");
+                self.held = h;
+                self.schedule_renewal();
+                OwnAction::Restored
+            }
+            // Written again meanwhile: the watcher reports that write next.
+            Ok(None) => OwnAction::Keep,
+            Err(e) => {
+                // The renewal (retried soon) compares against the stray write's revision
+                // and fails, so the lease is then re-acquired: take that path now.
+                tracing::warn!(subnet = %self.held.lease.key, "restoring our lease failed: {e}");
+                OwnAction::Lost
+            }
         }
     }
 
@@ -232,7 +320,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subnet::lease::{LeaseAttrs, SubnetKey};
+    use crate::subnet::lease::{Lease, LeaseAttrs, SubnetKey};
 
     fn lease(ip: &str, etcd_lease: i64, rev: i64) -> Lease {
         Lease {
@@ -261,9 +349,76 @@ mod tests {
         );
     }
 
+    fn written(l: Lease, create_revision: i64) -> OwnChange {
+        OwnChange::Written {
+            mod_revision: l.mod_revision,
+            lease: Some(l),
+            create_revision,
+        }
+    }
+
+    /// The decision table of `judge_own_change`, row by row.
+    #[test]
+    fn stray_writes_are_restored_and_genuine_losses_moved_from() {
+        let held = HeldLease {
+            lease: lease("192.0.2.1", 5, 10),
+            ttl: Some(Duration::from_secs(60)),
+            create_revision: 7,
+        };
+        // Overwritten in place (same create revision) with another PublicIP, no etcd lease.
+        assert_eq!(
+            judge_own_change(&held, &written(lease("192.0.2.9", 0, 12), 7)),
+            OwnVerdict::Restore(12)
+        );
+        // Overwritten in place with garbage.
+        let garbage = OwnChange::Written {
+            lease: None,
+            mod_revision: 13,
+            create_revision: 7,
+        };
+        assert_eq!(judge_own_change(&held, &garbage), OwnVerdict::Restore(13));
+        // Deleted (or expired), then created anew by another host.
+        assert_eq!(
+            judge_own_change(&held, &OwnChange::Deleted { revision: 11 }),
+            OwnVerdict::Lost
+        );
+        assert_eq!(
+            judge_own_change(&held, &written(lease("192.0.2.9", 8, 12), 12)),
+            OwnVerdict::Lost
+        );
+        // Expired, and an operator's reservation written afterwards (no etcd lease).
+        assert_eq!(
+            judge_own_change(&held, &written(lease("192.0.2.1", 0, 14), 14)),
+            OwnVerdict::Lost
+        );
+        // A reservation of ours edited in place: the operator decides.
+        let reserved = HeldLease {
+            lease: lease("192.0.2.1", 0, 10),
+            ttl: None,
+            create_revision: 7,
+        };
+        assert_eq!(
+            judge_own_change(&reserved, &written(lease("192.0.2.9", 0, 12), 7)),
+            OwnVerdict::Lost
+        );
+        // Without a known create revision, a foreign write is a loss (the old rule).
+        let unknown = HeldLease {
+            create_revision: 0,
+            ..held.clone()
+        };
+        assert_eq!(
+            judge_own_change(&unknown, &written(lease("192.0.2.9", 0, 12), 0)),
+            OwnVerdict::Lost
+        );
+    }
+
     #[test]
     fn own_key_changes() {
-        let held = lease("192.0.2.1", 5, 10);
+        let held = HeldLease {
+            lease: lease("192.0.2.1", 5, 10),
+            ttl: Some(Duration::from_secs(60)),
+            create_revision: 3,
+        };
         assert_eq!(
             judge_own_change(&held, &OwnChange::Deleted { revision: 11 }),
             OwnVerdict::Lost
@@ -273,15 +428,15 @@ mod tests {
             OwnVerdict::Ignore
         );
         assert_eq!(
-            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 10))),
+            judge_own_change(&held, &written(lease("192.0.2.1", 5, 10), 3)),
             OwnVerdict::Ignore
         );
         assert_eq!(
-            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.1", 5, 12))),
+            judge_own_change(&held, &written(lease("192.0.2.1", 5, 12), 3)),
             OwnVerdict::Adopt(12)
         );
         assert_eq!(
-            judge_own_change(&held, &OwnChange::Written(lease("192.0.2.9", 6, 12))),
+            judge_own_change(&held, &written(lease("192.0.2.9", 6, 12), 4)),
             OwnVerdict::Lost
         );
     }
@@ -302,6 +457,7 @@ mod tests {
         struct Script {
             renewals: VecDeque<Result<Renewal, RegistryError>>,
             acquisitions: VecDeque<Result<HeldLease, RegistryError>>,
+            restores: VecDeque<Result<Option<HeldLease>, RegistryError>>,
             /// (virtual seconds, call, preferred subnet for acquisitions).
             calls: Vec<(f64, &'static str, Option<SubnetKey>)>,
         }
@@ -320,6 +476,17 @@ mod tests {
                     .push((self.1.elapsed().as_secs_f64(), "renew", None));
                 s.renewals.pop_front().expect("an unscripted renew")
             }
+
+            async fn restore(
+                &self,
+                _held: &HeldLease,
+                _theirs: i64,
+            ) -> Result<Option<HeldLease>, RegistryError> {
+                let mut s = self.0.lock().unwrap();
+                s.calls
+                    .push((self.1.elapsed().as_secs_f64(), "restore", None));
+                s.restores.pop_front().expect("an unscripted restore")
+            }
         }
 
         const TTL: Duration = Duration::from_secs(60);
@@ -331,6 +498,7 @@ mod tests {
             HeldLease {
                 lease: l,
                 ttl: Some(TTL),
+                create_revision: 1,
             }
         }
 
@@ -429,14 +597,17 @@ mod tests {
             // Someone rewrote our key with our exact value: still ours.
             let mut same = held("10.5.1.0-24", 4).lease;
             same.etcd_lease = k.held().lease.etcd_lease;
-            assert!(!k.own_changed(&OwnChange::Written(same)));
+            assert_eq!(k.own_changed(&written(same, 1)).await, OwnAction::Keep);
             assert_eq!(k.held().lease.mod_revision, 4);
             // Old news is ignored.
-            assert!(!k.own_changed(&OwnChange::Deleted { revision: 3 }));
-            // Another host took it.
+            assert_eq!(
+                k.own_changed(&OwnChange::Deleted { revision: 3 }).await,
+                OwnAction::Keep
+            );
+            // Another host created it anew (after it was gone).
             let mut theirs = held("10.5.1.0-24", 6).lease;
             theirs.attrs.public_ip = "192.0.2.9".parse().unwrap();
-            assert!(k.own_changed(&OwnChange::Written(theirs)));
+            assert_eq!(k.own_changed(&written(theirs, 6)).await, OwnAction::Lost);
             store
                 .0
                 .lock()
@@ -451,6 +622,47 @@ mod tests {
                 }
             );
             assert_eq!(k.held().lease.key, SubnetKey::parse("10.5.7.0-24").unwrap());
+        }
+
+        #[tokio::test]
+        async fn a_stray_write_over_our_live_key_is_written_back() {
+            let (mut k, store, clock) = keeper();
+            let mut stray = held("10.5.1.0-24", 5).lease;
+            stray.attrs.public_ip = "192.0.2.9".parse().unwrap();
+            stray.etcd_lease = 0;
+            store
+                .0
+                .lock()
+                .unwrap()
+                .restores
+                .push_back(Ok(Some(held("10.5.1.0-24", 6))));
+            assert_eq!(
+                k.own_changed(&written(stray.clone(), 1)).await,
+                OwnAction::Restored
+            );
+            assert_eq!(calls(&store), vec![(0.0, "restore", None)]);
+            assert_eq!(
+                k.held().lease.mod_revision,
+                6,
+                "holds the restored revision"
+            );
+            assert_eq!(k.renew_at(), Some(clock.now() + TTL - MARGIN));
+            // A restore that loses the race waits for the next report; one that fails
+            // gives the lease up to re-acquisition.
+            stray.mod_revision = 7;
+            store.0.lock().unwrap().restores.push_back(Ok(None));
+            assert_eq!(
+                k.own_changed(&written(stray.clone(), 1)).await,
+                OwnAction::Keep
+            );
+            stray.mod_revision = 8;
+            store
+                .0
+                .lock()
+                .unwrap()
+                .restores
+                .push_back(Err(unreachable()));
+            assert_eq!(k.own_changed(&written(stray, 1)).await, OwnAction::Lost);
         }
 
         #[tokio::test]

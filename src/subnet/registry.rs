@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use ipnet::IpNet;
 use rand::seq::IndexedRandom;
@@ -71,6 +71,9 @@ pub struct HeldLease {
     pub lease: Lease,
     /// TTL granted with the lease; `None` for a reservation (never expires).
     pub ttl: Option<Duration>,
+    /// The etcd create revision of our key: a write that keeps it was made over our
+    /// live key (see `keeper::judge_own_change`); 0 when unknown.
+    pub create_revision: i64,
 }
 
 /// Result of a renewal attempt.
@@ -197,6 +200,7 @@ impl Registry {
                 value: kv.value().to_vec(),
                 etcd_lease: kv.lease(),
                 mod_revision: kv.mod_revision(),
+                create_revision: kv.create_revision(),
             })
             .collect();
         Ok((raw, revision))
@@ -214,6 +218,7 @@ impl Registry {
                 value,
                 etcd_lease,
                 mod_revision,
+                ..
             } = ev
             else {
                 continue;
@@ -320,6 +325,8 @@ impl Registry {
         Ok(Some(HeldLease {
             lease,
             ttl: Some(self.ttl),
+            // Created by this very transaction.
+            create_revision: rev,
         }))
     }
 
@@ -356,7 +363,11 @@ impl Registry {
                 CompareOp::Equal,
                 old.mod_revision,
             )])
-            .and_then([TxnOp::put(k, attrs.to_json(), put_opts)]);
+            // The get reads back the key's create revision (a put keeps it).
+            .and_then([
+                TxnOp::put(k.clone(), attrs.to_json(), put_opts),
+                TxnOp::get(k, None),
+            ]);
         let resp = match self.txn("rewrite lease", txn).await {
             Ok(r) => r,
             Err(e) => {
@@ -373,13 +384,25 @@ impl Registry {
             self.revoke(old.etcd_lease).await;
         }
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let create_revision = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            })
+            .unwrap_or(0);
         let lease = Lease {
             key: old.key,
             attrs: attrs.clone(),
             etcd_lease: grant_id,
             mod_revision: rev,
         };
-        Ok(Some(HeldLease { lease, ttl }))
+        Ok(Some(HeldLease {
+            lease,
+            ttl,
+            create_revision,
+        }))
     }
 
     async fn delete_if_unchanged(&self, old: &Lease) -> Result<(), RegistryError> {
@@ -401,6 +424,21 @@ impl Registry {
             Some(h) => Ok(Renewal::Renewed(h)),
             None => Ok(Renewal::Lost),
         }
+    }
+
+    /// Writes our value back over a stray write to our live key (`theirs_revision` is the
+    /// stray write's mod revision: compare-and-swap, so a newer write wins the race and is
+    /// judged in its turn). `Ok(None)` when the key changed again meanwhile.
+    pub async fn restore(
+        &self,
+        held: &HeldLease,
+        theirs_revision: i64,
+    ) -> Result<Option<HeldLease>, RegistryError> {
+        let over = Lease {
+            mod_revision: theirs_revision,
+            ..held.lease.clone()
+        };
+        self.rewrite(&over, &held.lease.attrs).await
     }
 
     /// Opens a watch on every lease key, starting at `revision`.
@@ -475,6 +513,7 @@ pub fn raw_events(resp: &etcd_client::WatchResponse) -> Vec<RawEvent> {
                     value: kv.value().to_vec(),
                     etcd_lease: kv.lease(),
                     mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
                 },
                 EventType::Delete => RawEvent::Delete {
                     key,

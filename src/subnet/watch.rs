@@ -22,6 +22,9 @@ pub enum RawEvent {
         value: Vec<u8>,
         etcd_lease: i64,
         mod_revision: i64,
+        /// The revision that created the key: the same for every write until the key is
+        /// deleted (or expires) and is created anew.
+        create_revision: i64,
     },
     Delete {
         key: String,
@@ -32,8 +35,14 @@ pub enum RawEvent {
 /// What happened to this host's own key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnChange {
-    /// The key was written (by us renewing, or by someone else).
-    Written(Lease),
+    /// The key was written (by us renewing, or by someone else). `lease` is `None` when
+    /// the value written is not a lease.
+    Written {
+        lease: Option<Lease>,
+        mod_revision: i64,
+        /// The key's create revision: unchanged by a write over the live key.
+        create_revision: i64,
+    },
     /// The key is gone (deleted by someone, or expired), as of `revision`.
     Deleted { revision: i64 },
 }
@@ -115,14 +124,18 @@ impl LeaseSet {
                 value,
                 etcd_lease,
                 mod_revision,
+                create_revision,
             } = ev
             {
-                if let Some(lease) = self.parse_logged(&key, &value, etcd_lease, mod_revision) {
-                    if Some(lease.key) == self.own {
-                        own_seen = Some(lease);
-                    } else {
-                        fresh.insert(lease.key, lease);
-                    }
+                let lease = self.parse_logged(&key, &value, etcd_lease, mod_revision);
+                if self.own.is_some() && SubnetKey::parse(&key).ok() == self.own {
+                    own_seen = Some(OwnChange::Written {
+                        lease,
+                        mod_revision,
+                        create_revision,
+                    });
+                } else if let Some(lease) = lease {
+                    fresh.insert(lease.key, lease);
                 }
             }
         }
@@ -140,10 +153,7 @@ impl LeaseSet {
         }
         self.others = fresh;
         if self.own.is_some() {
-            out.own = Some(match own_seen {
-                Some(l) => OwnChange::Written(l),
-                None => OwnChange::Deleted { revision },
-            });
+            out.own = Some(own_seen.unwrap_or(OwnChange::Deleted { revision }));
         }
         out
     }
@@ -152,24 +162,29 @@ impl LeaseSet {
     pub fn apply(&mut self, raw: Vec<RawEvent>) -> Outcome {
         let mut out = Outcome::default();
         for ev in raw {
-            let (key, lease, revision) = match ev {
+            let (key, lease, revision, created) = match ev {
                 RawEvent::Put {
                     key,
                     value,
                     etcd_lease,
                     mod_revision,
+                    create_revision,
                 } => {
                     let lease = self.parse_logged(&key, &value, etcd_lease, mod_revision);
-                    (key, lease, mod_revision)
+                    (key, lease, mod_revision, Some(create_revision))
                 }
-                RawEvent::Delete { key, mod_revision } => (key, None, mod_revision),
+                RawEvent::Delete { key, mod_revision } => (key, None, mod_revision, None),
             };
             let Ok(subnet) = SubnetKey::parse(&key) else {
                 continue;
             };
             if Some(subnet) == self.own {
-                out.own = Some(match lease {
-                    Some(l) => OwnChange::Written(l),
+                out.own = Some(match created {
+                    Some(create_revision) => OwnChange::Written {
+                        lease,
+                        mod_revision: revision,
+                        create_revision,
+                    },
                     None => OwnChange::Deleted { revision },
                 });
                 continue;
@@ -227,6 +242,7 @@ mod tests {
             value: format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#).into_bytes(),
             etcd_lease: 7,
             mod_revision: rev,
+            create_revision: 2,
         }
     }
 
@@ -262,7 +278,10 @@ mod tests {
             3,
         );
         assert_eq!(subnets(&out.events), ["+10.5.2.0-24"]);
-        assert!(matches!(out.own, Some(OwnChange::Written(_))));
+        assert!(matches!(
+            out.own,
+            Some(OwnChange::Written { lease: Some(_), .. })
+        ));
         let out = set.apply(vec![
             put("10.5.3.0-24", "3.3.3.3", 4),
             del("10.5.2.0-24", 5),
@@ -339,12 +358,14 @@ mod tests {
             value: b"{not json".to_vec(),
             etcd_lease: 0,
             mod_revision: 3,
+            create_revision: 3,
         };
         let foreign = RawEvent::Put {
             key: format!("{P}whatever"),
             value: b"x".to_vec(),
             etcd_lease: 0,
             mod_revision: 4,
+            create_revision: 4,
         };
         let out = set.resync(
             vec![garbage.clone(), foreign, put("10.5.2.0-24", "2.2.2.2", 5)],
@@ -357,6 +378,7 @@ mod tests {
             value: vec![0xff],
             etcd_lease: 0,
             mod_revision: 6,
+            create_revision: 6,
         };
         assert_eq!(subnets(&set.apply(vec![bad]).events), ["-10.5.2.0-24"]);
         assert!(set

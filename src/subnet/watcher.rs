@@ -237,6 +237,7 @@ mod tests {
             value: format!(r#"{{"PublicIP":"{ip}"}}"#).into_bytes(),
             etcd_lease: 7,
             mod_revision: rev,
+            create_revision: 1,
         }
     }
 
@@ -374,7 +375,7 @@ mod tests {
         );
         assert!(msgs[2].resync);
         assert!(msgs[2].events.is_empty(), "{:?}", msgs[2]);
-        assert!(matches!(msgs[2].own, Some(OwnChange::Written(_))));
+        assert!(matches!(msgs[2].own, Some(OwnChange::Written { .. })));
         assert_eq!(source.0.lock().unwrap().watched_from, vec![11, 31]);
     }
 }
