@@ -122,6 +122,13 @@ pub struct Cli {
           require_equals = true, default_value = "true", default_missing_value = "true")]
     pub iptables_forward_rules: bool,
 
+    /// Add a blackhole route for this node's own subnet once the lease is held, so traffic
+    /// to an unused pod address here is dropped instead of leaving by the default route
+    /// (where no bridge owns the subnet, e.g. Canal). Kept on a clean stop, as upstream does.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub ip_blackhole_route: bool,
+
     /// Path to the network configuration file. When given, the config is read from this file instead of etcd.
     #[arg(long, env = "FLANNELD_NET_CONFIG_PATH")]
     pub net_config_path: Option<PathBuf>,
@@ -418,6 +425,12 @@ mod tests {
         assert!(!parse(&["-ip-masq=false"]).ip_masq);
         assert!(parse(&["-ip-masq=1"]).ip_masq);
         assert!(!parse(&["--iptables-forward-rules=f"]).iptables_forward_rules);
+        assert!(
+            !parse(&[]).ip_blackhole_route,
+            "off by default, as upstream"
+        );
+        assert!(parse(&["--ip-blackhole-route"]).ip_blackhole_route);
+        assert!(parse(&["-ip-blackhole-route=true"]).ip_blackhole_route);
         assert!(Cli::parse_go(["flanneld", "--ip-masq=maybe"]).is_err());
     }
 

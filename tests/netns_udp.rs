@@ -327,6 +327,74 @@ fn a_stray_write_over_our_key_is_restored_without_loss() {
     assert!(c.ping(1, &c.pod_ip(0), secs(5)));
 }
 
+/// `--ip-blackhole-route`: a blackhole route for the node's own subnet once the lease is
+/// held; it moves with the subnet when the subnet is genuinely lost, and stays after a clean
+/// stop, as upstream's does.
+#[test]
+fn blackhole_route_follows_the_subnet_and_outlives_a_clean_stop() {
+    require_udp!();
+    let mut c = Cluster::new(1, UDP_NET);
+    c.start(0, &["--ip-blackhole-route"]);
+    let first = c.wait_lease(0);
+    let netns = c.hosts[0].netns.clone();
+    let blackholes = || {
+        sh(
+            Some(&netns),
+            "ip",
+            &["-4", "route", "show", "type", "blackhole"],
+        )
+    };
+    let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap().trunc().to_string();
+    let routes = wait_until(secs(5), || {
+        let r = blackholes();
+        r.contains(&net(&first)).then_some(r)
+    });
+    assert!(routes.is_some(), "{}\n{}", blackholes(), c.daemon(0).log());
+    // An unused address of our subnet is dropped here, not sent into the overlay.
+    let unused = net(&first).replace(".0/24", ".200");
+    // (`ip route get` to a blackholed address is refused with EINVAL, the kernel's answer
+    // for a blackhole route; without the route it would name flannel0.)
+    let via = run(Some(&netns), "ip", &["route", "get", &unused]);
+    let said = String::from_utf8_lossy(&via.stderr);
+    assert!(
+        !via.status.success() && said.contains("Invalid argument"),
+        "{said}"
+    );
+
+    // Genuinely lost (deleted, then created by another host while we were paused): the
+    // route moves to the new subnet.
+    let key = c.lease_key(0);
+    let pid = c.daemon(0).child.as_ref().unwrap().id().to_string();
+    sh(None, "kill", &["-STOP", &pid]);
+    c.etcd().ctl(&["del", &key]).unwrap();
+    c.etcd()
+        .ctl(&[
+            "put",
+            &key,
+            r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
+        ])
+        .unwrap();
+    sh(None, "kill", &["-CONT", &pid]);
+    let moved = wait_until(secs(10), || {
+        let text = std::fs::read_to_string(&c.daemon(0).subnet_file).ok()?;
+        let s = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+            .to_owned();
+        (s != first).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no new subnet:\n{}", c.daemon(0).log()));
+    let after = wait_until(secs(5), || {
+        let r = blackholes();
+        (r.contains(&net(&moved)) && !r.contains(&net(&first))).then_some(r)
+    });
+    assert!(after.is_some(), "{}\n{}", blackholes(), c.daemon(0).log());
+
+    // A clean stop leaves it (upstream never removes it).
+    c.stop(0);
+    assert!(blackholes().contains(&net(&moved)), "{}", blackholes());
+}
+
 /// A daemon killed with SIGKILL comes straight back with the other offload setting (as in a
 /// node-by-node change of flags): whatever its previous incarnation's io_uring still held of
 /// the TUN device, pods reach each other again, both ways.

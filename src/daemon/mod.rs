@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 
@@ -101,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         registry,
         ready,
         stop,
+        netlink: netlink.clone(),
     };
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
@@ -146,9 +148,36 @@ struct Daemon<'a> {
     registry: Registry,
     ready: Readiness,
     stop: CancelToken,
+    netlink: Netlink,
 }
 
 impl Daemon<'_> {
+    /// `--ip-blackhole-route`: a blackhole route for our subnet (each family we lease),
+    /// moved from `old` when the subnet changed. Upstream (main.go, once the backend holds
+    /// the lease: `ip.AddBlackholeV4Route`/`AddBlackholeV6Route` in pkg/ip/iface.go) adds
+    /// it once, keeps an existing one, and never removes it, not even on a clean stop: we
+    /// match that, and on top re-ensure it at every renewal and move it with the subnet.
+    /// Failures are logged, never fatal (as upstream logs them).
+    async fn blackhole(&self, key: &SubnetKey, old: Option<&SubnetKey>) {
+        if !self.cli.ip_blackhole_route {
+            return;
+        }
+        let nets = |k: &SubnetKey| {
+            std::iter::once(IpNet::V4(k.ipv4.trunc())).chain(k.ipv6.map(|v6| IpNet::V6(v6.trunc())))
+        };
+        for net in old.into_iter().flat_map(nets) {
+            match self.netlink.delete_blackhole(net).await {
+                Ok(()) => tracing::info!(%net, "removed the blackhole route of our old subnet"),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        for net in nets(key) {
+            if let Err(e) = self.netlink.add_blackhole(net).await {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
     async fn run_backend<B: Backend>(
         self,
         mut backend: B,
@@ -186,6 +215,7 @@ impl Daemon<'_> {
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
         let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
+        self.blackhole(&held.lease.key, None).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
         self.ready.set_ready();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -220,14 +250,22 @@ impl Daemon<'_> {
                         None => false,
                     }
                 }
-                _ = keeper.renewal_due() => keeper.renew().await,
+                _ = keeper.renewal_due() => {
+                    let lost = keeper.renew().await;
+                    if !lost {
+                        // Re-ensured with every renewal: a deleted route comes back.
+                        self.blackhole(&keeper.held().lease.key, None).await;
+                    }
+                    lost
+                }
             };
             if lost {
                 let Some(again) = until_stopped(&self.stop, keeper.reacquire()).await else {
                     break;
                 };
                 let again = again.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
-                if let Reacquired::Moved { new, .. } = again {
+                if let Reacquired::Moved { new, old } = again {
+                    self.blackhole(&new, Some(&old)).await;
                     self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
                     if let Some(r) = &rules {
                         r.update_lease(new);

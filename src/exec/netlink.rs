@@ -21,7 +21,7 @@ use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourMessage, NeighbourState};
-use rtnetlink::packet_route::route::{RouteMessage, RouteType};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -269,6 +269,41 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("adding route {what}"), e))
     }
 
+    /// `ip route add blackhole NET`: packets to `net` are dropped here. A blackhole route
+    /// for `net` already there is kept; another route for exactly `net` (a bridge that owns
+    /// the subnet) makes it an error, as in upstream's `AddBlackholeV4Route`.
+    pub async fn add_blackhole(&self, net: IpNet) -> Result<(), NetlinkError> {
+        let routes = self.routes(matches!(net, IpNet::V6(_))).await?;
+        let dst = net.network();
+        let exists = routes.iter().any(|r| {
+            r.header.kind == RouteType::BlackHole
+                && r.header.destination_prefix_length == net.prefix_len()
+                && r.attributes.iter().any(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => IpAddr::V4(*v4) == dst,
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => IpAddr::V6(*v6) == dst,
+                    _ => false,
+                })
+        });
+        if exists {
+            return Ok(());
+        }
+        self.handle
+            .route()
+            .add(blackhole_route(net))
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("adding blackhole route {net}"), e))
+    }
+
+    /// `ip route del blackhole NET` (gone already: done).
+    pub async fn delete_blackhole(&self, net: IpNet) -> Result<(), NetlinkError> {
+        self.delete_route(
+            blackhole_route(net),
+            &format!("removing blackhole route {net}"),
+        )
+        .await
+    }
+
     /// `ip route replace`; `what` names it for the error.
     pub async fn replace_route(&self, msg: RouteMessage, what: &str) -> Result<(), NetlinkError> {
         self.handle
@@ -397,6 +432,20 @@ pub fn watch_link_deletions(
 
 /// `net.ipv6.conf.<name>.accept_ra = 0`, best effort (upstream ignores
 /// errors too). /proc/sys/net follows the process's network namespace.
+/// A blackhole route for `net` in the main table.
+fn blackhole_route(net: IpNet) -> RouteMessage {
+    match net {
+        IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .kind(RouteType::BlackHole)
+            .build(),
+        IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .kind(RouteType::BlackHole)
+            .build(),
+    }
+}
+
 pub fn disable_accept_ra(name: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
     if let Err(e) = std::fs::write(&path, "0") {
