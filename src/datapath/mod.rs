@@ -3,18 +3,19 @@
 //!
 //! - [`packet`], [`icmp`], [`route`]: pure parsing, ICMP building and route lookup (fuzzed,
 //!   benched, tested without root).
-//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (issue 5;
-//!   not wired in yet).
-//! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the I/O layer.
+//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (pure).
+//! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the driver.
+//! - [`io`]: the drivers (io_uring, recvmmsg fallback): what to read, write and send, carried
+//!   out through the safe kernel wrappers in `crate::sys`; [`select_io`] picks one at start-up.
 //! - [`stats`]: per-worker counters.
 //! - [`worker`]: spawning, stopping and logging the worker threads.
 //! - [`device`]: creating and configuring the TUN device (rtnetlink).
 //!
-//! The I/O layers themselves (io_uring, recvmmsg fallback) live in `crate::sys`, where the
-//! unsafe code is; [`select_io`] picks one at start-up.
+//! Nothing here is `unsafe`: buffers lent to the kernel are guarded by `sys::uring::Ring`.
 
 pub mod device;
 pub mod icmp;
+pub mod io;
 pub mod offload;
 pub mod packet;
 pub mod pipeline;
