@@ -52,6 +52,23 @@ impl std::str::FromStr for IoChoice {
     }
 }
 
+impl IoChoice {
+    /// The canonical spelling (what `--udp-io` takes).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoChoice::Auto => "auto",
+            IoChoice::Uring => "uring",
+            IoChoice::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl fmt::Display for IoChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The I/O layer in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoKind {
@@ -115,6 +132,9 @@ mod tests {
         assert_eq!("io_uring".parse::<IoChoice>(), Ok(IoChoice::Uring));
         assert_eq!("mmsg".parse::<IoChoice>(), Ok(IoChoice::Mmsg));
         assert!("epoll".parse::<IoChoice>().is_err());
+        for c in [IoChoice::Auto, IoChoice::Uring, IoChoice::Mmsg] {
+            assert_eq!(c.to_string().parse::<IoChoice>(), Ok(c));
+        }
     }
 
     #[test]
