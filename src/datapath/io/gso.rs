@@ -16,7 +16,6 @@ use crate::sys::udp::send_gso;
 pub struct GsoSender {
     enabled: bool,
     /// Test switch: the next GSO send reports `EIO` instead of being made.
-    #[cfg(test)]
     fail_next: bool,
 }
 
@@ -24,7 +23,6 @@ impl Default for GsoSender {
     fn default() -> Self {
         GsoSender {
             enabled: true,
-            #[cfg(test)]
             fail_next: false,
         }
     }
@@ -45,8 +43,8 @@ impl GsoSender {
         }
     }
 
-    /// Makes the next GSO send fail with `EIO`, as a device without segmentation would.
-    #[cfg(test)]
+    /// For tests: makes the next GSO send fail with `EIO`, as a device that cannot segment
+    /// would (one flag check per GSO send, not per packet).
     pub fn fail_next_gso_send(&mut self) {
         self.fail_next = true;
     }
@@ -65,7 +63,7 @@ impl GsoSender {
         let per = per.max(1);
         let count = iov.len().div_ceil(per);
         let bytes = iov.iter().map(|s| s.len()).sum();
-        let sent = if segment.is_some() && self.take_fault() {
+        let sent = if segment.is_some() && std::mem::take(&mut self.fail_next) {
             Err(io::Error::from_raw_os_error(libc::EIO))
         } else {
             send_gso(sock, peer, iov, segment)
@@ -88,16 +86,6 @@ impl GsoSender {
             }
             Err(_) => stats.sent(false, count, bytes),
         }
-    }
-
-    #[cfg(test)]
-    fn take_fault(&mut self) -> bool {
-        std::mem::take(&mut self.fail_next)
-    }
-
-    #[cfg(not(test))]
-    fn take_fault(&mut self) -> bool {
-        false
     }
 }
 

@@ -118,6 +118,16 @@ impl UringIo {
         })
     }
 
+    /// Whether UDP sends still use GSO (see [`GsoSender`]).
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.enabled()
+    }
+
+    /// For tests: the next GSO send fails with `EIO` (see [`GsoSender::fail_next_gso_send`]).
+    pub fn fail_next_gso_send(&mut self) {
+        self.gso.fail_next_gso_send();
+    }
+
     /// The socket sends leave from.
     fn tx(fds: &WorkerFds) -> &UdpSocket {
         fds.tx.as_ref().unwrap_or(&fds.rx)
