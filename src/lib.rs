@@ -9,6 +9,10 @@
 //! - [`backend`]: the [`backend::Backend`] trait and one module per backend.
 //! - [`exec`]: control-plane code with side effects (netlink queries, …).
 //! - [`daemon`]: start-up order, signals, subnet.env, health server.
+//! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the worker
+//!   loop, and the drivers that carry its decisions out ([`datapath::io`]).
+//! - [`sys`]: the ground floor: safe wrappers over the kernel (TUN, sockets, io_uring,
+//!   eventfd, netns); it imports nothing else of the crate.
 //!
 //! `unsafe` is denied everywhere except in `sys/`.
 #![deny(unsafe_code)]
