@@ -754,3 +754,86 @@ impl Drop for Ring {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::eventfd::EventFd;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    /// A ring whose "TUN" is an eventfd that never becomes readable, so the TUN-read slots
+    /// stay lent; `None` where io_uring is unusable here.
+    fn ring(multishot: bool) -> Option<(Ring, UdpSocket, EventFd, EventFd)> {
+        if let Err(why) = probe() {
+            eprintln!("SKIP: io_uring unusable: {why}");
+            return None;
+        }
+        let (tun, stop) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let layout = RingLayout {
+            egress_slots: 2,
+            ingress_slots: 2,
+            read_len: 2048,
+            scratch_len: 0,
+            multishot,
+            recv_control: false,
+        };
+        let ring = Ring::new(tun.as_fd(), rx.as_fd(), stop.as_fd(), layout).unwrap();
+        Some((ring, rx, tun, stop))
+    }
+
+    /// Waits for and completes everything until a UDP receive hands its slot back.
+    fn next_receive(ring: &mut Ring) -> (usize, Received) {
+        let mut chunk = [Cqe::default(); REAP_CHUNK];
+        loop {
+            ring.wait(Duration::ZERO).unwrap();
+            let n = ring.reap(&mut chunk);
+            for &cqe in &chunk[..n] {
+                if let Completion::UdpRecv {
+                    slot,
+                    result: Ok(r),
+                } = ring.complete(cqe)
+                {
+                    return (slot, r);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lent_slot_cannot_be_borrowed_until_its_completion_hands_it_back() {
+        for multishot in [false, true] {
+            let Some((mut ring, rx, _tun, _stop)) = ring(multishot) else {
+                return;
+            };
+            for i in 0..ring.slots() {
+                assert!(ring.buf(i).is_none(), "slot {i} is lent");
+                assert!(ring.buf_mut(i).is_none(), "slot {i} is lent");
+            }
+            assert!(ring.buf(ring.slots()).is_none(), "out of range");
+            assert_eq!(
+                ring.write_tun(0, 0..10).map_err(|e| e.kind()),
+                Err(io::ErrorKind::InvalidInput),
+                "a lent slot cannot be lent twice"
+            );
+
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(b"hello ring", rx.local_addr().unwrap()).unwrap();
+            let (slot, r) = next_receive(&mut ring);
+            assert!(slot >= ring.egress_slots(), "received into an ingress slot");
+            assert_eq!(r.len, 10);
+            assert_eq!(r.src.map(std::net::SocketAddr::V4), tx.local_addr().ok());
+            let off = ring.recv_offset();
+            let buf = ring.buf_mut(slot).expect("handed back");
+            assert_eq!(&buf[off..off + 10], b"hello ring");
+            assert!(
+                ring.write_tun(slot, 0..ring.buf_len() + 1).is_err(),
+                "outside the buffer"
+            );
+
+            ring.lend_home(slot).unwrap();
+            assert!(ring.buf(slot).is_none(), "lent again");
+        }
+    }
+}
