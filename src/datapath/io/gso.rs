@@ -51,7 +51,8 @@ impl GsoSender {
 
     /// Sends `iov` to `peer` in one `sendmsg`: `iov` holds datagrams of `per` iovecs each,
     /// cut by the kernel at `segment` bytes when there are several. Counts the outcome in
-    /// `stats`; falls back to one send per datagram as the module docs say.
+    /// `stats`; falls back to one send per datagram as the module docs say (also for a
+    /// segmented send asked for after GSO was turned off).
     pub fn send(
         &mut self,
         sock: &UdpSocket,
@@ -61,15 +62,16 @@ impl GsoSender {
         stats: &WorkerStats,
     ) {
         let per = per.max(1);
-        let count = iov.len().div_ceil(per);
-        let bytes = iov.iter().map(|s| s.len()).sum();
+        if segment.is_some() && !self.enabled {
+            return one_by_one(sock, peer, iov, per, stats);
+        }
         let sent = if segment.is_some() && std::mem::take(&mut self.fail_next) {
             Err(io::Error::from_raw_os_error(libc::EIO))
         } else {
             send_gso(sock, peer, iov, segment)
         };
         match sent {
-            Ok(_) => stats.sent(true, count, bytes),
+            Ok(_) => stats.sent(true, iov.len().div_ceil(per), bytes(iov)),
             Err(e)
                 if segment.is_some()
                     && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
@@ -79,14 +81,32 @@ impl GsoSender {
                     error = %e, %peer,
                     "UDP GSO send failed; sending one datagram per send from now on"
                 );
-                for datagram in iov.chunks(per) {
-                    let n = datagram.iter().map(|s| s.len()).sum();
-                    stats.sent(send_gso(sock, peer, datagram, None).is_ok(), 1, n);
-                }
+                one_by_one(sock, peer, iov, per, stats);
             }
-            Err(_) => stats.sent(false, count, bytes),
+            Err(_) => stats.sent(false, iov.len().div_ceil(per), bytes(iov)),
         }
     }
+}
+
+/// Sends each datagram of `iov` (`per` iovecs each) on its own.
+fn one_by_one(
+    sock: &UdpSocket,
+    peer: SocketAddrV4,
+    iov: &[IoSlice<'_>],
+    per: usize,
+    stats: &WorkerStats,
+) {
+    for datagram in iov.chunks(per) {
+        stats.sent(
+            send_gso(sock, peer, datagram, None).is_ok(),
+            1,
+            bytes(datagram),
+        );
+    }
+}
+
+fn bytes(iov: &[IoSlice<'_>]) -> usize {
+    iov.iter().map(|s| s.len()).sum()
 }
 
 #[cfg(test)]
@@ -123,9 +143,14 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!((snap.egress_packets, snap.egress_bytes), (3, 300));
         assert_eq!(snap.total_drops(), 0);
-        // Afterwards a run of one goes out plainly.
+        // Afterwards a run of one goes out plainly, and a run asked for as one GSO send
+        // goes out datagram by datagram.
         gso.send(&tx, peer, &iov[..1], (1, None), &stats);
         assert_eq!(rx.recv(&mut buf).unwrap(), 100);
+        gso.send(&tx, peer, &iov[..2], (1, Some(100)), &stats);
+        assert_eq!(rx.recv(&mut buf).unwrap(), 100);
+        assert_eq!(rx.recv(&mut buf).unwrap(), 100);
+        assert_eq!(stats.snapshot().egress_packets, 6);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::datapath::stats::{DropReason, WorkerStats};
 pub use crate::sys::mmsg::BATCH;
 use crate::sys::mmsg::{poll_many, poll_writable};
 use crate::sys::{is_transient, sockopt};
+
 /// How long a send waits for socket buffer space before the datagram is dropped.
 const SEND_WAIT_MS: i32 = 50;
 
