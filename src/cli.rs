@@ -13,17 +13,26 @@ use std::path::PathBuf;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::compat;
+use crate::datapath::IoChoice;
 use crate::subnet::env::parse_go_bool;
 
-/// How the udp backend does its I/O (`--udp-io`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UdpIo {
-    /// io_uring where the kernel allows it, else recvmmsg/sendmsg.
-    Auto,
-    /// io_uring only; start-up fails where it is unavailable.
-    Uring,
-    /// recvmmsg/sendmsg and plain TUN reads/writes.
-    Mmsg,
+/// How the udp backend does its I/O (`--udp-io`): the datapath's own [`IoChoice`], spelled
+/// for clap here so that `datapath` does not depend on clap.
+pub use crate::datapath::IoChoice as UdpIo;
+
+impl clap::ValueEnum for IoChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[IoChoice::Auto, IoChoice::Uring, IoChoice::Mmsg]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            IoChoice::Auto => "io_uring where the kernel allows it, else recvmmsg/sendmsg",
+            IoChoice::Uring => "io_uring only; start-up fails where it is unavailable",
+            IoChoice::Mmsg => "recvmmsg/sendmsg and plain TUN reads/writes",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    }
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -152,8 +161,8 @@ pub struct Cli {
     pub udp_workers: Option<usize>,
 
     /// udp backend: I/O method.
-    #[arg(long, env = "FLANNELD_UDP_IO", value_enum, default_value_t = UdpIo::Auto)]
-    pub udp_io: UdpIo,
+    #[arg(long, env = "FLANNELD_UDP_IO", value_enum, default_value_t = IoChoice::Auto)]
+    pub udp_io: IoChoice,
 
     /// udp backend: most packets moved per system call. 1 is upstream's design (one packet
     /// per read/send, on the recvmmsg/sendmsg path), kept as a benchmark baseline. On the
@@ -375,6 +384,14 @@ mod tests {
         let mut argv = vec!["flanneld"];
         argv.extend_from_slice(args);
         Cli::parse_go(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn udp_io_takes_the_datapath_choices_by_their_names() {
+        assert_eq!(parse(&[]).udp_io, IoChoice::Auto);
+        assert_eq!(parse(&["-udp-io=uring"]).udp_io, IoChoice::Uring);
+        assert_eq!(parse(&["--udp-io", "mmsg"]).udp_io, IoChoice::Mmsg);
+        assert!(Cli::parse_go(["flanneld", "--udp-io=epoll"]).is_err());
     }
 
     #[test]

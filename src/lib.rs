@@ -12,6 +12,10 @@
 //! - [`exec`]: control-plane code with side effects: the one netlink client,
 //!   interface discovery, the TUN device set-up, hooks, masquerade rules.
 //! - [`daemon`]: start-up order, signals, subnet.env, health server.
+//! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the worker
+//!   loop, and the drivers that carry its decisions out ([`datapath::io`]).
+//! - [`sys`]: the ground floor: safe wrappers over the kernel (TUN, sockets, io_uring,
+//!   eventfd, netns); it imports nothing else of the crate.
 //!
 //! `unsafe` is denied everywhere except in `sys/`.
 #![deny(unsafe_code)]

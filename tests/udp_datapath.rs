@@ -337,3 +337,98 @@ fn mmsg_datapath_forwards_filters_and_answers_unroutable() {
     require!(Cap::Root, Cap::Netns, Cap::Tun);
     datapath_end_to_end(IoChoice::Mmsg);
 }
+
+/// An io_uring worker whose first GSO send fails with EIO (as on a device that cannot
+/// segment) turns GSO off, resends that run datagram by datagram, and loses nothing.
+#[test]
+fn uring_gso_failure_falls_back_to_single_datagrams() {
+    use flannel_rs::datapath::io::uring::UringIo;
+    use flannel_rs::datapath::io::WorkerFds;
+    use flannel_rs::datapath::pipeline::{Flow, IcmpResponder, PacketIo, Pipeline};
+    use flannel_rs::datapath::route::{RouteSet, Routes};
+    use flannel_rs::datapath::stats::WorkerStats;
+    use flannel_rs::sys::eventfd::EventFd;
+    use flannel_rs::sys::uring::UringConfig;
+    use std::sync::Arc;
+
+    require!(Cap::Root, Cap::Netns, Cap::Tun);
+    if let Err(why) = flannel_rs::sys::uring::probe() {
+        eprintln!(
+            "SKIP uring_gso_failure_falls_back_to_single_datagrams: io_uring unusable: {why}"
+        );
+        return;
+    }
+    in_fresh_netns(|| {
+        let tun = flannel_rs::sys::tun::open_queues("flgso0", 1, false)
+            .unwrap()
+            .remove(0);
+        sh(&["ip", "addr", "add", "10.5.1.0/32", "dev", "flgso0"]);
+        sh(&["ip", "link", "set", "flgso0", "up"]);
+        sh(&["ip", "route", "add", "10.5.0.0/16", "dev", "flgso0"]);
+        let rx = flannel_rs::sys::sockopt::bind_udp(SocketAddrV4::new(US, 8285), true).unwrap();
+        let stop = Arc::new(EventFd::new().unwrap());
+        let fds = WorkerFds {
+            tun,
+            rx,
+            tx: None,
+            stop: stop.clone(),
+        };
+        let stats = Arc::new(WorkerStats::default());
+        let mut io = UringIo::new(fds, UringConfig::default(), false, stats.clone()).unwrap();
+        io.fail_next_gso_send();
+        let mut routes = RouteSet::new("10.5.0.0/16".parse().unwrap(), 24, 8285);
+        routes.set_own("10.5.1.0/24".parse().unwrap());
+        routes.apply(&[LeaseEvent::Added(lease("10.5.2.0/24", PEER))]);
+        let routes = Routes::new(routes.table());
+        let mut pipeline = Pipeline::new(routes, false, IcmpResponder::new(TUN_ADDR), stats);
+        // A watchdog: should a packet go missing, the stop signal ends the loop below.
+        let (done, watched) = std::sync::mpsc::channel::<()>();
+        let watchdog = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                if watched.recv_timeout(Duration::from_secs(10)).is_err() {
+                    let _ = stop.signal();
+                }
+            })
+        };
+
+        let peer = udp_socket(PEER, 8285);
+        peer.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let app = udp_socket(Ipv4Addr::UNSPECIFIED, 0);
+        const BURST: usize = 16;
+        let (mut sent, mut received) = (0usize, 0usize);
+        let mut buf = [0u8; 2048];
+        // Bursts of equal-sized packets to one peer, written before the worker looks, so a
+        // batch holds several and they leave as one GSO run; until one such send was tried.
+        for _ in 0..8 {
+            for k in 0..BURST {
+                let payload = [k as u8; 100];
+                app.send_to(&payload, SocketAddrV4::new(PEER_POD, 9999))
+                    .unwrap();
+            }
+            sent += BURST;
+            while received < sent {
+                io.wait().unwrap();
+                let flow = pipeline.run_batch(&mut io).unwrap();
+                while let Ok(n) = peer.recv(&mut buf) {
+                    assert_eq!(n, 128, "one inner packet (20 + 8 + 100 bytes) per datagram");
+                    received += 1;
+                }
+                assert_eq!(
+                    flow,
+                    Flow::Continue,
+                    "timed out: {received} of {sent} arrived"
+                );
+            }
+            if !io.gso_enabled() {
+                break;
+            }
+        }
+        assert!(!io.gso_enabled(), "the failed GSO send turned GSO off");
+        assert_eq!(received, sent, "every packet arrived");
+        drop(done);
+        let _ = watchdog.join();
+        drop(io);
+    });
+}

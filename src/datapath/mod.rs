@@ -3,18 +3,19 @@
 //!
 //! - [`packet`], [`icmp`], [`route`]: pure parsing, ICMP building and route lookup (fuzzed,
 //!   benched, tested without root).
-//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (issue 5;
-//!   not wired in yet).
-//! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the I/O layer.
+//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (pure).
+//! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the driver.
+//! - [`io`]: the drivers (io_uring, recvmmsg fallback): what to read, write and send, carried
+//!   out through the safe kernel wrappers in `crate::sys`; [`select_io`] picks one at start-up.
 //! - [`stats`]: per-worker counters.
 //! - [`worker`]: spawning, stopping and logging the worker threads.
 //! - [`device`]: creating and configuring the TUN device (rtnetlink).
 //!
-//! The I/O layers themselves (io_uring, recvmmsg fallback) live in `crate::sys`, where the
-//! unsafe code is; [`select_io`] picks one at start-up.
+//! Nothing here is `unsafe`: buffers lent to the kernel are guarded by `sys::uring::Ring`.
 
 pub mod device;
 pub mod icmp;
+pub mod io;
 pub mod offload;
 pub mod packet;
 pub mod pipeline;
@@ -48,6 +49,23 @@ impl std::str::FromStr for IoChoice {
                 "unknown datapath I/O {other:?}: expected auto, uring or mmsg"
             )),
         }
+    }
+}
+
+impl IoChoice {
+    /// The canonical spelling (what `--udp-io` takes).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoChoice::Auto => "auto",
+            IoChoice::Uring => "uring",
+            IoChoice::Mmsg => "mmsg",
+        }
+    }
+}
+
+impl fmt::Display for IoChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -114,6 +132,9 @@ mod tests {
         assert_eq!("io_uring".parse::<IoChoice>(), Ok(IoChoice::Uring));
         assert_eq!("mmsg".parse::<IoChoice>(), Ok(IoChoice::Mmsg));
         assert!("epoll".parse::<IoChoice>().is_err());
+        for c in [IoChoice::Auto, IoChoice::Uring, IoChoice::Mmsg] {
+            assert_eq!(c.to_string().parse::<IoChoice>(), Ok(c));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! virtio-net header, gathered in place.
 //!
 //! Pure, allocation-free and panic-free on any input; benched in `benches/datapath.rs`. Both
-//! I/O layers (`sys::uring`, `sys::mmsg`) use it when the TUN is opened with offloads.
+//! drivers (`datapath::io::uring`, `datapath::io::mmsg`) use it when the TUN is opened with offloads.
 //!
 //! Why not tun-rs's own offload helpers: they split a super-packet into one buffer per
 //! segment and coalesce by copying, while a `UDP_SEGMENT` send wants the segments back to back

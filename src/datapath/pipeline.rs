@@ -3,7 +3,7 @@
 //! [`egress_verdict`] (TUN → UDP) and [`ingress_verdict`] (UDP → TUN) are pure functions of
 //! the packet bytes, the route table and a little per-worker state: they are what the unit
 //! tests, benches and fuzz targets call. [`Pipeline::run`] is the worker loop, generic over
-//! [`PacketIo`] so io_uring (`sys::uring`), recvmmsg/sendmsg (`sys::mmsg`) and the in-memory
+//! [`PacketIo`] so io_uring (`io::uring`), recvmmsg/sendmsg (`io::mmsg`) and the in-memory
 //! [`MemIo`] run the same logic.
 //!
 //! Per batch the loop does one `wait` (which also submits the previous batch's output), one

@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::io::mmsg::MmsgIo;
+use super::io::uring::UringIo;
+use super::io::WorkerFds;
 use super::pipeline::{IcmpResponder, PacketIo, Pipeline};
 use super::route::Routes;
 use super::stats::{StatsSnapshot, WorkerStats};
 use super::IoKind;
 use crate::sys::eventfd::EventFd;
-use crate::sys::mmsg::MmsgIo;
 use crate::sys::tun::TunQueue;
-use crate::sys::uring::{UringConfig, UringIo};
-use crate::sys::WorkerFds;
+use crate::sys::uring::UringConfig;
 
 /// How often the counters are logged (at debug level).
 pub const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -18,9 +18,3 @@ pub fn unshare_net() -> io::Result<()> {
     }
     Ok(())
 }
-
-/// Whether the effective user is root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) takes no arguments and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}

@@ -14,9 +14,6 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Socket buffer size asked for (the kernel doubles it for bookkeeping).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// `UDP_GRO` from `<linux/udp.h>` (not in every libc version).
-const UDP_GRO: libc::c_int = 104;
-
 /// Opens a blocking, close-on-exec UDP socket bound to `addr`; with `reuse_port`, joins the
 /// `SO_REUSEPORT` group on that address.
 pub fn bind_udp(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpSocket> {
@@ -53,9 +50,10 @@ fn enlarge_buffers(sock: &Socket, bytes: usize) {
 }
 
 /// Turns UDP generic receive offload on or off. quinn-udp switches it on opportunistically; the
-/// datapath turns it off until it can split coalesced datagrams (issue 5).
+/// drivers want it exactly when the TUN has offloads (they then split each coalesced receive
+/// by its `UDP_GRO` segment size, see `sys::udp::gro_segment_size`).
 pub fn set_udp_gro(sock: &impl AsFd, on: bool) -> io::Result<()> {
-    set_int(sock, libc::SOL_UDP, UDP_GRO, libc::c_int::from(on))
+    set_int(sock, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
 }
 
 /// Enables `IP_RECVERR`, so ICMP errors about our datagrams are reported on the socket

@@ -1,14 +1,15 @@
-//! The offload steps both I/O layers share (TUN opened with `IFF_VNET_HDR`, see `sys::tun`):
+//! The offload steps both drivers share (TUN opened with `IFF_VNET_HDR`, see `sys::tun`):
 //! readying a TUN read for the wire, splitting a UDP GRO receive into its datagrams, and
 //! writing the delivered packets back to the TUN coalesced. The packet logic itself is pure and
-//! lives in `datapath::offload`; this module only ties it to the TUN queue and the counters.
+//! lives in [`crate::datapath::offload`]; this module only ties it to the TUN queue and the
+//! counters.
 
 use std::net::SocketAddrV4;
 
-use super::tun::TunQueue;
 use crate::datapath::offload::{to_wire, write_coalesced, Layout, VnetHdr, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Origin, TunWrite};
 use crate::datapath::stats::{DropReason, WorkerStats};
+use crate::sys::tun::TunQueue;
 
 /// Room for the segments of one super-packet: 64 KiB of payload plus a header per segment
 /// (even at a 536-byte MSS, 123 segments × 120 bytes of headers fit).

@@ -1,0 +1,400 @@
+//! The io_uring driver: one [`Ring`] per worker, TUN reads and UDP receives always in flight,
+//! completions reaped in batches, follow-up TUN writes and re-arms queued and submitted
+//! together with the next wait — one `io_uring_enter` per batch. The ring, its slot pool and
+//! the rule that a slot lent to the kernel cannot be touched live in `sys::uring`; this module
+//! decides what each slot does next.
+//!
+//! # Sends
+//! UDP sends are made at the end of each batch, in order, with plain `sendmsg` calls: the
+//! packets bound for one peer that the batch's TUN reads produced go out in one UDP GSO send
+//! per run (one inner packet per datagram on the wire, as upstream wants), gathered with
+//! `iovec`s from the slots they were read into. One call per run beats one SQE per packet,
+//! the kernel carries the run through its UDP/IP stack as one GSO packet, and ordering is
+//! plain: a flow's packets leave in the order the TUN gave them (a send chained through the
+//! ring could be overtaken by later ones). Should a GSO send fail with `EIO` or `EINVAL`, GSO
+//! is turned off for the worker's socket and the run resent datagram by datagram
+//! ([`GsoSender`]).
+//!
+//! # Slots
+//! The first `egress_slots` slots circulate TUN read → (UDP send at the end of the batch |
+//! TUN write of an ICMP reply) → TUN read; the rest circulate UDP receive → TUN write → UDP
+//! receive. A packet therefore never moves between buffers.
+//!
+//! # Offloads
+//! With the TUN opened with offloads ([`super::offload`]), an egress slot is twice as long:
+//! the TUN read lands in the first part (virtio-net header, then the packet); a TCP
+//! super-packet is cut into segments whose headers go to the second part, and the segments
+//! leave in UDP GSO sends that gather each header and its payload (still in the read) with
+//! `iovec`s — nothing but headers is copied. Receives ask for UDP GRO; the datagrams of a slot
+//! are handed to the pipeline one by one and the delivered ones written to the TUN coalesced,
+//! with a plain `writev` (one per super-packet), before the slot goes home.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::gso::GsoSender;
+use super::offload::{
+    egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
+};
+use super::WorkerFds;
+use crate::datapath::offload::{GsoRun, Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
+use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
+use crate::datapath::stats::{DropReason, WorkerStats};
+use crate::sys::uring::{Completion, Cqe, Received, Ring, RingLayout, UringConfig, REAP_CHUNK};
+use crate::sys::{errno_error, is_transient, sockopt};
+
+/// One worker's io_uring I/O. Not `Send`: it is built on the worker thread and stays there.
+pub struct UringIo {
+    // Field order is drop order: the ring (which drains itself) goes before the fds it uses.
+    ring: Ring,
+    /// What the TUN write lent with slot `i` carries: its packet length and why it is written.
+    tun_writes: Box<[(usize, TunWrite)]>,
+    fatal: Option<io::Error>,
+    busy_poll: Duration,
+    /// Bytes of a slot's buffer used for reads and receives; with offloads a scratch area for
+    /// segments follows.
+    read_len: usize,
+    /// With offloads, the virtio-net header's length, else 0.
+    headroom: usize,
+    /// Delivered packets of the receive being handled, for the coalescing TUN write.
+    delivered: Vec<(usize, usize)>,
+    /// Egress packets of this batch waiting for `flush_sends`: slot, peer, packet length
+    /// (the packet is at `headroom` in the slot's buffer).
+    pending: Vec<(usize, SocketAddrV4, usize)>,
+    gso: GsoSender,
+    stats: Arc<WorkerStats>,
+    fds: WorkerFds,
+}
+
+impl UringIo {
+    /// Builds the ring and pool, registers the files (and buffer rings) and arms every read
+    /// and receive.
+    ///
+    /// # Errors
+    /// Ring creation or file registration failed (out of memory, `RLIMIT_MEMLOCK` on old
+    /// kernels, seccomp).
+    pub fn new(
+        fds: WorkerFds,
+        cfg: UringConfig,
+        offload: bool,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<Self> {
+        let headroom = if offload { VNET_HDR_LEN } else { 0 };
+        let read_len = cfg.buf_size.max(MIN_BUFFER) + headroom;
+        sockopt::set_udp_gro(&fds.rx, offload)?;
+        let layout = RingLayout {
+            egress_slots: cfg.egress_slots,
+            ingress_slots: cfg.ingress_slots,
+            read_len,
+            // Behind the read area: the segment scratch (offloads).
+            scratch_len: if offload { SCRATCH_LEN } else { 0 },
+            multishot: cfg.multishot,
+            recv_control: offload,
+        };
+        let ring = Ring::new(fds.tun.as_fd(), fds.rx.as_fd(), fds.stop.as_fd(), layout)?;
+        tracing::debug!(
+            multishot_reads = ring.multishot_reads(),
+            multishot_receives = ring.multishot_receives(),
+            fixed_buffers = ring.fixed_buffers(),
+            egress = ring.egress_slots(),
+            ingress = ring.slots() - ring.egress_slots(),
+            "io_uring worker ready"
+        );
+        Ok(UringIo {
+            tun_writes: vec![(0, TunWrite::Deliver); ring.slots()].into_boxed_slice(),
+            pending: Vec::with_capacity(ring.egress_slots()),
+            ring,
+            fatal: None,
+            busy_poll: cfg.busy_poll,
+            read_len,
+            headroom,
+            delivered: Vec::with_capacity(if offload { 2 * GRO_MAX_SEGMENTS } else { 0 }),
+            gso: GsoSender::default(),
+            stats,
+            fds,
+        })
+    }
+
+    /// Whether UDP sends still use GSO (see [`GsoSender`]).
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.enabled()
+    }
+
+    /// For tests: the next GSO send fails with `EIO` (see [`GsoSender::fail_next_gso_send`]).
+    pub fn fail_next_gso_send(&mut self) {
+        self.gso.fail_next_gso_send();
+    }
+
+    /// The socket sends leave from.
+    fn tx(fds: &WorkerFds) -> &UdpSocket {
+        fds.tx.as_ref().unwrap_or(&fds.rx)
+    }
+
+    /// Carries out the pipeline's decision for slot `i` (just handed back by the kernel).
+    fn dispatch(&mut self, i: usize, action: Action) -> io::Result<()> {
+        let h = self.headroom;
+        match action {
+            Action::Drop => self.ring.lend_home(i),
+            Action::SendUdp { peer, len } => {
+                let wire = if h == 0 {
+                    Wire::Whole { len }
+                } else {
+                    let Some(buf) = self.ring.buf_mut(i) else {
+                        return self.ring.lend_home(i);
+                    };
+                    let Some((read, scratch)) = buf.split_at_mut_checked(self.read_len) else {
+                        return self.ring.lend_home(i);
+                    };
+                    match egress_wire(read, len, scratch, WireLayout::HeadersOnly, &self.stats) {
+                        Some(wire) => wire,
+                        None => return self.ring.lend_home(i),
+                    }
+                };
+                match wire {
+                    Wire::Whole { len } => {
+                        // Sent with the rest of the batch (the slot stays ours till then).
+                        self.pending.push((i, peer, len.min(self.read_len - h)));
+                        Ok(())
+                    }
+                    Wire::Segmented(segs) => {
+                        // Whatever this batch read before goes first: order within a flow.
+                        self.flush_sends()?;
+                        self.send_segments(i, peer, segs);
+                        self.ring.lend_home(i)
+                    }
+                }
+            }
+            Action::WriteTun { len, kind } => {
+                // An egress slot holds the packet behind the virtio-net header the read left;
+                // an ingress slot only ever writes without offloads (with them, deliveries go
+                // out coalesced in `on_receive`), from where the receive put the datagram.
+                let (start, h) = if i < self.ring.egress_slots() {
+                    (0, h)
+                } else {
+                    (self.ring.recv_offset(), 0)
+                };
+                let len = len.min(self.read_len - h);
+                if h > 0 {
+                    // The packet goes behind a plain virtio-net header.
+                    if let Some(vnet) = self
+                        .ring
+                        .buf_mut(i)
+                        .and_then(|b| b.get_mut(start..start + h))
+                    {
+                        vnet.fill(0);
+                    }
+                }
+                if let Some(w) = self.tun_writes.get_mut(i) {
+                    *w = (len, kind);
+                }
+                self.ring.write_tun(i, start..start + h + len)
+            }
+        }
+    }
+
+    /// Sends the segments of a super-packet (headers in slot `i`'s scratch area, payloads in
+    /// its read area; slot `i` ours), one GSO send after the other: each segment's header
+    /// and payload gathered with two `iovec`s, so the kernel copies them, not we.
+    fn send_segments(&mut self, i: usize, peer: SocketAddrV4, segs: Segments) {
+        let (h, read_len) = (self.headroom, self.read_len);
+        let Some(buf) = self.ring.buf(i) else {
+            return;
+        };
+        let (Some(headers), Some(pkt)) = (buf.get(read_len..), buf.get(h..read_len)) else {
+            return;
+        };
+        let tx = Self::tx(&self.fds);
+        for range in segs.sends(self.gso.max_segments()) {
+            let count = segs.count_in(range.len()).min(GSO_MAX_SEGMENTS);
+            let first = range.start / segs.segment_len.max(1);
+            let mut iov = [IoSlice::new(&[]); 2 * GSO_MAX_SEGMENTS];
+            for (j, pair) in iov.chunks_exact_mut(2).take(count).enumerate() {
+                let (hr, pr) = segs.gather(first + j);
+                pair[0] = IoSlice::new(headers.get(hr).unwrap_or_default());
+                pair[1] = IoSlice::new(pkt.get(pr).unwrap_or_default());
+            }
+            let segment = (count > 1).then_some(segs.segment_len as u16);
+            let iov = &iov[..2 * count];
+            self.gso.send(tx, peer, iov, (2, segment), &self.stats);
+        }
+    }
+
+    /// Sends the packets in `pending` (each in its own slot, at `headroom`), in order: every
+    /// run of packets to one peer of one length (the last may be shorter), within the GSO
+    /// limits, in one UDP GSO send; then hands the slots back (an error: the ring refused).
+    fn flush_sends(&mut self) -> io::Result<()> {
+        let tx = Self::tx(&self.fds);
+        let mut k = 0;
+        while let Some(&(_, peer, _)) = self.pending.get(k) {
+            let mut iov = [IoSlice::new(&[]); GSO_MAX_SEGMENTS];
+            let mut run = GsoRun::default();
+            let max = self.gso.max_segments();
+            // The first packet always starts a run, so each pass sends at least one; `admit`
+            // stops at `max` ≤ GSO_MAX_SEGMENTS, the length of `iov`.
+            while let Some(&(slot, p, len)) = self.pending.get(k + run.count) {
+                let n = run.count;
+                if !run.admit(p, len, max) {
+                    break;
+                }
+                let h = self.headroom;
+                let packet = self.ring.buf(slot).and_then(|b| b.get(h..h + len));
+                iov[n] = IoSlice::new(packet.unwrap_or_default());
+            }
+            let segment = run.segment().map(|s| s as u16);
+            let iov = &iov[..run.count];
+            self.gso.send(tx, peer, iov, (1, segment), &self.stats);
+            k += run.count;
+        }
+        let mut armed = Ok(());
+        for j in 0..self.pending.len() {
+            let slot = self.pending[j].0;
+            armed = armed.and(self.ring.lend_home(slot));
+        }
+        self.pending.clear();
+        armed
+    }
+
+    /// Hands the datagram(s) a receive put into slot `i` to the pipeline: with offloads split
+    /// by the GRO stride and written back to the TUN coalesced (the slot then goes home),
+    /// else one packet whose verdict `dispatch` carries out.
+    fn on_receive<H>(&mut self, i: usize, r: Received, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        let Some(src) = r.src.filter(|_| !r.truncated) else {
+            self.stats.drop_packet(DropReason::BadHeader);
+            return self.ring.lend_home(i);
+        };
+        let (off, read_len, offload) = (self.ring.recv_offset(), self.read_len, self.headroom > 0);
+        let Some(buf) = self.ring.buf_mut(i).and_then(|b| b.get_mut(off..)) else {
+            return self.ring.lend_home(i);
+        };
+        if !offload {
+            let action = handle(Origin::Udp(src), buf, r.len.min(read_len));
+            return self.dispatch(i, action);
+        }
+        let Some(buf) = buf.get_mut(..read_len) else {
+            return self.ring.lend_home(i);
+        };
+        let len = r.len.min(buf.len());
+        split_datagrams(buf, len, r.stride, src, 0, handle, &mut self.delivered);
+        write_delivered(&self.fds.tun, buf, &mut self.delivered, &self.stats);
+        self.ring.lend_home(i)
+    }
+
+    /// Accounts for a read or receive that completed with `res` ≤ 0: nothing for an empty
+    /// read, a cancellation, a retry or a multishot request out of buffers; a drop for a
+    /// transient error; a drop and the worker's end for anything else.
+    fn failed(&mut self, reason: DropReason, res: i32) {
+        match res {
+            r if r >= 0 => {}
+            r if [libc::ECANCELED, libc::EAGAIN, libc::EINTR, libc::ENOBUFS].contains(&-r) => {}
+            r if is_transient(-r) => self.stats.drop_packet(reason),
+            r => {
+                self.stats.drop_packet(reason);
+                self.ring.set_stopping();
+                self.fatal.get_or_insert(errno_error(r));
+            }
+        }
+    }
+
+    fn complete<H>(&mut self, cqe: Cqe, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        match self.ring.complete(cqe) {
+            Completion::Nothing => Ok(()),
+            // A multishot request that failed outright (no buffer taken).
+            Completion::MultishotEnded { udp: false, res } => {
+                self.failed(DropReason::TunError, res);
+                Ok(())
+            }
+            Completion::MultishotEnded { udp: true, res } => {
+                self.failed(DropReason::SocketError, res);
+                Ok(())
+            }
+            Completion::TunRead { slot, res } if res > 0 && res as usize > self.headroom => {
+                let (h, read_len) = (self.headroom, self.read_len);
+                let Some(buf) = self.ring.buf_mut(slot).and_then(|b| b.get_mut(h..read_len)) else {
+                    return self.ring.lend_home(slot);
+                };
+                let action = handle(Origin::Tun, buf, res as usize - h);
+                self.dispatch(slot, action)
+            }
+            Completion::TunRead { slot, res } if res > 0 => {
+                // Shorter than the virtio-net header.
+                self.stats.drop_packet(DropReason::BadHeader);
+                self.ring.lend_home(slot)
+            }
+            Completion::TunRead { slot, res } => {
+                self.failed(DropReason::TunError, res);
+                self.ring.lend_home(slot)
+            }
+            Completion::UdpRecv {
+                slot,
+                result: Ok(r),
+            } => self.on_receive(slot, r, handle),
+            Completion::UdpRecv {
+                slot,
+                result: Err(res),
+            } => {
+                self.failed(DropReason::SocketError, res);
+                self.ring.lend_home(slot)
+            }
+            Completion::TunWritten { slot, res } => {
+                let (len, kind) = self
+                    .tun_writes
+                    .get(slot)
+                    .copied()
+                    .unwrap_or((0, TunWrite::Deliver));
+                if res < 0 {
+                    self.stats.drop_packet(DropReason::TunError);
+                } else {
+                    match kind {
+                        TunWrite::Deliver => self.stats.ingress(len),
+                        TunWrite::Icmp => self.stats.icmp_sent(),
+                    }
+                }
+                self.ring.lend_home(slot)
+            }
+        }
+    }
+}
+
+impl PacketIo for UringIo {
+    fn wait(&mut self) -> io::Result<()> {
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        self.ring.wait(self.busy_poll)
+    }
+
+    fn process<H>(&mut self, mut handle: H) -> io::Result<Flow>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        let mut chunk = [Cqe::default(); REAP_CHUNK];
+        loop {
+            let n = self.ring.reap(&mut chunk);
+            for &cqe in &chunk[..n] {
+                self.complete(cqe, &mut handle)?;
+            }
+            if n < REAP_CHUNK {
+                break;
+            }
+        }
+        self.flush_sends()?;
+        self.ring.rearm()?;
+        if let Some(e) = self.fatal.take() {
+            return Err(e);
+        }
+        Ok(if self.ring.stopping() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
+}
