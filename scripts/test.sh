@@ -41,7 +41,9 @@ echo "==> formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --check
 cargo clippy --quiet --all-targets --locked -- -D warnings
 
-echo "==> building tests"
+# --all-targets includes the benches (in the dev profile): they are compiled, and so kept
+# building, without a second, release build; scripts/bench.sh makes that one.
+echo "==> building tests and benches"
 quietly "cargo build" cargo build --all-targets --locked
 
 echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz.sh)"
@@ -51,8 +53,6 @@ echo "==> building fuzz targets (stable; the fuzzer itself runs via scripts/fuzz
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 quietly "fuzz build" cargo build --manifest-path fuzz/Cargo.toml --target-dir "$target"
 
-echo "==> building benches (release; run them with scripts/bench.sh)"
-quietly "bench build" cargo bench --no-run --locked
 
 if $build_only; then
     echo "==> built everything (--build-only: no tests run)"

@@ -16,10 +16,8 @@ use crate::compat;
 use crate::datapath::IoChoice;
 use crate::subnet::env::parse_go_bool;
 
-/// How the udp backend does its I/O (`--udp-io`): the datapath's own [`IoChoice`], spelled
-/// for clap here so that `datapath` does not depend on clap.
-pub use crate::datapath::IoChoice as UdpIo;
-
+/// `--udp-io` is the datapath's own [`IoChoice`], spelled for clap here so that `datapath`
+/// does not depend on clap.
 impl clap::ValueEnum for IoChoice {
     fn value_variants<'a>() -> &'a [Self] {
         &[IoChoice::Auto, IoChoice::Uring, IoChoice::Mmsg]
@@ -210,7 +208,7 @@ pub struct FlagError {
 }
 
 impl Cli {
-    /// Parses Go-style arguments (argv[0] first).
+    /// Parses Go-style arguments (`argv[0]` first).
     pub fn parse_go<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,

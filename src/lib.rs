@@ -1,23 +1,31 @@
 //! flannel-rs: a drop-in `flanneld` in Rust.
 //!
-//! The map (see `DESIGN.md` for the picture):
+//! The map (see `DESIGN.md` for the picture), top to bottom. A module names only those
+//! below it; `tests/layering.rs` keeps it so (and no file over 800 lines before its tests):
+//!
+//! ```text
+//! bin ─► daemon ─► (subnet, backend) ─► exec ─► datapath ─► sys
+//!          cli; config, compat, cancel and the subnet types are the shared ground
+//! ```
+//! - [`daemon`]: start-up order, signals, subnet.env, the main loop, health server.
 //! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
-//! - [`config`]: the network config JSON, defaults and validation.
-//! - [`cancel`]: the one cancellation token every long-running task takes.
-//! - [`compat`]: names, paths, ports and keys shared with upstream flannel.
-//! - [`subnet`]: the lease model, subnet math, subnet.env, the etcd registry,
-//!   the watch reducer that turns etcd events into [`subnet::lease::LeaseEvent`]s,
-//!   and the two lease loops: the watcher and the keeper.
-//! - [`backend`]: the [`backend::Backend`] trait and one module per backend.
+//! - [`cni`]: the `flannel` CNI meta-plugin (its own binary; names only the ground).
+//! - [`backend`]: the [`backend::Backend`] trait and one module per backend: what to do
+//!   (plans, reconciliation against a `Host` seam), not the doing.
+//! - [`subnet`]: the lease model, subnet math, subnet.env, the etcd registry, the watch
+//!   reducer that turns etcd events into [`subnet::lease::LeaseEvent`]s, and the two
+//!   lease loops: the watcher and the keeper.
 //! - [`exec`]: control-plane code with side effects: the one netlink client,
 //!   interface discovery, the TUN device set-up, hooks, masquerade rules.
-//! - [`daemon`]: start-up order, signals, subnet.env, health server.
 //! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the worker
 //!   loop, and the drivers that carry its decisions out ([`datapath::io`]).
 //! - [`sys`]: the ground floor: safe wrappers over the kernel (TUN, sockets, io_uring,
 //!   eventfd, netns); it imports nothing else of the crate.
+//! - [`config`], [`compat`], [`cancel`]: the network config, the names upstream fixes,
+//!   the cancellation token every long-running task takes.
 //!
-//! `unsafe` is denied everywhere except in `sys/`.
+//! `unsafe` is denied everywhere except in `sys/` (also by `[lints]` in Cargo.toml), and
+//! every block there has a `// SAFETY:` line.
 #![deny(unsafe_code)]
 
 pub mod backend;

@@ -156,7 +156,7 @@ pub struct FlannelEnv {
 impl FlannelEnv {
     /// Checks that `env` (read from `path`) has what ADD needs, as upstream's
     /// `subnetEnv.missing` does: a network and a subnet of either family, the MTU and
-    /// the masquerade flag. The error text is upstream's ("<file> is missing …").
+    /// the masquerade flag. The error text is upstream's (`"<file> is missing …"`).
     pub fn from_subnet_env(env: &SubnetEnv, path: &Path) -> Result<Self, CniError> {
         // Each family's networks: one, or the comma list flanneld v0.21-v0.24 wrote for a
         // config with several (upstream: `loadFlannelSubnetEnv` splits, dedups, and

@@ -20,11 +20,11 @@ use tokio::time::sleep;
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
-use crate::backend::udp::{IoChoice, Udp, UdpOptions};
+use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
 use crate::cancel::{cancel_pair, CancelToken};
-use crate::cli::{Cli, UdpIo};
+use crate::cli::Cli;
 use crate::config::NetworkConfig;
 use crate::exec::iface::{self, IfaceRequest};
 use crate::exec::masq;
@@ -107,14 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
         BackendKind::Udp => {
-            let io = match cli.udp_io {
-                UdpIo::Auto => IoChoice::Auto,
-                UdpIo::Uring => IoChoice::Uring,
-                UdpIo::Mmsg => IoChoice::Mmsg,
-            };
             let opts = UdpOptions {
                 workers: cli.udp_workers,
-                io,
+                io: cli.udp_io,
                 batch: cli.udp_batch,
                 gso: cli.udp_gso,
                 offload: cli.udp_offload,
