@@ -63,7 +63,7 @@ echo "==> running tests"
 log=$(mktemp)
 set +e
 # --nocapture: a skipped test's `SKIP ...` line must be visible, never a silent pass.
-cargo test --all-targets --locked -- --nocapture "${@}" 2>&1 | tee "$log"
+cargo test --all-targets --locked --no-fail-fast -- --nocapture "${@}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 skips=$(grep -c '^SKIP ' "$log" || true)

@@ -168,8 +168,10 @@ pub struct Cli {
     #[arg(long, env = "FLANNELD_UDP_BATCH")]
     pub udp_batch: Option<usize>,
 
-    /// udp backend: send runs of packets to one peer with one UDP GSO send (the wire still
-    /// carries one inner packet per datagram). recvmmsg/sendmsg path only so far.
+    /// udp backend: send runs of packets to one peer, and the segments of TCP super-packets,
+    /// with one UDP GSO send each (the wire still carries one inner packet per datagram).
+    /// false: one send per datagram, on both I/O paths (for kernels or devices that mangle
+    /// UDP GSO; a GSO send failing with EIO/EINVAL also turns it off, by itself).
     #[arg(long, env = "FLANNELD_UDP_GSO", value_parser = go_bool, num_args = 0..=1,
           require_equals = true, default_value = "true", default_missing_value = "true")]
     pub udp_gso: bool,

@@ -351,13 +351,7 @@ fn uring_gso_failure_falls_back_to_single_datagrams() {
     use flannel_rs::sys::uring::UringConfig;
     use std::sync::Arc;
 
-    require!(Cap::Root, Cap::Netns, Cap::Tun);
-    if let Err(why) = flannel_rs::sys::uring::probe() {
-        eprintln!(
-            "SKIP uring_gso_failure_falls_back_to_single_datagrams: io_uring unusable: {why}"
-        );
-        return;
-    }
+    require!(Cap::Root, Cap::Netns, Cap::Tun, Cap::IoUring);
     in_fresh_netns(|| {
         let tun = flannel_rs::sys::tun::open_queues("flgso0", 1, false)
             .unwrap()

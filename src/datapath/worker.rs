@@ -185,7 +185,8 @@ fn run_worker(
     }
     let result = match cfg.io {
         IoKind::Uring => {
-            let io = UringIo::new(fds, cfg.uring, cfg.offload, stats);
+            let io =
+                UringIo::new(fds, cfg.uring, cfg.offload, stats).map(|io| io.with_gso(cfg.gso));
             run_on(io, "io_uring", index, &mut pipeline, &ready)
         }
         IoKind::Mmsg => {

@@ -29,6 +29,14 @@ impl Default for GsoSender {
 }
 
 impl GsoSender {
+    /// A sender with GSO on or (`--udp-gso=false`) off from the start.
+    pub fn new(enabled: bool) -> Self {
+        GsoSender {
+            enabled,
+            fail_next: false,
+        }
+    }
+
     /// Whether sends may still carry several datagrams.
     pub fn enabled(&self) -> bool {
         self.enabled

@@ -64,6 +64,12 @@ pub fn split_datagrams<H>(
 ) where
     H: FnMut(Origin, &mut [u8], usize) -> Action,
 {
+    if len == 0 {
+        // A zero-length datagram is one packet too: the verdict counts its drop (unknown
+        // peer, or a bad header from a peer), so every drop has a reason.
+        let _ = handle(Origin::Udp(src), buf, 0);
+        return;
+    }
     let stride = if stride == 0 { len } else { stride };
     let mut off = 0;
     while off < len {
@@ -102,4 +108,31 @@ pub fn write_delivered(
         }
     });
     delivered.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each datagram of a receive reaches the verdict once, an empty one included.
+    #[test]
+    fn every_datagram_reaches_the_verdict_even_an_empty_one() {
+        let src = SocketAddrV4::new([192, 0, 2, 1].into(), 8285);
+        let mut buf = [0u8; 64];
+        for (len, stride, want) in [
+            (0, 0, vec![0]),
+            (10, 0, vec![10]),
+            (25, 10, vec![10, 10, 5]),
+        ] {
+            let mut seen = Vec::new();
+            let mut delivered = Vec::new();
+            let mut handle = |_: Origin, _: &mut [u8], n: usize| {
+                seen.push(n);
+                Action::Drop
+            };
+            split_datagrams(&mut buf, len, stride, src, 0, &mut handle, &mut delivered);
+            assert_eq!(seen, want, "len {len}, stride {stride}");
+            assert!(delivered.is_empty());
+        }
+    }
 }

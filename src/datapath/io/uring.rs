@@ -118,6 +118,13 @@ impl UringIo {
         })
     }
 
+    /// With `false` (`--udp-gso=false`), every datagram leaves in a send of its own, the
+    /// segments of TCP super-packets too; on by default.
+    pub fn with_gso(mut self, enabled: bool) -> Self {
+        self.gso = GsoSender::new(enabled);
+        self
+    }
+
     /// Whether UDP sends still use GSO (see [`GsoSender`]).
     pub fn gso_enabled(&self) -> bool {
         self.gso.enabled()
