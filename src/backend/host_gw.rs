@@ -7,6 +7,10 @@
 //!   `route <IPv6 subnet> via <PublicIPv6> dev <ext>` with `EnableIPv6`),
 //!   removed with the lease, *kept* on shutdown.
 //!
+//! Nothing here is keyed by our own subnet except what reconciliation spares
+//! (routes into it are never flannel's), which follows the subnet when a lost
+//! lease comes back with a different one.
+//!
 //! # Refusals
 //! Like upstream, the backend refuses to start when the public IP differs
 //! from the interface address (NAT). A peer whose public address is not

@@ -15,7 +15,8 @@
 //! # Kernel state owned by this module
 //! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
 //!   (set through the daemon's netlink handle by `exec::tun`); it disappears when the workers
-//!   stop (their queue fds are the device's only holders).
+//!   stop (their queue fds are the device's only holders). When a lost lease comes back with a
+//!   different subnet the /32 moves in place, with the workers running.
 //! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!

@@ -11,7 +11,9 @@
 //!   restart), recreated (keeping its MAC) if not; *kept* on shutdown so
 //!   running pods keep their routes.
 //! - its address: the lease's network address as /32 (/128), and no other
-//!   address inside the flannel network.
+//!   address inside the flannel network. When a lost lease comes back with
+//!   a different subnet the address moves in place (the device, its MAC and
+//!   every peer entry stay).
 //! - per remote vxlan lease: `neigh <subnet addr> lladdr <VtepMAC> nud
 //!   permanent`, `fdb <VtepMAC> dst <PublicIP> self permanent`, `route
 //!   <subnet> via <subnet addr> dev flannel.<VNI> onlink`; with
