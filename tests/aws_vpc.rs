@@ -62,6 +62,8 @@ elif cmd == "srcdst":
     out = {"SourceDestCheck": n["SourceDestCheck"]}
 elif cmd == "route-to-eni":
     ec2.create_route(RouteTableId=args[0], DestinationCidrBlock=args[1], NetworkInterfaceId=args[2])
+elif cmd == "replace-to-eni":
+    ec2.replace_route(RouteTableId=args[0], DestinationCidrBlock=args[1], NetworkInterfaceId=args[2])
 elif cmd == "associate":
     ec2.associate_route_table(RouteTableId=args[0], SubnetId=args[1])
 print(json.dumps(out))
@@ -466,4 +468,98 @@ fn a_metadata_outage_is_retried_not_fatal() {
     imds.up.store(true, Ordering::SeqCst);
     d.wait_subnet(secs(60));
     assert_ours(&moto, &a, &eni, &d);
+}
+
+/// Issue 18: the lease is lost while the daemon runs and its subnet taken by another host; the
+/// daemon moves to the only other subnet, and so does its route: created in every table, the
+/// old one deleted where it still points at our ENI (table a) and left where the subnet's new
+/// holder already took it over (table b).
+#[test]
+fn a_moved_subnet_moves_its_route_and_leaves_the_new_holders_alone() {
+    require!(Cap::Etcd);
+    let Some((moto, vpc)) = moto_with_vpc() else {
+        return;
+    };
+    let (a, b, eni, other_eni) = (
+        vpc.get("a"),
+        vpc.get("b"),
+        vpc.get("eni"),
+        vpc.get("other_eni"),
+    );
+    let imds = FakeImds::start(&vpc.get("instance"), true);
+    let etcd = Etcd::start();
+    // Two subnets: whichever the daemon gets first, the other is where it moves.
+    etcd.put_config(&format!(
+        r#"{{"Network":"10.5.0.0/16","SubnetMin":"10.5.7.0","SubnetMax":"10.5.8.0","Backend":{{"Type":"aws-vpc","RouteTableID":["{a}","{b}"]}}}}"#
+    ));
+    let mut d = daemon(&etcd, &moto, &imds, true);
+    let first = d.wait_subnet(secs(60));
+    let net = |s: &str| {
+        let n: ipnet::Ipv4Net = s.parse().unwrap();
+        n.trunc().to_string()
+    };
+    let old = net(&first);
+    for t in [&a, &b] {
+        assert_eq!(
+            moto.routes(t)[&old],
+            serde_json::json!([eni, "active"]),
+            "{}",
+            d.log()
+        );
+    }
+
+    // Paused: our lease goes, another host takes the subnet and already points table b at
+    // its own ENI.
+    let key = format!("/coreos.com/network/subnets/{}", old.replace('/', "-"));
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    kill("-STOP");
+    etcd.must(&["del", &key]);
+    etcd.must(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"127.0.0.50","PublicIPv6":null}"#,
+    ]);
+    moto.py("replace-to-eni", &[&b, &old, &other_eni]);
+    kill("-CONT");
+
+    let file = d.subnet_file.clone();
+    let moved = wait_until(secs(30), || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let s = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+            .to_owned();
+        (s != first).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no new subnet:\n{}", d.log()));
+    let new = net(&moved);
+    assert_ne!(new, old);
+    for t in [&a, &b] {
+        assert_eq!(
+            moto.routes(t)[&new],
+            serde_json::json!([eni, "active"]),
+            "{t}: {}",
+            d.log()
+        );
+    }
+    assert!(
+        moto.routes(&a).get(&old).is_none(),
+        "our old route stays in {a}: {}\n{}",
+        moto.routes(&a),
+        d.log()
+    );
+    assert_eq!(
+        moto.routes(&b)[&old],
+        serde_json::json!([other_eni, "active"]),
+        "the new holder's route is not ours to delete: {}",
+        d.log()
+    );
+    assert!(d.try_exit().is_none(), "{}", d.log());
 }

@@ -117,6 +117,65 @@ fn pre_startup_output_is_published_and_post_startup_gets_upstreams_variables() {
     assert!(env.contains("FLANNEL_MTU=65536"), "MTU is lo's: {env}");
 }
 
+/// Issue 18: the lease is lost while the daemon runs and its subnet taken by another host; the
+/// daemon moves to a new subnet and runs the PostStartupCommand again, with exactly the
+/// variables a start on the new subnet gets.
+#[test]
+fn a_moved_subnet_runs_post_startup_again_with_the_new_one() {
+    require!(Cap::Etcd);
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path());
+    let etcd = Etcd::start();
+    etcd.put_config(&recording_config(dir.path()));
+    let mut d = loopback_daemon(&etcd, &[("FROM_ENV", "from-the-daemon-env")]);
+    let first = d.wait_subnet(secs(20));
+    let post = dir.path().join("post.out");
+    let want = |subnet: &str| {
+        format!(
+            "args={net} from-the-daemon-env\nNETWORK=10.5.0.0/16\nSUBNET={net}\nIPV6SUBNET=::/0\nPUBLIC_IP=127.0.0.1\nPUBLIC_IPV6=<nil>\nstdin=0a\n",
+            net = net_of(subnet)
+        )
+    };
+    assert_eq!(read(&post), want(&first), "log:\n{}", d.log());
+
+    let key = key_of(&first);
+    let pid = d.child.as_ref().unwrap().id().to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    kill("-STOP");
+    etcd.must(&["del", &key]);
+    etcd.must(&[
+        "put",
+        &key,
+        r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
+    ]);
+    kill("-CONT");
+    let file = d.subnet_file.clone();
+    let moved = wait_until(secs(15), || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let s = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+            .to_owned();
+        (s != first).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no new subnet:\n{}", d.log()));
+    let ran = wait_until(secs(10), || (read(&post) == want(&moved)).then_some(()));
+    assert!(
+        ran.is_some(),
+        "post.out after the move to {moved}:\n{}\nlog:\n{}",
+        read(&post),
+        d.log()
+    );
+    assert!(d.try_exit().is_none(), "{}", d.log());
+}
+
 #[test]
 fn remote_extension_leases_run_add_and_remove_with_their_data_on_stdin() {
     require!(Cap::Etcd);

@@ -160,3 +160,33 @@ fn host_gw_dual_stack_routes_ipv6_too() {
     ping_all_pairs_v6(&c, &pods, "host-gw v6");
     ping_all_pairs(&c, "host-gw");
 }
+
+/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// to a new subnet in place (host-gw keeps nothing keyed by its own subnet): pods reach each
+/// other on the new subnet, and the peer's route to the old one goes.
+#[test]
+fn host_gw_a_node_whose_subnet_is_taken_moves_in_place() {
+    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    let mut c = Cluster::new(2, CONF);
+    c.start_all(&[]);
+    let (old, _) = c.check_move(0, 1, None);
+    wait_routes(&c, 0, &expected(&c, &[1]), "after the move");
+    // The old subnet is no longer ours, so reconciliation no longer spares a route into it:
+    // one no lease explains goes like any stray (the periodic check, every 10 s).
+    let old: ipnet::Ipv4Net = old.parse().unwrap();
+    let old = old.trunc().to_string();
+    sh(
+        Some(&c.hosts[0].netns),
+        "ip",
+        &["route", "add", &old, "via", "192.0.2.77", "dev", "eth0"],
+    );
+    let gone = wait_until(secs(25), || {
+        (flannel_routes(&c, 0, "-4", "10.5.") == expected(&c, &[1])).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "a stray route into our old subnet {old} stays:\n{:?}\n{}",
+        flannel_routes(&c, 0, "-4", "10.5."),
+        c.daemon(0).log()
+    );
+}

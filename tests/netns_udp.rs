@@ -606,3 +606,19 @@ fn wire_format_outbound_is_the_raw_inner_packet() {
     let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
     assert_eq!(total, pkt.len(), "nothing before or after the inner packet");
 }
+
+/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// to a new subnet in place: flannel0 trades its /32, the datapath routes by the new table
+/// (the workers keep running), pods reach each other on the new subnet.
+#[test]
+fn a_node_whose_subnet_is_taken_moves_flannel0_in_place() {
+    require_udp!();
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&[]);
+    c.check_move(0, 1, Some("flannel0"));
+    assert!(
+        !c.daemon(0).log().contains("udp backend stopped"),
+        "{}",
+        c.daemon(0).log()
+    );
+}

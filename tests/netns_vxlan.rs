@@ -489,3 +489,16 @@ fn dual_stack_vxlan_carries_ipv6_between_pods() {
     // IPv4 still works alongside.
     ping_all_pairs(&c, "vxlan");
 }
+
+/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// to a new subnet in place: flannel.1 trades its /32, pods reach each other on the new
+/// subnet, no host routes the old one through us.
+#[test]
+fn a_node_whose_subnet_is_taken_moves_flannel_1_in_place() {
+    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    let mut c = Cluster::new(2, CONF);
+    c.start_all(&[]);
+    let mac = vtep_mac(&c, 0);
+    c.check_move(0, 1, Some("flannel.1"));
+    assert_eq!(vtep_mac(&c, 0), mac, "the device is moved, not recreated");
+}

@@ -30,10 +30,12 @@
 //! every [`RESYNC_INTERVAL`] and repaired (a route deleted by hand comes back); failures there
 //! are logged and retried, never fatal.
 //!
-//! # Limitations
-//! The subnet is the one held at start-up: if the lease is lost and a *different* subnet is
-//! acquired while running, the routes follow only after a restart (upstream had the same
-//! limit; the daemon logs the move loudly).
+//! # Moving to another subnet
+//! When the lease is lost and a *different* subnet is acquired while running
+//! ([`Backend::moved`]), the route of the new subnet is created as at start and the old
+//! subnet's route deleted from every table where it still points at our ENI (its new holder
+//! may have replaced it already: then it is theirs and stays). Upstream had no such path: its
+//! daemon exited and the restart routed the new subnet, leaving the old route behind.
 //!
 //! # Cloud state owned by this module
 //! - the route for our subnet in each configured/discovered route table (kept on shutdown, so
@@ -56,7 +58,7 @@ use serde_json::Value;
 
 use self::ec2::{Ec2, Ec2Error};
 use self::imds::{Imds, ImdsError};
-use self::plan::{plan_table, RouteOp};
+use self::plan::{plan_former, plan_table, RouteOp};
 use super::{Backend, BackendAttrs, BackendContext};
 use crate::cancel::CancelToken;
 use crate::config::BackendConfig;
@@ -204,6 +206,9 @@ struct Target {
     tables: Vec<String>,
     network: Ipv4Net,
     subnet: Ipv4Net,
+    /// Subnets we held before a move whose routes may still point at our ENI; cleared once a
+    /// pass over every table succeeded.
+    former: Vec<Ipv4Net>,
     /// Source/destination check confirmed off (or turned off by us).
     src_dst_off: bool,
 }
@@ -287,6 +292,7 @@ async fn discover(
         tables,
         network,
         subnet: own,
+        former: Vec::new(),
         src_dst_off: eni.source_dest_check == Some(false),
     })
 }
@@ -364,11 +370,26 @@ impl Target {
                     "route table {id} no longer exists"
                 )));
             };
-            for op in plan_table(table, self.network, self.subnet, &self.eni) {
+            // The new route first, then the former ones: the move never leaves us unrouted.
+            let ops = plan_table(table, self.network, self.subnet, &self.eni)
+                .into_iter()
+                .chain(plan_former(table, &self.former, self.subnet, &self.eni));
+            for op in ops {
                 self.execute(&op).await?;
             }
         }
+        self.former.clear();
         Ok(())
+    }
+
+    /// Our lease moved to `subnet`: route it from now on, and the one we had before goes.
+    fn move_to(&mut self, subnet: Ipv4Net) {
+        if subnet == self.subnet {
+            return;
+        }
+        self.former.retain(|f| *f != subnet);
+        self.former.push(self.subnet);
+        self.subnet = subnet;
     }
 
     async fn execute(&self, op: &RouteOp) -> Result<(), AwsVpcError> {
@@ -419,6 +440,20 @@ impl Target {
                     ))(e))
                 }
             },
+            RouteOp::DeleteFormer { table, cidr, eni } => {
+                match ec2.delete_route(table, *cidr).await {
+                    Ok(()) => tracing::info!(
+                        table = %table,
+                        "aws-vpc: deleted route {cidr} → {eni} of the subnet we held before"
+                    ),
+                    Err(e) if e.code() == Some("InvalidRoute.NotFound") => {}
+                    Err(e) => {
+                        return Err(ec2_err(format!(
+                            "deleting route {cidr} → {eni} (our former subnet) from {table}"
+                        ))(e))
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -488,6 +523,8 @@ pub struct AwsVpc {
     iface_addr: Ipv4Addr,
     network: Option<Ipv4Net>,
     stop: CancelToken,
+    /// What the resync task keeps right, once started.
+    target: Option<Arc<tokio::sync::Mutex<Target>>>,
 }
 
 impl AwsVpc {
@@ -503,6 +540,7 @@ impl AwsVpc {
             iface_addr: ctx.iface.iface_addr,
             network: ctx.config.network_v4(),
             stop,
+            target: None,
         })
     }
 }
@@ -550,8 +588,28 @@ impl Backend for AwsVpc {
             }
         }
         tracing::info!(subnet = %own.subnet(), "aws-vpc: route tables are up to date");
-        tokio::spawn(keep_in_sync(target, self.stop.clone()));
+        let target = Arc::new(tokio::sync::Mutex::new(target));
+        tokio::spawn(keep_in_sync(target.clone(), self.stop.clone()));
+        self.target = Some(target);
         Ok(())
+    }
+
+    /// The new subnet's route is created (or replaced) as at start, then the old subnet's
+    /// deleted where it still points at our ENI. A failure is returned for the daemon to log;
+    /// the resync task keeps trying (the old subnet stays on its list until a pass succeeds).
+    async fn moved(&mut self, old: &Lease, new: &Lease) -> anyhow::Result<()> {
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        let mut target = target.lock().await;
+        target.move_to(new.subnet());
+        tracing::info!(old = %old.subnet(), new = %new.subnet(), eni = %target.eni, "aws-vpc: moving our route to the new subnet");
+        target.sync().await.map_err(|e| {
+            anyhow::anyhow!(
+                "aws-vpc: {}; retrying every resync until it succeeds",
+                chain(&e)
+            )
+        })
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
@@ -564,11 +622,12 @@ impl Backend for AwsVpc {
 }
 
 /// Re-checks the tables every [`RESYNC_INTERVAL`]; failures are logged and retried, never fatal.
-async fn keep_in_sync(mut target: Target, stop: CancelToken) {
+async fn keep_in_sync(target: Arc<tokio::sync::Mutex<Target>>, stop: CancelToken) {
     let mut backoff = Backoff::new();
     let mut wait = RESYNC_INTERVAL;
     while sleep_unless_stopped(wait, &stop).await {
-        match target.sync().await {
+        let result = target.lock().await.sync().await;
+        match result {
             Ok(()) => {
                 backoff = Backoff::new();
                 wait = RESYNC_INTERVAL;

@@ -316,6 +316,28 @@ impl<R: HookRunner> Extension<R> {
     }
 }
 
+impl<R: HookRunner> Extension<R> {
+    /// Runs the `PostStartupCommand`, if any, with `own`'s variables.
+    async fn post_startup(&self, own: &Lease) -> anyhow::Result<()> {
+        match &self.cfg.post_startup {
+            None => tracing::info!("No post startup command configured - skipping"),
+            Some(command) => {
+                let vars = post_startup_vars(self.network, own, self.public_ip, self.public_ipv6);
+                let hook = Hook {
+                    name: "PostStartupCommand",
+                    command,
+                    vars,
+                    stdin: "",
+                    timeout: None,
+                };
+                let out = self.runner.run(&hook).await?;
+                tracing::info!(command = %command, output = %out.output, "ran PostStartupCommand");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<R: HookRunner> Backend for Extension<R> {
     fn mtu(&self) -> u32 {
         self.mtu
@@ -356,25 +378,21 @@ impl<R: HookRunner> Backend for Extension<R> {
     }
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
-        match &self.cfg.post_startup {
-            None => tracing::info!("No post startup command configured - skipping"),
-            Some(command) => {
-                let vars = post_startup_vars(self.network, own, self.public_ip, self.public_ipv6);
-                let hook = Hook {
-                    name: "PostStartupCommand",
-                    command,
-                    vars,
-                    stdin: "",
-                    timeout: None,
-                };
-                let out = self.runner.run(&hook).await?;
-                tracing::info!(command = %command, output = %out.output, "ran PostStartupCommand");
-            }
-        }
+        self.post_startup(own).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_subnet_hooks(self.runner.clone(), self.cfg.clone(), rx));
         self.events = Some(tx);
         Ok(())
+    }
+
+    /// Our subnet changed: the `PostStartupCommand` runs again, exactly as at start (same
+    /// variables, now of the new lease), so whatever it set up for our subnet can follow.
+    /// Upstream has no such path (its flanneld exits when the lease is lost, and the restart
+    /// runs the command with the new subnet); we do what that restart would. A failure is
+    /// only logged here, not fatal as at start: the daemon is running, with its lease held.
+    async fn moved(&mut self, old: &Lease, new: &Lease) -> anyhow::Result<()> {
+        tracing::info!(old = %old.subnet(), new = %new.subnet(), "our subnet moved; running PostStartupCommand again");
+        self.post_startup(new).await
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
@@ -724,6 +742,33 @@ mod tests {
             ("PostStartupCommand", "post")
         );
         assert!(log[1].2.contains(&("SUBNET", "10.5.3.0/24".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn a_move_runs_post_startup_again_with_the_new_subnet() {
+        let hooks = Arc::new(FakeHooks::default());
+        let c = ctx(r#"{"Type":"extension","PostStartupCommand":"post"}"#);
+        let mut ext = Extension::new(&c, hooks.clone()).unwrap();
+        ext.prepare().await.unwrap();
+        let old = lease("10.5.3.0/24", "192.0.2.1", Some("extension"), None);
+        let new = lease("10.5.8.0/24", "192.0.2.1", Some("extension"), None);
+        ext.start(&old).await.unwrap();
+        ext.moved(&old, &new).await.unwrap();
+        let log = hooks.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!(
+            (log[1].0.as_str(), log[1].1.as_str(), log[1].3.as_str()),
+            ("PostStartupCommand", "post", "")
+        );
+        // The same variables a start with the new lease gets.
+        let want = post_startup_vars(
+            c.config.network_v4(),
+            &new,
+            c.iface.iface_addr,
+            c.iface.iface_addr_v6,
+        );
+        assert_eq!(log[1].2, want);
+        assert!(log[1].2.contains(&("SUBNET", "10.5.8.0/24".to_owned())));
     }
 
     /// Real time (no paused clock in this build): about six seconds.

@@ -7,6 +7,10 @@
 //!   `route <IPv6 subnet> via <PublicIPv6> dev <ext>` with `EnableIPv6`),
 //!   removed with the lease, *kept* on shutdown.
 //!
+//! Nothing here is keyed by our own subnet except what reconciliation spares
+//! (routes into it are never flannel's), which follows the subnet when a lost
+//! lease comes back with a different one.
+//!
 //! # Refusals
 //! Like upstream, the backend refuses to start when the public IP differs
 //! from the interface address (NAT). A peer whose public address is not
@@ -231,6 +235,20 @@ impl<H: Host> HostGw<H> {
         self
     }
 
+    /// Records our own subnets, which reconciliation never touches.
+    async fn set_own(&self, own: &SubnetKey) {
+        let own_subnets = std::iter::once(IpNet::V4(own.ipv4))
+            .chain(own.ipv6.map(IpNet::V6))
+            .collect();
+        self.reconciler
+            .state
+            .lock()
+            .await
+            .engine
+            .planner
+            .own_subnets = own_subnets;
+    }
+
     /// Runs one reconciliation pass now (tests).
     pub async fn reconcile_now(&self) {
         self.reconciler.reconcile_now().await;
@@ -255,12 +273,7 @@ impl<H: Host> Backend for HostGw<H> {
     }
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
-        let own_subnets = std::iter::once(IpNet::V4(own.key.ipv4))
-            .chain(own.key.ipv6.map(IpNet::V6))
-            .collect();
-        let mut state = self.reconciler.state.lock().await;
-        state.engine.planner.own_subnets = own_subnets;
-        drop(state);
+        self.set_own(&own.key).await;
         self.reconciler.spawn();
         Ok(())
     }
@@ -271,6 +284,16 @@ impl<H: Host> Backend for HostGw<H> {
 
     async fn resynced(&mut self) {
         self.reconciler.resynced().await;
+    }
+
+    /// Our subnet changed. host-gw puts nothing of its own on this host for its own subnet
+    /// (no device, no address, no route: the pods' bridge is the CNI's), so only what
+    /// reconciliation must never touch moves: routes into the new subnet are left alone from
+    /// now on, and a route into the old one is flannel's like any peer's (programmed when the
+    /// old subnet's new holder's lease arrives, removed as stray otherwise).
+    async fn moved(&mut self, _old: &Lease, new: &Lease) -> anyhow::Result<()> {
+        self.set_own(&new.key).await;
+        Ok(())
     }
 }
 
@@ -455,6 +478,44 @@ mod tests {
                 format!("route replace 10.5.2.0/24 via 192.0.2.2 dev #{eth}"),
                 format!("route del 10.5.7.0/24 via 192.0.2.7 dev #{eth}")
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_move_protects_the_new_subnet_and_no_longer_the_old_one() {
+        let (mut gw, eth) = started(FakeHost::new()).await;
+        gw.resynced().await;
+        let route = |dst: &str, gw: &str| ObservedRoute {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(eth),
+            onlink: false,
+            priority: 0,
+            proto_kernel: false,
+        };
+        gw.with_host_mut(|h| {
+            h.take_log();
+            h.routes.push(route("10.5.1.0/24", "192.0.2.7"));
+            h.routes.push(route("10.5.9.0/24", "192.0.2.8"));
+        })
+        .await;
+        let old = lease(
+            "10.5.1.0-24&fd00:5:1::-64",
+            "192.0.2.1",
+            Some("2001:db8::1"),
+            "host-gw",
+        );
+        let new = lease(
+            "10.5.9.0-24&fd00:5:9::-64",
+            "192.0.2.1",
+            Some("2001:db8::1"),
+            "host-gw",
+        );
+        gw.moved(&old, &new).await.unwrap();
+        gw.reconcile_now().await;
+        assert_eq!(
+            gw.with_host_mut(|h| h.take_log()).await,
+            vec![format!("route del 10.5.1.0/24 via 192.0.2.7 dev #{eth}")]
         );
     }
 }

@@ -3,7 +3,8 @@
 //! Every backend implements [`Backend`]. The daemon drives it in a fixed order:
 //! [`Backend::prepare`] (before the lease: say what to publish),
 //! [`Backend::start`] (with the lease: create devices, start forwarding), then
-//! [`Backend::apply`] for every batch of lease events about *other* hosts.
+//! [`Backend::apply`] for every batch of lease events about *other* hosts, and
+//! [`Backend::moved`] when a lost lease came back with a different subnet.
 //! Backends that program the kernel keep planning (pure) apart from doing
 //! (`crate::exec`), so the planning is testable without root.
 
@@ -52,6 +53,21 @@ pub trait Backend: Send {
     /// remove what no lease explains. Default: nothing.
     fn resynced(&mut self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// Called when our lease was lost and re-acquired with a *different* subnet (`old` held
+    /// before, `new` held now; same attributes). Runs before the watcher learns the new
+    /// subnet, so events about `old` (now another host's) come after it. The backend moves
+    /// whatever is keyed by its own subnet, in place. The daemon logs an error and keeps
+    /// going; the backend's own periodic repair (where it has one) finishes the job.
+    /// Default: nothing.
+    fn moved(
+        &mut self,
+        old: &Lease,
+        new: &Lease,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let _ = (old, new);
+        async { Ok(()) }
     }
 }
 

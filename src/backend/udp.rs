@@ -15,7 +15,8 @@
 //! # Kernel state owned by this module
 //! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
 //!   (set through the daemon's netlink handle by `exec::tun`); it disappears when the workers
-//!   stop (their queue fds are the device's only holders).
+//!   stop (their queue fds are the device's only holders). When a lost lease comes back with a
+//!   different subnet the /32 moves in place, with the workers running.
 //! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
@@ -142,6 +143,8 @@ pub struct Udp {
 struct Running {
     workers: Workers,
     io: IoKind,
+    /// The TUN device as configured (its address follows our subnet).
+    link: TunLink,
 }
 
 impl Udp {
@@ -320,7 +323,34 @@ impl Backend for Udp {
             strict_source = self.settings.strict_source,
             "udp backend running"
         );
-        self.running = Some(Running { workers, io });
+        self.running = Some(Running { workers, io, link });
+        Ok(())
+    }
+
+    /// Our subnet changed: the route set's own subnet (never routed, so a packet from a peer
+    /// claiming a source in it is refused as spoofed) is the new one from the next table on,
+    /// published as any change; then `flannel0` trades the old /32 for the new one. The
+    /// workers need nothing else: they send and check sources by the table alone.
+    async fn moved(&mut self, old: &Lease, new: &Lease) -> anyhow::Result<()> {
+        let subnet = new.subnet().trunc();
+        self.set.set_own(subnet);
+        self.publish();
+        let Some(running) = self.running.as_mut() else {
+            return Ok(());
+        };
+        let netlink = self
+            .netlink
+            .clone()
+            .context("udp backend: no netlink handle to move the TUN address with")?;
+        let was = running.link.addr;
+        running.link.addr = subnet.network();
+        tun_link::move_address(&netlink, &running.link, was).await?;
+        tracing::info!(
+            device = %running.link.name,
+            old = %old.subnet(),
+            new = %subnet,
+            "udp backend: moved to our new subnet"
+        );
         Ok(())
     }
 
@@ -518,5 +548,32 @@ mod tests {
         assert_eq!(u.stats(), StatsSnapshot::default());
         assert_eq!(u.io_kind(), None);
         u.stop(); // not started: a no-op
+    }
+
+    #[test]
+    fn a_move_swaps_which_subnet_is_ours_in_the_published_table() {
+        let mut u = udp(r#"{"Network":"10.5.0.0/16"}"#);
+        u.set.set_own("10.5.1.0/24".parse().unwrap());
+        // A stale lease for the subnet we are about to get.
+        block_on(u.apply(&[LeaseEvent::Added(lease("10.5.9.0/24", [198, 51, 100, 9]))]));
+        assert_eq!(u.route_table().len(), 1);
+        let (old, new) = (
+            lease("10.5.1.0/24", [192, 0, 2, 1]),
+            lease("10.5.9.0/24", [192, 0, 2, 1]),
+        );
+        // Not started: nothing to move on the device, the table still moves.
+        block_on(u.moved(&old, &new)).unwrap();
+        assert!(
+            u.route_table().is_empty(),
+            "our new subnet is never a route"
+        );
+        // The old subnet's new holder is routed like any peer.
+        block_on(u.apply(&[LeaseEvent::Added(lease("10.5.1.0/24", [192, 0, 2, 99]))]));
+        let t = u.route_table();
+        assert_eq!(
+            t.lookup(Ipv4Addr::new(10, 5, 1, 9)),
+            Some(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 8285))
+        );
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 5, 9, 9)), None);
     }
 }

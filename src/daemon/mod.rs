@@ -255,11 +255,17 @@ impl Daemon<'_> {
                 }
             };
             if lost {
+                let before = keeper.held().lease.clone();
                 let Some(again) = until_stopped(&self.stop, keeper.reacquire()).await else {
                     break;
                 };
                 let again = again.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
                 if let Reacquired::Moved { new, old } = again {
+                    // Before the watcher hears of `new`: the backend first stops calling
+                    // `old` its own, then learns of `old`'s new holder as of any other host.
+                    if let Err(e) = backend.moved(&before, &keeper.held().lease).await {
+                        tracing::error!(%old, %new, "moving the backend to our new subnet: {e:#}");
+                    }
                     self.blackhole(&new, Some(&old)).await;
                     self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
                     if let Some(r) = &rules {

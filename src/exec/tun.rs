@@ -6,6 +6,9 @@
 //! route for the whole overlay network (e.g. `10.1.0.0/16`) via the device, scope universe,
 //! `EEXIST` tolerated. We do the same over rtnetlink (no `ip` command).
 //!
+//! When our subnet moves ([`move_address`]) the device gets the new /32 and loses the old one;
+//! the network route stays as it is.
+//!
 //! # Kernel state owned by this module
 //! - the /32 address and the network route on the device (`datapath::device` creates it).
 //!   Both disappear with the device when its last queue fd closes.
@@ -65,5 +68,23 @@ pub async fn configure(nl: &Netlink, t: &TunLink) -> Result<(), NetlinkError> {
     nl.add_route(route, &t.network.to_string())
         .await
         .map_err(on)?;
+    Ok(())
+}
+
+/// Our subnet moved: `t.addr` (the new lease's network address) is added as /32 first, then
+/// `old`'s /32 removed, so the device is never without an address. Either already done: fine.
+///
+/// # Errors
+/// Adding or removing the address failing.
+pub async fn move_address(nl: &Netlink, t: &TunLink, old: Ipv4Addr) -> Result<(), NetlinkError> {
+    let on = |mut e: NetlinkError| {
+        e.what = format!("{} on {}", e.what, t.name);
+        e
+    };
+    let slash32 = |a: Ipv4Addr| IpNet::new(IpAddr::V4(a), 32).expect("/32 is a valid prefix");
+    nl.add_address(t.index, slash32(t.addr)).await.map_err(on)?;
+    if old != t.addr {
+        nl.delete_address(t.index, slash32(old)).await.map_err(on)?;
+    }
     Ok(())
 }

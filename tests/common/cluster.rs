@@ -335,6 +335,96 @@ impl Cluster {
         self.wait_ready(i)
     }
 
+    /// Takes host `i`'s subnet away while its daemon runs: the daemon is paused, its lease
+    /// deleted and the key written again as another host's (192.0.2.99), then resumed. Returns
+    /// the new subnet (`FLANNEL_SUBNET` form) once subnet.env shows it; `wait_ready` re-wires
+    /// the pod afterwards.
+    pub fn take_subnet_away(&mut self, i: usize) -> String {
+        let before = self.hosts[i].subnet.clone().expect("host ready");
+        let key = self.lease_key(i);
+        let pid = self.daemon(i).child.as_ref().unwrap().id().to_string();
+        sh(None, "kill", &["-STOP", &pid]);
+        let taken = self.etcd().ctl(&["del", &key]).and_then(|_| {
+            self.etcd().ctl(&[
+                "put",
+                &key,
+                r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
+            ])
+        });
+        sh(None, "kill", &["-CONT", &pid]);
+        taken.unwrap();
+        let file = self.daemon(i).subnet_file.clone();
+        wait_until(Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let s = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+                .to_owned();
+            (s != before).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("no new subnet:\n{}", self.daemon(i).log()))
+    }
+
+    /// The whole move, checked: pods of hosts `i` and `peer` reach each other, host `i`'s subnet
+    /// is taken away ([`Cluster::take_subnet_away`]), its pod re-wired on the new subnet; then
+    /// pods reach each other again both ways, `dev` (flannel0, flannel.1; `None` for host-gw)
+    /// carries the new subnet's /32 and nothing of the old one, and neither host has a route
+    /// into the old subnet (its new holder, 192.0.2.99, publishes no backend type, so no
+    /// backend but udp, which routes in userspace, programs one). Returns (old, new) subnets.
+    pub fn check_move(&mut self, i: usize, peer: usize, dev: Option<&str>) -> (String, String) {
+        let secs = Duration::from_secs;
+        for (a, b) in [(i, peer), (peer, i)] {
+            assert!(
+                self.ping(a, &self.pod_ip(b), secs(10)),
+                "before the move: pod{a} -> pod{b}"
+            );
+        }
+        let old = self.hosts[i].subnet.clone().expect("host ready");
+        let new = self.take_subnet_away(i);
+        assert_eq!(self.wait_ready(i), new);
+        for (a, b) in [(i, peer), (peer, i)] {
+            assert!(
+                self.ping(a, &self.pod_ip(b), secs(15)),
+                "after the move {old} -> {new}: pod{a} -> pod{b}\nlog{i}:\n{}\nlog{peer}:\n{}",
+                self.daemon(i).log(),
+                self.daemon(peer).log()
+            );
+        }
+        let net = |s: &str| {
+            let n: ipnet::Ipv4Net = s.parse().unwrap();
+            n.trunc()
+        };
+        let (old_net, new_net) = (net(&old), net(&new));
+        let ns = self.hosts[i].netns.clone();
+        if let Some(dev) = dev {
+            let addrs = wait_until(secs(5), || {
+                let a = sh(Some(&ns), "ip", &["-4", "-o", "addr", "show", "dev", dev]);
+                let has = |n: ipnet::Ipv4Net| a.contains(&format!(" {}/32 ", n.network()));
+                (has(new_net) && !has(old_net)).then_some(a)
+            });
+            assert!(
+                addrs.is_some(),
+                "{dev} after the move {old_net} -> {new_net}:\n{}\n{}",
+                sh(Some(&ns), "ip", &["-4", "addr", "show", "dev", dev]),
+                self.daemon(i).log()
+            );
+        }
+        for h in [i, peer] {
+            let hns = self.hosts[h].netns.clone();
+            let routes = || sh(Some(&hns), "ip", &["-4", "route", "show", "table", "all"]);
+            let gone = wait_until(secs(5), || {
+                (!routes().contains(&old_net.to_string())).then_some(())
+            });
+            assert!(
+                gone.is_some(),
+                "host {h} still routes our old subnet {old_net}:\n{}\n{}",
+                routes(),
+                self.daemon(h).log()
+            );
+        }
+        (old, new)
+    }
+
     pub fn daemon(&self, i: usize) -> &Flanneld {
         self.hosts[i].daemon.as_ref().expect("daemon started")
     }

@@ -34,6 +34,12 @@ pub enum RouteOp {
         eni: String,
         was: String,
     },
+    /// Remove the route of a subnet we held before our lease moved; it still points at our ENI.
+    DeleteFormer {
+        table: String,
+        cidr: Ipv4Net,
+        eni: String,
+    },
 }
 
 /// The operations that make `table` route `subnet` to `eni` and drop blackholes in `network`.
@@ -80,6 +86,29 @@ pub fn plan_table(
         }),
     }
     ops
+}
+
+/// After our lease moved: the routes in `table` of the subnets we held before (`former`) that
+/// still point at our `eni`. A route someone else already took over (another ENI, replaced by
+/// the subnet's new holder) is theirs and stays; `subnet`, ours again, is never deleted.
+pub fn plan_former(
+    table: &RouteTable,
+    former: &[Ipv4Net],
+    subnet: Ipv4Net,
+    eni: &str,
+) -> Vec<RouteOp> {
+    table
+        .routes
+        .iter()
+        .filter(|r| r.network_interface_id.as_deref() == Some(eni))
+        .filter_map(|r| r.destination.as_deref()?.parse::<Ipv4Net>().ok())
+        .filter(|cidr| *cidr != subnet && former.contains(cidr))
+        .map(|cidr| RouteOp::DeleteFormer {
+            table: table.id.clone(),
+            cidr,
+            eni: eni.to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -172,6 +201,26 @@ mod tests {
                 was: "eni-0dead (blackhole)".into()
             }]
         );
+    }
+
+    #[test]
+    fn after_a_move_only_our_former_route_still_on_our_eni_goes() {
+        // We held 10.5.3.0/24 on eni-a90b… and moved to 10.5.4.0/24.
+        let eni = "eni-a90b5a7eb61bd8da9";
+        let former = [net("10.5.3.0/24"), net("10.5.9.0/24")];
+        assert_eq!(
+            plan_former(&table(), &former, net("10.5.4.0/24"), eni),
+            vec![RouteOp::DeleteFormer {
+                table: "rtb-129696e04d24cbd2d".into(),
+                cidr: net("10.5.3.0/24"),
+                eni: eni.into()
+            }],
+            "10.5.9.0/24 points at another ENI: not ours to delete"
+        );
+        // Taken over by its new holder: left alone.
+        assert!(plan_former(&table(), &former, net("10.5.4.0/24"), "eni-other").is_empty());
+        // Moved back to it: it is ours again.
+        assert!(plan_former(&table(), &former, net("10.5.3.0/24"), eni).is_empty());
     }
 
     #[test]

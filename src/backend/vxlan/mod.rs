@@ -11,7 +11,9 @@
 //!   restart), recreated (keeping its MAC) if not; *kept* on shutdown so
 //!   running pods keep their routes.
 //! - its address: the lease's network address as /32 (/128), and no other
-//!   address inside the flannel network.
+//!   address inside the flannel network. When a lost lease comes back with
+//!   a different subnet the address moves in place (the device, its MAC and
+//!   every peer entry stay).
 //! - per remote vxlan lease: `neigh <subnet addr> lladdr <VtepMAC> nud
 //!   permanent`, `fdb <VtepMAC> dst <PublicIP> self permanent`, `route
 //!   <subnet> via <subnet addr> dev flannel.<VNI> onlink`; with
@@ -230,6 +232,14 @@ impl<H: Host> Inner<H> {
         Ok(())
     }
 
+    /// Records our subnets: the device addresses, and what reconciliation never touches.
+    fn set_own(&mut self, own: SubnetKey) {
+        self.own = Some(own);
+        self.engine.planner.own_subnets = std::iter::once(IpNet::V4(own.ipv4))
+            .chain(own.ipv6.map(IpNet::V6))
+            .collect();
+    }
+
     async fn bring_up(&mut self, f: Family) -> anyhow::Result<()> {
         self.ensure_address(f).await?;
         if let Some(dev) = self.dev_mut(f).clone() {
@@ -424,10 +434,7 @@ impl<H: Host> Backend for Vxlan<H> {
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
         {
             let mut inner = self.reconciler.state.lock().await;
-            inner.own = Some(own.key);
-            inner.engine.planner.own_subnets = std::iter::once(IpNet::V4(own.key.ipv4))
-                .chain(own.key.ipv6.map(IpNet::V6))
-                .collect();
+            inner.set_own(own.key);
             for f in inner.specs.iter().map(|(f, _)| *f).collect::<Vec<_>>() {
                 if f == Family::V6 && own.key.ipv6.is_none() {
                     tracing::error!("IPv6 is enabled but our lease {} has no IPv6 subnet; {} stays unconfigured", own.key, inner.specs[1].1.name);
@@ -458,13 +465,34 @@ impl<H: Host> Backend for Vxlan<H> {
     async fn resynced(&mut self) {
         self.reconciler.resynced().await;
     }
+
+    /// Our subnet changed: each device trades the old /32 (/128) for the new one (the
+    /// address check removes every other address inside the network), and the reconciler
+    /// stops protecting the old subnet and protects the new one. Peers' entries are keyed
+    /// by their subnets and stay; the old subnet's new holder arrives as a lease event.
+    async fn moved(&mut self, old: &Lease, new: &Lease) -> anyhow::Result<()> {
+        let mut inner = self.reconciler.state.lock().await;
+        inner.set_own(new.key);
+        for f in inner.specs.iter().map(|(f, _)| *f).collect::<Vec<_>>() {
+            if inner.ensure_address(f).await? {
+                let name = inner.dev_mut(f).as_ref().map(|d| d.name.clone());
+                tracing::info!(
+                    "moved {} from our old subnet {} to {}",
+                    name.unwrap_or_default(),
+                    old.key,
+                    new.key
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::kernel::fake::FakeHost;
-    use crate::backend::kernel::{LinkState, ObservedFdb};
+    use crate::backend::kernel::{LinkState, ObservedFdb, ObservedRoute};
     use crate::config::NetworkConfig;
     use crate::subnet::lease::{LeaseAttrs, RawJson};
 
@@ -586,6 +614,49 @@ mod tests {
             .await;
         assert_eq!(addrs, vec!["10.5.1.0/32", "192.168.9.9/24"]);
         assert!(up);
+    }
+
+    #[tokio::test]
+    async fn a_move_trades_the_device_address_and_the_protected_subnet() {
+        let mut vx = started(CONF, FakeHost::new()).await;
+        vx.resynced().await;
+        let idx = vx
+            .with_host_mut(|h| h.link_named("flannel.1").unwrap().index)
+            .await;
+        let route = |dst: &str, gw: &str| ObservedRoute {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(idx),
+            onlink: true,
+            priority: 0,
+            proto_kernel: false,
+        };
+        vx.with_host_mut(|h| {
+            h.take_log();
+            h.routes.push(route("10.5.1.0/24", "10.5.1.0"));
+            h.routes.push(route("10.5.9.0/24", "10.5.9.0"));
+        })
+        .await;
+        let old = lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01");
+        let new = lease("10.5.9.0-24", "192.0.2.1", "02:00:00:00:00:01");
+        vx.moved(&old, &new).await.unwrap();
+        let addrs = vx
+            .with_host_mut(|h| {
+                h.addrs
+                    .iter()
+                    .filter(|(i, _)| *i == idx)
+                    .map(|(_, a)| a.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        assert_eq!(addrs, vec!["10.5.9.0/32"]);
+        vx.with_host_mut(|h| h.take_log()).await;
+        vx.reconcile_now().await;
+        assert_eq!(
+            vx.with_host_mut(|h| h.take_log()).await,
+            vec![format!("route del 10.5.1.0/24 via 10.5.1.0 dev #{idx}")],
+            "the old subnet's route is a stray now, the new one's is left alone"
+        );
     }
 
     #[tokio::test]
