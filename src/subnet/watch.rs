@@ -158,6 +158,16 @@ impl LeaseSet {
         out
     }
 
+    /// Whether `new`, written over another host's live lease `old`, is a write no flanneld
+    /// makes: it detaches the key from its etcd lease (a flanneld renews its own key with a TTL)
+    /// and changes the public IP (a flanneld never rewrites another host's key). The stray
+    /// `etcdctl put` the owner undoes at once (`keeper::judge_own_change`); following it meanwhile
+    /// would send this host's traffic for that subnet nowhere. A re-list (resync) takes the
+    /// listing as it is, so a write that stays is followed then.
+    fn is_stray(old: &Lease, new: &Lease) -> bool {
+        old.etcd_lease != 0 && new.etcd_lease == 0 && old.attrs.public_ip != new.attrs.public_ip
+    }
+
     /// Applies watch events in order.
     pub fn apply(&mut self, raw: Vec<RawEvent>) -> Outcome {
         let mut out = Outcome::default();
@@ -191,6 +201,17 @@ impl LeaseSet {
             }
             match lease {
                 Some(new) => {
+                    if self
+                        .others
+                        .get(&subnet)
+                        .is_some_and(|old| Self::is_stray(old, &new))
+                    {
+                        tracing::warn!(
+                            subnet = %subnet, value = %new.attrs.to_json(),
+                            "not following a stray write over another host's live lease (its owner writes its value back)"
+                        );
+                        continue;
+                    }
                     let changed = self
                         .others
                         .get(&subnet)
@@ -288,6 +309,38 @@ mod tests {
         ]);
         assert_eq!(subnets(&out.events), ["+10.5.3.0-24", "-10.5.2.0-24"]);
         assert_eq!(out.own, None);
+    }
+
+    /// A stray `etcdctl put` over another host's live lease (no etcd lease, another public
+    /// IP) is not followed; the owner's restore then changes nothing; a re-list takes what
+    /// etcd holds.
+    #[test]
+    fn a_stray_write_over_another_hosts_live_lease_is_not_followed() {
+        let mut set = LeaseSet::new(own());
+        set.apply(vec![put("10.5.2.0-24", "2.2.2.2", 3)]);
+        let stray = RawEvent::Put {
+            key: format!("{P}10.5.2.0-24"),
+            value: br#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#.to_vec(),
+            etcd_lease: 0,
+            mod_revision: 4,
+            create_revision: 2,
+        };
+        assert!(set.apply(vec![stray.clone()]).events.is_empty());
+        // The owner writes its value back: nothing changed.
+        assert!(set
+            .apply(vec![put("10.5.2.0-24", "2.2.2.2", 5)])
+            .events
+            .is_empty());
+        // A real change (the owner's own write, with a lease) is followed at once.
+        let out = set.apply(vec![put("10.5.2.0-24", "2.2.2.7", 6)]);
+        assert_eq!(subnets(&out.events), ["+10.5.2.0-24"]);
+        // A stray value that stays is taken by the next re-list.
+        set.apply(vec![stray.clone()]);
+        let out = set.resync(vec![stray], 7);
+        match &out.events[..] {
+            [LeaseEvent::Added(l)] => assert_eq!(l.attrs.public_ip.to_string(), "192.0.2.99"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
