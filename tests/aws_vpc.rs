@@ -511,34 +511,10 @@ fn a_moved_subnet_moves_its_route_and_leaves_the_new_holders_alone() {
     // Paused: our lease goes, another host takes the subnet and already points table b at
     // its own ENI.
     let key = format!("/coreos.com/network/subnets/{}", old.replace('/', "-"));
-    let pid = d.child.as_ref().unwrap().id().to_string();
-    let kill = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
-    kill("-STOP");
-    etcd.must(&["del", &key]);
-    etcd.must(&[
-        "put",
-        &key,
-        r#"{"PublicIP":"127.0.0.50","PublicIPv6":null}"#,
-    ]);
-    moto.py("replace-to-eni", &[&b, &old, &other_eni]);
-    kill("-CONT");
-
-    let file = d.subnet_file.clone();
-    let moved = wait_until(secs(30), || {
-        let text = std::fs::read_to_string(&file).ok()?;
-        let s = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-            .to_owned();
-        (s != first).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("no new subnet:\n{}", d.log()));
+    let other = r#"{"PublicIP":"127.0.0.50","PublicIPv6":null}"#;
+    let moved = d.lose_subnet(&etcd, &key, other, &first, || {
+        moto.py("replace-to-eni", &[&b, &old, &other_eni]);
+    });
     let new = net(&moved);
     assert_ne!(new, old);
     for t in [&a, &b] {

@@ -230,32 +230,9 @@ fn a_lease_taken_over_by_another_host_is_replaced_by_a_new_one() {
     etcd.put_config(NET16);
     let mut d = daemon(&etcd, "127.0.0.1", &[], &[]);
     let old = d.wait_subnet(secs(20));
-    // Paused, so the other host surely wins the race for the deleted key.
-    let pid = d.child.as_ref().unwrap().id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    etcd.must(&["del", &key_of(&old)]);
-    etcd.must(&[
-        "put",
-        &key_of(&old),
-        r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
-    ]);
-    signal("-CONT");
-    let moved = wait_until(secs(10), || {
-        let text = std::fs::read_to_string(&d.subnet_file).ok()?;
-        let s = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-            .to_owned();
-        (s != old).then_some(s)
-    });
-    let new = moved.unwrap_or_else(|| panic!("no new subnet; log:\n{}", d.log()));
+    // Paused meanwhile, so the other host surely wins the race for the deleted key.
+    let other = r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#;
+    let new = d.lose_subnet(&etcd, &key_of(&old), other, &old, || {});
     assert!(lease_value(&etcd, &key_of(&new))
         .unwrap()
         .contains("127.0.0.1"));

@@ -138,34 +138,8 @@ fn a_moved_subnet_runs_post_startup_again_with_the_new_one() {
     };
     assert_eq!(read(&post), want(&first), "log:\n{}", d.log());
 
-    let key = key_of(&first);
-    let pid = d.child.as_ref().unwrap().id().to_string();
-    let kill = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
-    kill("-STOP");
-    etcd.must(&["del", &key]);
-    etcd.must(&[
-        "put",
-        &key,
-        r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
-    ]);
-    kill("-CONT");
-    let file = d.subnet_file.clone();
-    let moved = wait_until(secs(15), || {
-        let text = std::fs::read_to_string(&file).ok()?;
-        let s = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-            .to_owned();
-        (s != first).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("no new subnet:\n{}", d.log()));
+    let other = r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#;
+    let moved = d.lose_subnet(&etcd, &key_of(&first), other, &first, || {});
     let ran = wait_until(secs(10), || (read(&post) == want(&moved)).then_some(()));
     assert!(
         ran.is_some(),

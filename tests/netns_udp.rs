@@ -367,27 +367,7 @@ fn blackhole_route_follows_the_subnet_and_outlives_a_clean_stop() {
 
     // Genuinely lost (deleted, then created by another host while we were paused): the
     // route moves to the new subnet.
-    let key = c.lease_key(0);
-    let pid = c.daemon(0).child.as_ref().unwrap().id().to_string();
-    sh(None, "kill", &["-STOP", &pid]);
-    c.etcd().ctl(&["del", &key]).unwrap();
-    c.etcd()
-        .ctl(&[
-            "put",
-            &key,
-            r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
-        ])
-        .unwrap();
-    sh(None, "kill", &["-CONT", &pid]);
-    let moved = wait_until(secs(10), || {
-        let text = std::fs::read_to_string(&c.daemon(0).subnet_file).ok()?;
-        let s = text
-            .lines()
-            .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-            .to_owned();
-        (s != first).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("no new subnet:\n{}", c.daemon(0).log()));
+    let moved = c.take_subnet_away(0);
     let after = wait_until(secs(5), || {
         let r = blackholes();
         (r.contains(&net(&moved)) && !r.contains(&net(&first))).then_some(r)

@@ -342,27 +342,13 @@ impl Cluster {
     pub fn take_subnet_away(&mut self, i: usize) -> String {
         let before = self.hosts[i].subnet.clone().expect("host ready");
         let key = self.lease_key(i);
-        let pid = self.daemon(i).child.as_ref().unwrap().id().to_string();
-        sh(None, "kill", &["-STOP", &pid]);
-        let taken = self.etcd().ctl(&["del", &key]).and_then(|_| {
-            self.etcd().ctl(&[
-                "put",
-                &key,
-                r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
-            ])
-        });
-        sh(None, "kill", &["-CONT", &pid]);
-        taken.unwrap();
-        let file = self.daemon(i).subnet_file.clone();
-        wait_until(Duration::from_secs(15), || {
-            let text = std::fs::read_to_string(&file).ok()?;
-            let s = text
-                .lines()
-                .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
-                .to_owned();
-            (s != before).then_some(s)
-        })
-        .unwrap_or_else(|| panic!("no new subnet:\n{}", self.daemon(i).log()))
+        self.daemon(i).lose_subnet(
+            self.etcd(),
+            &key,
+            r#"{"PublicIP":"192.0.2.99","PublicIPv6":null}"#,
+            &before,
+            || {},
+        )
     }
 
     /// The whole move, checked: pods of hosts `i` and `peer` reach each other, host `i`'s subnet

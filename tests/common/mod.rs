@@ -649,6 +649,36 @@ impl Flanneld {
         }
     }
 
+    /// Takes this daemon's subnet away as a real loss would: with the daemon paused, its
+    /// `key` is deleted and created anew with `value` (another host's), and `meanwhile` runs;
+    /// then it resumes. Returns the new subnet once subnet.env names one other than `from`.
+    pub fn lose_subnet(
+        &self,
+        etcd: &Etcd,
+        key: &str,
+        value: &str,
+        from: &str,
+        meanwhile: impl FnOnce(),
+    ) -> String {
+        self.signal("STOP");
+        let taken = etcd
+            .ctl(&["del", key])
+            .and_then(|_| etcd.ctl(&["put", key, value]));
+        meanwhile();
+        self.signal("CONT");
+        taken.unwrap();
+        let file = self.subnet_file.clone();
+        wait_until(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let s = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?
+                .to_owned();
+            (s != from).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("no new subnet after {from}:\n{}", self.log()))
+    }
+
     /// Kills (SIGKILL) and starts the daemon again with the same arguments and files.
     pub fn restart(&mut self) {
         self.kill();

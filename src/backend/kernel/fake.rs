@@ -234,3 +234,48 @@ impl Host for FakeHost {
 
     async fn disable_accept_ra(&mut self, _name: &str) {}
 }
+
+/// Fixtures shared by the kernel model's and reconciler's unit tests.
+pub mod fixtures {
+    use std::net::IpAddr;
+
+    use ipnet::IpNet;
+
+    use crate::backend::kernel::model::{Desired, FdbSpec, Mac, NeighSpec, RouteSpec};
+
+    pub const MAC_A: Mac = Mac([0x0a, 1, 2, 3, 4, 5]);
+    pub const MAC_B: Mac = Mac([0x0a, 9, 9, 9, 9, 9]);
+    /// The vxlan device's ifindex.
+    pub const DEV: u32 = 7;
+
+    pub fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    pub fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// What vxlan wants for one peer: neighbour, FDB entry and onlink route on [`DEV`].
+    pub fn vxlan_peer(subnet: &str, public: &str, mac: Mac) -> Desired {
+        let dst = net(subnet);
+        let mut d = Desired::default();
+        d.add_neigh(NeighSpec {
+            ifindex: DEV,
+            ip: dst.network(),
+            mac,
+        });
+        d.add_fdb(FdbSpec {
+            ifindex: DEV,
+            mac,
+            dst: ip(public),
+        });
+        d.add_route(RouteSpec {
+            dst,
+            gateway: dst.network(),
+            oif: DEV,
+            onlink: true,
+        });
+        d
+    }
+}

@@ -401,37 +401,7 @@ pub(crate) fn op_rank(op: &Op) -> u8 {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-    const MAC_A: Mac = Mac([0x0a, 1, 2, 3, 4, 5]);
-    const MAC_B: Mac = Mac([0x0a, 9, 9, 9, 9, 9]);
-    const DEV: u32 = 7;
-
-    fn vxlan_peer(subnet: &str, public: &str, mac: Mac) -> Desired {
-        let dst = net(subnet);
-        let mut d = Desired::default();
-        d.add_neigh(NeighSpec {
-            ifindex: DEV,
-            ip: dst.network(),
-            mac,
-        });
-        d.add_fdb(FdbSpec {
-            ifindex: DEV,
-            mac,
-            dst: ip(public),
-        });
-        d.add_route(RouteSpec {
-            dst,
-            gateway: dst.network(),
-            oif: DEV,
-            onlink: true,
-        });
-        d
-    }
+    use crate::backend::kernel::fake::fixtures::*;
 
     #[test]
     fn macs_parse_and_print_like_go() {

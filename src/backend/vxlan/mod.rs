@@ -541,7 +541,12 @@ mod tests {
 
     async fn started(conf: &str, mut host: FakeHost) -> Vxlan<FakeHost> {
         let c = ctx(conf, &mut host);
-        let mut vx = Vxlan::new(&c, host)
+        started_in(&c, host).await
+    }
+
+    /// Prepared and started on `host` as 10.5.1.0/24, with the start-up's calls cleared.
+    async fn started_in(c: &BackendContext, host: FakeHost) -> Vxlan<FakeHost> {
+        let mut vx = Vxlan::new(c, host)
             .unwrap()
             .with_period(Duration::from_secs(3600));
         vx.prepare().await.unwrap();
@@ -750,14 +755,7 @@ mod tests {
                 oif: Some(eth),
             },
         );
-        let mut vx = Vxlan::new(&c, host)
-            .unwrap()
-            .with_period(Duration::from_secs(3600));
-        vx.prepare().await.unwrap();
-        vx.start(&lease("10.5.1.0-24", "192.0.2.1", "02:00:00:00:00:01"))
-            .await
-            .unwrap();
-        vx.with_host_mut(|h| h.take_log()).await;
+        let mut vx = started_in(&c, host).await;
         vx.apply(&[
             peer2("0a:00:00:00:00:02"),
             LeaseEvent::Added(lease("10.5.3.0-24", "198.51.100.3", "0a:00:00:00:00:03")),

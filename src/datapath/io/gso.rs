@@ -122,14 +122,37 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn a_failed_gso_send_turns_gso_off_and_resends_one_by_one() {
+    /// A sending socket and a receiving one (2 s timeout) on loopback, and its address.
+    fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let std::net::SocketAddr::V4(peer) = rx.local_addr().unwrap() else {
             panic!("bound to an IPv4 address");
         };
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (UdpSocket::bind("127.0.0.1:0").unwrap(), rx, peer)
+    }
+
+    /// `--udp-gso=false`: off from the start, a segmented send leaves datagram by datagram.
+    #[test]
+    fn a_sender_made_without_gso_sends_one_datagram_per_call() {
+        let (tx, rx, peer) = loopback_pair();
+        let stats = WorkerStats::default();
+        let datagrams = [[4u8; 60], [5u8; 60]];
+        let iov = datagrams.each_ref().map(|d| IoSlice::new(d));
+        let mut gso = GsoSender::new(false);
+        assert_eq!(gso.max_segments(), 1);
+        gso.send(&tx, peer, &iov, (1, Some(60)), &stats);
+        let mut buf = [0u8; 512];
+        for d in &datagrams {
+            assert_eq!(rx.recv(&mut buf).unwrap(), 60);
+            assert_eq!(&buf[..60], &d[..]);
+        }
+        assert_eq!(stats.snapshot().egress_packets, 2);
+    }
+
+    #[test]
+    fn a_failed_gso_send_turns_gso_off_and_resends_one_by_one() {
+        let (tx, rx, peer) = loopback_pair();
         let stats = WorkerStats::default();
         let datagrams = [[1u8; 100], [2u8; 100], [3u8; 100]];
         let iov = datagrams.each_ref().map(|d| IoSlice::new(d));
@@ -163,12 +186,7 @@ mod tests {
 
     #[test]
     fn a_gso_send_of_gathered_pieces_arrives_as_datagrams() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let std::net::SocketAddr::V4(peer) = rx.local_addr().unwrap() else {
-            panic!("bound to an IPv4 address");
-        };
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (tx, rx, peer) = loopback_pair();
         let stats = WorkerStats::default();
         let (h, p) = ([9u8; 20], [7u8; 80]);
         let iov = [
