@@ -90,14 +90,21 @@ fn loopback_daemon(etcd: &Etcd, envs: &[(&str, &str)]) -> Flanneld {
     Flanneld::spawn(&args, envs)
 }
 
-#[test]
-fn pre_startup_output_is_published_and_post_startup_gets_upstreams_variables() {
-    require!(Cap::Etcd);
+/// The recording scripts in a temp dir, an etcd holding the config that runs them, and a
+/// daemon on loopback with `FROM_ENV` in its environment.
+fn recording_daemon() -> (tempfile::TempDir, Etcd, Flanneld) {
     let dir = tempfile::tempdir().unwrap();
     write_scripts(dir.path());
     let etcd = Etcd::start();
     etcd.put_config(&recording_config(dir.path()));
-    let mut d = loopback_daemon(&etcd, &[("FROM_ENV", "from-the-daemon-env")]);
+    let d = loopback_daemon(&etcd, &[("FROM_ENV", "from-the-daemon-env")]);
+    (dir, etcd, d)
+}
+
+#[test]
+fn pre_startup_output_is_published_and_post_startup_gets_upstreams_variables() {
+    require!(Cap::Etcd);
+    let (dir, etcd, mut d) = recording_daemon();
     let subnet = d.wait_subnet(secs(20));
 
     // BackendData = combined stdout+stderr, trimmed, as a JSON string; PublicIP = lo's address,
@@ -123,11 +130,7 @@ fn pre_startup_output_is_published_and_post_startup_gets_upstreams_variables() {
 #[test]
 fn a_moved_subnet_runs_post_startup_again_with_the_new_one() {
     require!(Cap::Etcd);
-    let dir = tempfile::tempdir().unwrap();
-    write_scripts(dir.path());
-    let etcd = Etcd::start();
-    etcd.put_config(&recording_config(dir.path()));
-    let mut d = loopback_daemon(&etcd, &[("FROM_ENV", "from-the-daemon-env")]);
+    let (dir, etcd, mut d) = recording_daemon();
     let first = d.wait_subnet(secs(20));
     let post = dir.path().join("post.out");
     let want = |subnet: &str| {
