@@ -38,6 +38,15 @@ fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 echo "==> formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+# rustup's default profile has both; a minimal one does not.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null; then
+        rustup component add rustfmt clippy
+    else
+        echo "test.sh needs cargo fmt and cargo clippy (rustup component add rustfmt clippy)" >&2
+        exit 1
+    fi
+fi
 cargo fmt --check
 cargo clippy --quiet --all-targets --locked -- -D warnings
 
