@@ -251,13 +251,15 @@ impl LeaseSet {
     }
 }
 
+/// Watch events for the reducer's and the watcher's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::RawEvent;
 
-    const P: &str = "/coreos.com/network/subnets/";
+    pub const P: &str = "/coreos.com/network/subnets/";
 
-    fn put(subnet: &str, ip: &str, rev: i64) -> RawEvent {
+    /// A lease of `subnet` for `ip` written at revision `rev`.
+    pub fn put(subnet: &str, ip: &str, rev: i64) -> RawEvent {
         RawEvent::Put {
             key: format!("{P}{subnet}"),
             value: format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#).into_bytes(),
@@ -267,12 +269,19 @@ mod tests {
         }
     }
 
-    fn del(subnet: &str, rev: i64) -> RawEvent {
+    /// `subnet`'s key deleted at revision `rev`.
+    pub fn del(subnet: &str, rev: i64) -> RawEvent {
         RawEvent::Delete {
             key: format!("{P}{subnet}"),
             mod_revision: rev,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
 
     fn subnets(events: &[LeaseEvent]) -> Vec<String> {
         events

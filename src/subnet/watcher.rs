@@ -185,6 +185,7 @@ mod tests {
     use super::*;
     use crate::cancel::cancel_pair;
     use crate::subnet::clock::FakeClock;
+    use crate::subnet::watch::fixtures::{del as delete, put};
 
     /// A scripted etcd: each `list` answers with the next listing, each
     /// `watch_from` opens the next stream script; a stream whose script is
@@ -230,23 +231,6 @@ mod tests {
     }
 
     const OWN: &str = "10.5.1.0-24";
-
-    fn put(subnet: &str, ip: &str, rev: i64) -> RawEvent {
-        RawEvent::Put {
-            key: format!("/coreos.com/network/subnets/{subnet}"),
-            value: format!(r#"{{"PublicIP":"{ip}"}}"#).into_bytes(),
-            etcd_lease: 7,
-            mod_revision: rev,
-            create_revision: 1,
-        }
-    }
-
-    fn delete(subnet: &str, rev: i64) -> RawEvent {
-        RawEvent::Delete {
-            key: format!("/coreos.com/network/subnets/{subnet}"),
-            mod_revision: rev,
-        }
-    }
 
     fn unreachable() -> RegistryError {
         RegistryError::Etcd {
