@@ -23,6 +23,7 @@
 //!   eventfd, netns); it imports nothing else of the crate.
 //! - [`config`], [`compat`], [`cancel`]: the network config, the names upstream fixes,
 //!   the cancellation token every long-running task takes.
+//! - [`status`]: a running node's state as JSON (`GET /status`, `flannelctl status`).
 //!
 //! `unsafe` is denied everywhere except in `sys/` (also by `[lints]` in Cargo.toml), and
 //! every block there has a `// SAFETY:` line.
@@ -39,6 +40,7 @@ pub mod datapath;
 pub mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod status;
 pub mod subnet;
 #[allow(unsafe_code)]
 pub mod sys;
