@@ -15,6 +15,7 @@ use clap::{ArgAction, CommandFactory, Parser};
 use crate::compat;
 use crate::datapath::IoChoice;
 use crate::subnet::env::parse_go_bool;
+use crate::subnet::registry::EtcdOptions;
 
 /// `--udp-io` is the datapath's own [`IoChoice`], spelled for clap here so that `datapath`
 /// does not depend on clap.
@@ -33,6 +34,108 @@ impl clap::ValueEnum for IoChoice {
     }
 }
 
+/// The etcd flags, shared by `flanneld` and `flannelctl` (flattened into both): the same
+/// names, `FLANNELD_*` variables and defaults, so an operator's environment serves both.
+/// `global`: `flannelctl` takes them before or after its subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdFlags {
+    /// A comma-delimited list of etcd endpoints.
+    #[arg(long, global = true, env = "FLANNELD_ETCD_ENDPOINTS", default_value = compat::DEFAULT_ETCD_ENDPOINTS)]
+    pub etcd_endpoints: String,
+
+    /// etcd prefix under which the network config and the leases live.
+    #[arg(long, global = true, env = "FLANNELD_ETCD_PREFIX", default_value = compat::DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+
+    /// SSL key file used to secure etcd communication.
+    #[arg(long, global = true, env = "FLANNELD_ETCD_KEYFILE", default_value = "")]
+    pub etcd_keyfile: String,
+
+    /// SSL certification file used to secure etcd communication.
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_CERTFILE",
+        default_value = ""
+    )]
+    pub etcd_certfile: String,
+
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long, global = true, env = "FLANNELD_ETCD_CAFILE", default_value = "")]
+    pub etcd_cafile: String,
+
+    /// Username for BasicAuth to etcd.
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_USERNAME",
+        default_value = ""
+    )]
+    pub etcd_username: String,
+
+    /// Password for BasicAuth to etcd.
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub etcd_password: String,
+}
+
+impl EtcdFlags {
+    /// The etcd endpoints, split and trimmed.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How to reach etcd, for [`crate::subnet::registry::Registry::connect`]. An empty
+    /// flag means "not given" (Go's zero value). A username without a password logs in
+    /// with an empty password, as upstream's client does.
+    pub fn options(&self) -> EtcdOptions {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        EtcdOptions {
+            endpoints: self.endpoints(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: non_empty(&self.etcd_cafile).map(PathBuf::from),
+            certfile: non_empty(&self.etcd_certfile).map(PathBuf::from),
+            keyfile: non_empty(&self.etcd_keyfile).map(PathBuf::from),
+            username: non_empty(&self.etcd_username),
+            password: non_empty(&self.etcd_password)
+                .or_else(|| non_empty(&self.etcd_username).map(|_| String::new())),
+        }
+    }
+}
+
+/// The health server flags, shared by `flanneld` (where it listens) and `flannelctl` (where
+/// it finds the local daemon's `/status`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthzFlags {
+    /// The IP address on which the /healthz and /readyz server listens.
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "0.0.0.0"
+    )]
+    pub healthz_ip: IpAddr,
+
+    /// The port on which the health server listens (0 disables it).
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_HEALTHZ_PORT",
+        default_value_t = 0
+    )]
+    pub healthz_port: u16,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flanneld",
@@ -41,38 +144,8 @@ impl clap::ValueEnum for IoChoice {
     disable_version_flag = true
 )]
 pub struct Cli {
-    /// A comma-delimited list of etcd endpoints.
-    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", default_value = compat::DEFAULT_ETCD_ENDPOINTS)]
-    pub etcd_endpoints: String,
-
-    /// etcd prefix under which the network config and the leases live.
-    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = compat::DEFAULT_ETCD_PREFIX)]
-    pub etcd_prefix: String,
-
-    /// SSL key file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE", default_value = "")]
-    pub etcd_keyfile: String,
-
-    /// SSL certification file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE", default_value = "")]
-    pub etcd_certfile: String,
-
-    /// SSL Certificate Authority file used to secure etcd communication.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE", default_value = "")]
-    pub etcd_cafile: String,
-
-    /// Username for BasicAuth to etcd.
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME", default_value = "")]
-    pub etcd_username: String,
-
-    /// Password for BasicAuth to etcd.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_PASSWORD",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub etcd_password: String,
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
 
     /// Interface to use (IP or name) for inter-host communication. May be repeated; the first that exists wins.
     #[arg(long, env = "FLANNELD_IFACE", action = ArgAction::Append)]
@@ -112,13 +185,8 @@ pub struct Cli {
           require_equals = true, default_value = "false", default_missing_value = "true")]
     pub ip_masq_fully_random_disable: bool,
 
-    /// The IP address on which the /healthz and /readyz server listens.
-    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
-    pub healthz_ip: IpAddr,
-
-    /// The port on which the health server listens (0 disables it).
-    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
-    pub healthz_port: u16,
+    #[command(flatten)]
+    pub healthz: HealthzFlags,
 
     /// Resync period of the iptables rules, in seconds.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = compat::DEFAULT_IPTABLES_RESYNC_SECS)]
@@ -221,12 +289,7 @@ impl Cli {
 
     /// The etcd endpoints, split and trimmed.
     pub fn endpoints(&self) -> Vec<String> {
-        self.etcd_endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
+        self.etcd.endpoints()
     }
 
     /// Checks what clap cannot: ranges and cross-flag rules.
@@ -250,7 +313,7 @@ impl Cli {
                     .into(),
             });
         }
-        if self.etcd_keyfile.is_empty() != self.etcd_certfile.is_empty() {
+        if self.etcd.etcd_keyfile.is_empty() != self.etcd.etcd_certfile.is_empty() {
             return Err(FlagError {
                 flag: "etcd-certfile",
                 reason: "--etcd-certfile and --etcd-keyfile must be given together".into(),
@@ -310,8 +373,8 @@ impl Cli {
     /// The flags as upstream logs them at start-up (password hidden).
     pub fn summary(&self) -> String {
         let mut c = self.clone();
-        if !c.etcd_password.is_empty() {
-            c.etcd_password = "******".into();
+        if !c.etcd.etcd_password.is_empty() {
+            c.etcd.etcd_password = "******".into();
         }
         format!("{c:?}")
     }
@@ -340,7 +403,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let cmd = Cli::command();
+    normalize_go_flags_for(&Cli::command(), args)
+}
+
+/// [`normalize_go_flags`] for another command's top-level long flags (`flannelctl` takes
+/// flanneld's etcd and health flags spelled the same ways).
+pub fn normalize_go_flags_for<I, T>(cmd: &clap::Command, args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
     let longs: Vec<String> = cmd
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_owned))
@@ -398,18 +470,18 @@ mod tests {
     fn defaults_match_upstream() {
         let c = parse(&[]);
         assert_eq!(
-            c.etcd_endpoints,
+            c.etcd.etcd_endpoints,
             "http://127.0.0.1:4001,http://127.0.0.1:2379"
         );
         assert_eq!(c.endpoints().len(), 2);
-        assert_eq!(c.etcd_prefix, "/coreos.com/network");
+        assert_eq!(c.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(c.subnet_lease_renew_margin, 60);
         assert!(!c.ip_masq);
         assert!(c.iptables_forward_rules);
         assert_eq!(c.iptables_resync, 5);
-        assert_eq!(c.healthz_ip, IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(c.healthz_port, 0);
+        assert_eq!(c.healthz.healthz_ip, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.healthz.healthz_port, 0);
         assert_eq!(c.v, 0);
         assert!(c.net_config_path.is_none());
         assert!(c.validate().is_ok());
@@ -427,10 +499,10 @@ mod tests {
             "-healthz-port",
             "8080",
         ]);
-        assert_eq!(c.etcd_prefix, "/a");
+        assert_eq!(c.etcd.etcd_prefix, "/a");
         assert_eq!(c.iface, vec!["eth0", "10.0.0.1"]);
         assert_eq!(c.v, 3);
-        assert_eq!(c.healthz_port, 8080);
+        assert_eq!(c.healthz.healthz_port, 8080);
         assert_eq!(parse(&["--v=2"]).v, 2);
         assert_eq!(parse(&["-v=4"]).v, 4);
     }

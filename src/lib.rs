@@ -4,11 +4,13 @@
 //! below it; `tests/layering.rs` keeps it so (and no file over 800 lines before its tests):
 //!
 //! ```text
-//! bin ─► daemon ─► (subnet, backend) ─► exec ─► datapath ─► sys
+//! bin ─► daemon, ctl ─► (subnet, backend) ─► exec ─► datapath ─► sys
 //!          cli; config, compat, cancel and the subnet types are the shared ground
 //! ```
 //! - [`daemon`]: start-up order, signals, subnet.env, the main loop, health server.
 //! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
+//! - [`ctl`]: `flannelctl`, the operator's tool (beside `daemon` at the top: names `cli`,
+//!   never `daemon`): leases, reservations and config in etcd, the local node's `/status`.
 //! - [`cni`]: the `flannel` CNI meta-plugin (its own binary; names only the ground).
 //! - [`backend`]: the [`backend::Backend`] trait and one module per backend: what to do
 //!   (plans, reconciliation against a `Host` seam), not the doing.
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod cni;
 pub mod compat;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod exec;

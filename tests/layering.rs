@@ -5,7 +5,8 @@
 //!          config, compat, cancel and the subnet types are the shared ground
 //! ```
 //! - `sys/` is the ground floor: it names no other module of the crate.
-//! - Nothing below `daemon/` names `crate::daemon` or `crate::cli`.
+//! - Nothing below `daemon/` names `crate::daemon` or `crate::cli`; `ctl/` (flannelctl, beside
+//!   `daemon` at the top) may name `cli` but never `daemon`.
 //! - Along the chain daemon → backend → exec → datapath → sys nothing names a module above it.
 //! - No two top-level modules import each other, directly or round a longer circle.
 //! - No source file holds more than 800 lines before its `#[cfg(test)]` module: past that
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 const CHAIN: [&str; 5] = ["daemon", "backend", "exec", "datapath", "sys"];
 
 /// Top-level modules that may name `cli` or `daemon` (the program's top).
-const TOP: [&str; 2] = ["daemon", "fuzzing"];
+const TOP: [&str; 3] = ["daemon", "ctl", "fuzzing"];
 
 /// The top-level module a source file belongs to (`src/exec/masq/rules.rs` → `exec`), or
 /// `None` for the crate root and the binaries, which may name anything.
@@ -133,6 +134,12 @@ fn violations(src: &Path) -> Vec<String> {
             bad.push(format!(
                 "src/{at}: {} is below daemon but names crate::{}",
                 e.from, e.to
+            ));
+        }
+        // flannelctl shares flanneld's flags, never its running parts.
+        if e.from == "ctl" && e.to == "daemon" {
+            bad.push(format!(
+                "src/{at}: ctl is the operator's tool beside daemon but names crate::daemon"
             ));
         }
         if let (Some(f), Some(t)) = (rank(&e.from), rank(&e.to)) {
@@ -273,6 +280,7 @@ fn the_check_catches_forbidden_imports() {
     write("sys/uring.rs", "use crate::datapath::pipeline::Action;");
     write("exec/masq.rs", "use crate::{cli::Cli, config};");
     write("datapath/worker.rs", "fn f() { crate::exec::run(); }");
+    write("ctl/run.rs", "use crate::{cli::EtcdFlags, daemon::run};");
     let bad = violations(src);
     let has = |needle: &str| bad.iter().any(|b| b.contains(needle));
     assert!(
@@ -287,6 +295,11 @@ fn the_check_catches_forbidden_imports() {
         has("datapath/worker.rs: datapath names crate::exec, which is above it"),
         "{bad:#?}"
     );
+    assert!(
+        has("ctl/run.rs: ctl is the operator's tool beside daemon but names crate::daemon"),
+        "{bad:#?}"
+    );
+    assert!(!has("ctl/run.rs: ctl is below daemon"), "{bad:#?}");
     assert!(has("module circle"), "{bad:#?}");
 }
 

@@ -9,7 +9,7 @@
 pub mod health;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -34,7 +34,7 @@ use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{self, Keeper, OwnAction, Reacquired};
 use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
+use crate::subnet::registry::{AcquireRequest, HeldLease, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
 use health::Readiness;
 
@@ -49,8 +49,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     });
 
     let ready = Readiness::default();
-    if cli.healthz_port > 0 {
-        let addr = SocketAddr::new(cli.healthz_ip, cli.healthz_port);
+    if cli.healthz.healthz_port > 0 {
+        let addr = SocketAddr::new(cli.healthz.healthz_ip, cli.healthz.healthz_port);
         health::serve(addr, ready.clone(), stop.clone())
             .await
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
@@ -344,17 +344,7 @@ async fn until_stopped<T>(
 
 /// Connects to etcd, retrying with backoff (and saying so) until it answers.
 async fn connect(cli: &Cli) -> Registry {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let opts = EtcdOptions {
-        endpoints: cli.endpoints(),
-        prefix: cli.etcd_prefix.clone(),
-        cafile: non_empty(&cli.etcd_cafile).map(PathBuf::from),
-        certfile: non_empty(&cli.etcd_certfile).map(PathBuf::from),
-        keyfile: non_empty(&cli.etcd_keyfile).map(PathBuf::from),
-        username: non_empty(&cli.etcd_username),
-        password: non_empty(&cli.etcd_password)
-            .or_else(|| non_empty(&cli.etcd_username).map(|_| String::new())),
-    };
+    let opts = cli.etcd.options();
     if opts.certfile.is_none() {
         tracing::warn!("connecting to etcd without a client certificate; use --etcd-certfile/--etcd-keyfile for mutual TLS");
     }
@@ -367,7 +357,7 @@ async fn connect(cli: &Cli) -> Registry {
         };
         match attempt.await {
             Ok(r) => {
-                tracing::info!(endpoints = %cli.etcd_endpoints, "connected to etcd");
+                tracing::info!(endpoints = %cli.etcd.etcd_endpoints, "connected to etcd");
                 return r;
             }
             Err(e) => {
@@ -397,7 +387,7 @@ async fn load_config(cli: &Cli, registry: &Registry) -> anyhow::Result<NetworkCo
                 let d = backoff.next_delay();
                 tracing::warn!(
                     "flannel config not found in etcd at {}; waiting {d:?} (create it with `etcdctl put`)",
-                    crate::compat::config_key(&cli.etcd_prefix)
+                    crate::compat::config_key(&cli.etcd.etcd_prefix)
                 );
                 sleep(d).await;
             }

@@ -33,6 +33,17 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
+/// A key under the subnets prefix as etcd stores it, unparsed (a tool shows even a
+/// malformed value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// The etcd lease the key is attached to; 0 for none (a reservation).
+    pub etcd_lease: i64,
+    pub mod_revision: i64,
+}
+
 /// Registry failures, each with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -63,6 +74,14 @@ pub struct AcquireRequest {
     /// A subnet to prefer when free: the one in the previous subnet.env, or
     /// the one just lost.
     pub preferred: Option<SubnetKey>,
+}
+
+impl AcquireRequest {
+    /// Whether acquiring would keep a lease on `key` rather than delete it (the reuse check
+    /// of step 1 in [`Registry::acquire`]): `flannelctl reserve` asks this before it writes.
+    pub fn accepts(&self, key: &SubnetKey) -> bool {
+        compatible_key(key, self)
+    }
 }
 
 /// A lease as held by this host, with its expiry as granted.
@@ -204,6 +223,29 @@ impl Registry {
             })
             .collect();
         Ok((raw, revision))
+    }
+
+    /// Every key under the subnets prefix, unparsed, in key order (for operators' tools).
+    pub async fn list_stored(&self) -> Result<Vec<StoredKey>, RegistryError> {
+        let (raw, _) = self.list_raw().await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|ev| match ev {
+                RawEvent::Put {
+                    key,
+                    value,
+                    etcd_lease,
+                    mod_revision,
+                    ..
+                } => Some(StoredKey {
+                    key,
+                    value,
+                    etcd_lease,
+                    mod_revision,
+                }),
+                RawEvent::Delete { .. } => None,
+            })
+            .collect())
     }
 
     /// Valid leases, plus every occupied subnet key (malformed values still
@@ -406,15 +448,90 @@ impl Registry {
     }
 
     async fn delete_if_unchanged(&self, old: &Lease) -> Result<(), RegistryError> {
-        let k = self.key_of(&old.key);
+        self.delete_at(&old.key, old.mod_revision).await.map(|_| ())
+    }
+
+    /// Deletes `key` only if it is still at `mod_revision` (compare-and-swap: what the
+    /// caller judged is what goes). `Ok(false)` when it changed or vanished meanwhile.
+    pub async fn delete_at(
+        &self,
+        key: &SubnetKey,
+        mod_revision: i64,
+    ) -> Result<bool, RegistryError> {
+        let k = self.key_of(key);
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 k.clone(),
                 CompareOp::Equal,
-                old.mod_revision,
+                mod_revision,
             )])
             .and_then([TxnOp::delete(k, None)]);
-        self.txn("delete lease", txn).await.map(|_| ())
+        self.txn("delete lease", txn).await.map(|r| r.succeeded())
+    }
+
+    /// One lease key as stored (`None` when absent), for operators' tools.
+    pub async fn get_subnet(&self, key: &SubnetKey) -> Result<Option<StoredKey>, RegistryError> {
+        let k = self.key_of(key);
+        let resp = self
+            .call("get lease", |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().map(|kv| StoredKey {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            etcd_lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }))
+    }
+
+    /// Writes a reservation: `key` with `attrs` as upstream's lease JSON and no etcd lease
+    /// attached, so it never expires (flannel-reference.md §1.6). `expect` is the
+    /// `mod_revision` of the key being replaced, or `None` to create it only where it does
+    /// not exist. `Ok(false)` when the key is not as expected (someone wrote it meanwhile).
+    pub async fn put_reservation(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        expect: Option<i64>,
+    ) -> Result<bool, RegistryError> {
+        let k = self.key_of(key);
+        let guard = match expect {
+            None => Compare::version(k.clone(), CompareOp::Equal, 0),
+            Some(rev) => Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
+        };
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::put(k, attrs.to_json(), None)]);
+        self.txn("put reservation", txn)
+            .await
+            .map(|r| r.succeeded())
+    }
+
+    /// Time left on an etcd lease (0 means none: `None`); `None` also once it expired.
+    pub async fn time_left(&self, etcd_lease: i64) -> Result<Option<Duration>, RegistryError> {
+        if etcd_lease == 0 {
+            return Ok(None);
+        }
+        let resp = self
+            .call("lease time-to-live", |mut c| async move {
+                c.lease_time_to_live(etcd_lease, None).await
+            })
+            .await?;
+        // etcd answers -1 for a lease that expired or never existed.
+        Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs))
+    }
+
+    /// Writes the network config text as given (callers validate it first).
+    pub async fn put_config(&self, text: &str) -> Result<(), RegistryError> {
+        let key = compat::config_key(&self.prefix);
+        self.call("put config", |mut c| {
+            let (key, text) = (key.clone(), text.to_owned());
+            async move { c.put(key, text, None).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Renews our lease: a fresh TTL and our attributes, but only if the key is
