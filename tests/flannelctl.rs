@@ -237,6 +237,20 @@ fn reserve_then_a_daemon_with_that_public_ip_gets_the_subnet() {
         "the live lease is untouched"
     );
 
+    // A second key with a node's public IP competes with its lease: written, with a warning.
+    let twice = flannelctl(
+        &etcd,
+        &["reserve", "10.5.44.0/24", "--public-ip", "127.0.0.10"],
+    )
+    .ok();
+    assert!(
+        twice
+            .stderr
+            .contains(&format!("127.0.0.10 also holds {live}")),
+        "{twice:#?}"
+    );
+    flannelctl(&etcd, &["unreserve", "10.5.44.0/24"]).ok();
+
     // A subnet the config does not allow would be deleted by the daemon: refused.
     let unfit = flannelctl(
         &etcd,

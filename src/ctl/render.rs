@@ -2,6 +2,7 @@
 //! document and a network config become text; every view is also the command's `-o json`
 //! document (field names are part of the interface: only ever add fields).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -377,26 +378,13 @@ pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
             if let Some(ago) = s.etcd.seconds_since_contact {
                 let _ = write!(e, ", last contact {ago:.1}s ago");
             }
-            let errors: Vec<String> = s
-                .etcd
-                .errors
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            if !errors.is_empty() {
-                let _ = write!(e, "; errors: {}", errors.join(", "));
+            if let Some(errors) = nonzero(&s.etcd.errors) {
+                let _ = write!(e, "; errors: {errors}");
             }
             e
         }),
     ];
     if let Some(d) = &s.datapath {
-        let drops: Vec<String> = d
-            .drops
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
         top.push((
             "datapath",
             format!(
@@ -404,14 +392,7 @@ pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
                 d.io, d.workers, d.tx_packets, d.tx_bytes, d.rx_packets, d.rx_bytes
             ),
         ));
-        top.push((
-            "drops",
-            if drops.is_empty() {
-                "none".into()
-            } else {
-                drops.join(", ")
-            },
-        ));
+        top.push(("drops", nonzero(&d.drops).unwrap_or_else(|| "none".into())));
         top.push(("icmp sent", d.icmp_unreachable_sent.to_string()));
     }
     if let Some(r) = &s.reconcile {
@@ -423,23 +404,13 @@ pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
                 r.last_duration_seconds
             ),
         };
-        let repairs: Vec<String> = r
-            .repairs
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
         top.push((
             "reconcile",
             format!(
                 "{} runs, {} failed, {last}; repairs: {}",
                 r.runs,
                 r.failures,
-                if repairs.is_empty() {
-                    "none".into()
-                } else {
-                    repairs.join(", ")
-                }
+                nonzero(&r.repairs).unwrap_or_else(|| "none".into())
             ),
         ));
     }
@@ -478,6 +449,17 @@ pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
     out
 }
 
+/// The non-zero counters of a by-reason map, `no_route 3, ttl 1` (a zero says nothing an
+/// operator acts on, and every reason is always present); `None` when all are zero.
+fn nonzero(counts: &BTreeMap<String, u64>) -> Option<String> {
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// A failure as `-o json` prints it (on stdout, so a script reads one document either way).
 pub fn error_json(e: &CtlError) -> Value {
     serde_json::json!({
@@ -492,8 +474,6 @@ pub fn error_json(e: &CtlError) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::ctl::Exit;
     use crate::status::{DatapathStatus, EtcdStatus, LeaseStatus, PeerStatus, ReconcileStatus};

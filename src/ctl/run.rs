@@ -163,27 +163,33 @@ async fn connect(ctl: &Ctl) -> Result<Registry, CtlError> {
     Ok(registry)
 }
 
-/// Every key under `subnets/` with the time left on its etcd lease.
-async fn list(registry: &Registry) -> Result<LeaseList, CtlError> {
+/// The keys under `subnets/` that `wanted` keeps (by key name), with the time left on
+/// their etcd leases.
+async fn list(registry: &Registry, wanted: impl Fn(&str) -> bool) -> Result<LeaseList, CtlError> {
     let keys = registry.list_stored().await.map_err(etcd_failed)?;
     let mut with_ttl = Vec::with_capacity(keys.len());
-    for key in keys {
+    for key in keys.into_iter().filter(|k| wanted(&k.key)) {
         // One question per lease; a failure only blanks that cell (the listing matters more).
         let ttl = registry.time_left(key.etcd_lease).await.unwrap_or(None);
         with_ttl.push((key, ttl));
     }
-    let list = render::lease_list(with_ttl);
+    Ok(render::lease_list(with_ttl))
+}
+
+/// Says on stderr which keys flanneld cannot use (the table shows them too, but a script
+/// reading `-o json` may not look at `malformed`).
+fn warn_malformed(list: &LeaseList) {
     for bad in &list.malformed {
         warn(format_args!(
             "malformed lease key {}: {}",
             bad.key, bad.error
         ));
     }
-    Ok(list)
 }
 
 async fn leases(registry: &Registry) -> Result<Printed, CtlError> {
-    let list = list(registry).await?;
+    let list = list(registry, |_| true).await?;
+    warn_malformed(&list);
     Ok(Printed {
         text: render::leases_text(&list),
         json: json!(list),
@@ -198,7 +204,7 @@ fn names(wanted: &SubnetKey, key: &str) -> bool {
 }
 
 async fn lease(registry: &Registry, subnet: &SubnetKey) -> Result<Printed, CtlError> {
-    let list = list(registry).await?;
+    let list = list(registry, |key| names(subnet, key)).await?;
     if let Some(view) = list.leases.iter().find(|l| names(subnet, &l.key)) {
         return Ok(Printed {
             text: render::lease_text(view),
@@ -263,11 +269,11 @@ async fn reserve(
     }
     // flanneld takes the first lease in key order that carries its public IP: another one
     // could win over the reservation.
-    if let Ok(list) = list(registry).await {
+    if let Ok(list) = list(registry, |key| !names(subnet, key)).await {
         for other in list
             .leases
             .iter()
-            .filter(|l| l.public_ip == attrs.public_ip.to_string() && !names(subnet, &l.key))
+            .filter(|l| l.public_ip == attrs.public_ip.to_string())
         {
             warn(format_args!(
                 "{} also holds {} ({}): a flanneld with that IP may take that one instead; \
