@@ -123,7 +123,12 @@ pub async fn execute(ctl: &Ctl) -> Result<Printed, CtlError> {
             // Validated by the daemon's own parser before etcd is contacted: an invalid
             // config exits 4 and nothing is written.
             let text = read_input(file)?;
-            let summary = render::config_summary(&NetworkConfig::parse(&text)?);
+            let config = NetworkConfig::parse(&text).map_err(|e| {
+                let mut e = CtlError::from(e);
+                e.message.push_str(" (nothing was written)");
+                e
+            })?;
+            let summary = render::config_summary(&config);
             let registry = connect(ctl).await?;
             registry.put_config(&text).await.map_err(etcd_failed)?;
             let key = compat::config_key(&ctl.etcd.etcd_prefix);
