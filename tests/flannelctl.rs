@@ -418,3 +418,45 @@ fn unreachable_things_and_bad_usage_have_their_exit_statuses() {
     let sub = flannelctl_env(&["reserve", "--help"], &[]).ok();
     assert!(sub.stdout.contains("without a TTL"), "{sub:#?}");
 }
+
+#[test]
+fn tls_and_a_password_come_from_flanneld_s_flags_and_variables() {
+    require!(Cap::Etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::generate(dir.path());
+    let etcd = Etcd::start_tls(&tls);
+    etcd.put_config(NET16);
+    etcd.must(&["user", "add", "root:rootpw"]);
+    etcd.must(&["auth", "enable"]);
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
+    let endpoints = format!("--etcd-endpoints={}", etcd.endpoint);
+    let env = [
+        ("FLANNELD_ETCD_CAFILE", ca.as_str()),
+        ("FLANNELD_ETCD_CERTFILE", cert.as_str()),
+        ("FLANNELD_ETCD_KEYFILE", key.as_str()),
+        ("FLANNELD_ETCD_USERNAME", "root"),
+        ("FLANNELD_ETCD_PASSWORD", "rootpw"),
+    ];
+    let got = flannelctl_env(&[&endpoints, "config", "get"], &env).ok();
+    assert_eq!(got.stdout.trim(), NET16);
+    // Without the password, etcd refuses: the operation failed.
+    let refused = flannelctl_env(&[&endpoints, "config", "get"], &env[..3]);
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    // Half a client identity is a usage error, as for flanneld.
+    let half = flannelctl_env(
+        &[
+            &endpoints,
+            "--etcd-cafile",
+            &ca,
+            "--etcd-certfile",
+            &cert,
+            "leases",
+        ],
+        &[],
+    );
+    assert_eq!(half.code, 2, "{half:#?}");
+}

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::CtlError;
 use crate::config::NetworkConfig;
 use crate::status::NodeStatus;
+use crate::subnet::lease::SubnetKey;
 use crate::subnet::net::SubnetRange;
 use crate::subnet::registry::StoredKey;
 use crate::subnet::watch::parse_kv;
@@ -108,6 +109,13 @@ pub fn lease_list(keys: impl IntoIterator<Item = (StoredKey, Option<Duration>)>)
     list.leases
         .sort_by_key(|l| crate::ctl::args::parse_subnet(&l.key).ok());
     list
+}
+
+/// Whether a listed lease is the one the operator named (`10.5.34.0/24` also finds a
+/// dual-stack `10.5.34.0-24&…` key).
+pub fn names(wanted: &SubnetKey, key: &str) -> bool {
+    SubnetKey::parse(key)
+        .is_ok_and(|k| k.ipv4 == wanted.ipv4 && (wanted.ipv6.is_none() || k.ipv6 == wanted.ipv6))
 }
 
 /// An aligned table: columns two spaces apart, no trailing blanks.
@@ -553,6 +561,21 @@ mod tests {
         assert!(lines[4].contains("not a subnet key"));
         assert!(text.lines().all(|l| l == l.trim_end()));
         assert_eq!(leases_text(&LeaseList::default()), "no leases\n");
+    }
+
+    #[test]
+    fn a_subnet_names_its_key_in_either_family() {
+        let v4 = SubnetKey::parse("10.5.34.0-24").unwrap();
+        assert!(names(&v4, "/coreos.com/network/subnets/10.5.34.0-24"));
+        assert!(
+            names(&v4, "10.5.34.0-24&fd00:0:0:1::-64"),
+            "v4 alone finds dual stack"
+        );
+        assert!(!names(&v4, "10.5.35.0-24"));
+        assert!(!names(&v4, "10.5.34.0-25"));
+        assert!(!names(&v4, "garbage"));
+        let dual = SubnetKey::parse("10.5.34.0-24&fd00:0:0:1::-64").unwrap();
+        assert!(!names(&dual, "10.5.34.0-24&fd00:0:0:2::-64"));
     }
 
     #[test]

@@ -157,6 +157,13 @@ async fn connect(ctl: &Ctl) -> Result<Registry, CtlError> {
             "--etcd-endpoints: no endpoint given",
         ));
     }
+    // As flanneld refuses it (Cli::validate): half a client identity is a mistake.
+    if opts.certfile.is_some() != opts.keyfile.is_some() {
+        return Err(CtlError::new(
+            Exit::Usage,
+            "--etcd-certfile and --etcd-keyfile must be given together",
+        ));
+    }
     let unreachable = |e: RegistryError| {
         CtlError::failed(format!(
             "cannot reach etcd at {}: {e}",
@@ -201,22 +208,19 @@ async fn leases(registry: &Registry) -> Result<Printed, CtlError> {
     })
 }
 
-/// Whether a listed lease is the one the operator named (`10.5.34.0/24` also finds a
-/// dual-stack `10.5.34.0-24&…` key).
-fn names(wanted: &SubnetKey, key: &str) -> bool {
-    SubnetKey::parse(key)
-        .is_ok_and(|k| k.ipv4 == wanted.ipv4 && (wanted.ipv6.is_none() || k.ipv6 == wanted.ipv6))
-}
-
 async fn lease(registry: &Registry, subnet: &SubnetKey) -> Result<Printed, CtlError> {
-    let list = list(registry, |key| names(subnet, key)).await?;
-    if let Some(view) = list.leases.iter().find(|l| names(subnet, &l.key)) {
+    let list = list(registry, |key| render::names(subnet, key)).await?;
+    if let Some(view) = list.leases.iter().find(|l| render::names(subnet, &l.key)) {
         return Ok(Printed {
             text: render::lease_text(view),
             json: json!(view),
         });
     }
-    if let Some(bad) = list.malformed.iter().find(|m| names(subnet, &m.key)) {
+    if let Some(bad) = list
+        .malformed
+        .iter()
+        .find(|m| render::names(subnet, &m.key))
+    {
         return Err(CtlError::failed(format!(
             "the lease key {} is malformed: {}",
             bad.key, bad.error
@@ -274,7 +278,7 @@ async fn reserve(
     }
     // flanneld takes the first lease in key order that carries its public IP: another one
     // could win over the reservation.
-    if let Ok(list) = list(registry, |key| !names(subnet, key)).await {
+    if let Ok(list) = list(registry, |key| !render::names(subnet, key)).await {
         for other in list
             .leases
             .iter()
