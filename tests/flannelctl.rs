@@ -310,6 +310,20 @@ fn config_get_set_and_check_validate_like_the_daemon() {
     assert_eq!(invalid.json()["error"]["key"], "SubnetLen");
     assert!(invalid.stderr.contains("SubnetLen"), "{invalid:#?}");
 
+    // What the daemon refuses after parsing is refused here too.
+    let v6_only = dir.path().join("v6.json");
+    std::fs::write(
+        &v6_only,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+    )
+    .unwrap();
+    let v6 = flannelctl_env(
+        &["config", "check", v6_only.to_str().unwrap(), "-o", "json"],
+        &[],
+    );
+    assert_eq!(v6.code, 4, "{v6:#?}");
+    assert_eq!(v6.json()["error"]["key"], "EnableIPv4");
+
     // set: a bad config is refused with its key named and nothing is written.
     etcd.put_config(NET16);
     let refused = flannelctl(&etcd, &["config", "set", bad]);

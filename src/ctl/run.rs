@@ -20,7 +20,7 @@ use super::render::{self, LeaseList};
 use super::{CtlError, Exit};
 use crate::cli::normalize_go_flags_for;
 use crate::compat;
-use crate::config::NetworkConfig;
+use crate::config::{ConfigError, NetworkConfig};
 use crate::status::{NodeStatus, STATUS_PATH};
 use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::registry::{AcquireRequest, Registry, RegistryError, StoredKey};
@@ -113,7 +113,7 @@ pub async fn execute(ctl: &Ctl) -> Result<Printed, CtlError> {
         }
         Command::Config(ConfigCommand::Check { file }) => {
             // Checked without etcd: a config can be checked before any cluster exists.
-            let summary = render::config_summary(&NetworkConfig::parse(&read_input(file)?)?);
+            let summary = render::config_summary(&validate(&read_input(file)?)?);
             Ok(Printed {
                 text: format!("valid\n{}", render::config_text(&summary)),
                 json: json!({ "valid": true, "summary": summary }),
@@ -123,7 +123,7 @@ pub async fn execute(ctl: &Ctl) -> Result<Printed, CtlError> {
             // Validated by the daemon's own parser before etcd is contacted: an invalid
             // config exits 4 and nothing is written.
             let text = read_input(file)?;
-            let config = NetworkConfig::parse(&text).map_err(|e| {
+            let config = validate(&text).map_err(|e| {
                 let mut e = CtlError::from(e);
                 e.message.push_str(" (nothing was written)");
                 e
@@ -142,6 +142,19 @@ pub async fn execute(ctl: &Ctl) -> Result<Printed, CtlError> {
         }
         Command::Status => status(ctl).await,
     }
+}
+
+/// What flanneld accepts: its own parser ([`NetworkConfig::parse`]), then the one check
+/// `daemon::run` adds after it (same key, same words).
+fn validate(text: &str) -> Result<NetworkConfig, ConfigError> {
+    let config = NetworkConfig::parse(text)?;
+    if config.ipv4.is_none() {
+        return Err(ConfigError {
+            key: "EnableIPv4".into(),
+            reason: "IPv6-only networks are not supported by flannel-rs yet".into(),
+        });
+    }
+    Ok(config)
 }
 
 fn etcd_failed(e: RegistryError) -> CtlError {
@@ -423,7 +436,7 @@ async fn config_get(registry: &Registry, prefix: &str) -> Result<Printed, CtlErr
         ));
     };
     // A stored config that does not validate is still shown (that is when it is wanted).
-    let (summary, error) = match NetworkConfig::parse(&text) {
+    let (summary, error) = match validate(&text) {
         Ok(c) => (Some(render::config_summary(&c)), None),
         Err(e) => {
             warn(&e);
