@@ -370,6 +370,13 @@ impl Backend for Udp {
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
+        for ev in events {
+            let (what, l) = match ev {
+                LeaseEvent::Added(l) => ("subnet added", l),
+                LeaseEvent::Removed(l) => ("subnet removed", l),
+            };
+            tracing::info!(subnet = %l.key.cidr(), public_ip = %l.attrs.public_ip, "{what}");
+        }
         if self.set.apply(events) {
             self.publish();
         }

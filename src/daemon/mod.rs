@@ -204,7 +204,11 @@ impl Daemon<'_> {
             return Ok(());
         };
         let held = held.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
-        tracing::info!(subnet = %held.lease.key, "acquired lease");
+        tracing::info!(
+            subnet = %held.lease.key.cidr(),
+            public_ip = %held.lease.attrs.public_ip,
+            "acquired lease"
+        );
 
         backend
             .start(&held.lease)
@@ -274,7 +278,7 @@ impl Daemon<'_> {
                     // Before the watcher hears of `new`: the backend first stops calling
                     // `old` its own, then learns of `old`'s new holder as of any other host.
                     if let Err(e) = backend.moved(&before, &keeper.held().lease).await {
-                        tracing::error!(%old, %new, "moving the backend to our new subnet: {e:#}");
+                        tracing::error!(old = %old.cidr(), new = %new.cidr(), "moving the backend to our new subnet: {e:#}");
                     }
                     self.blackhole(&new, Some(&old)).await;
                     self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;

@@ -165,7 +165,7 @@ pub async fn acquire<S: LeaseStore, C: Clock>(
             Ok(h) => {
                 if let Some(since) = failing_since {
                     tracing::info!(
-                        subnet = %h.lease.key,
+                        subnet = %h.lease.key.cidr(),
                         "acquired a lease after {:.1?} of failed attempts",
                         clock.now() - since
                     );
@@ -278,12 +278,12 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
                 self.telemetry.renewed();
                 match self.failing_since.take() {
                     Some(since) => tracing::info!(
-                        subnet = %h.lease.key,
+                        subnet = %h.lease.key.cidr(),
                         failing_seconds = (self.clock.now() - since).as_secs_f64(),
                         "renewed lease; renewals had failed for {:.1?}",
                         self.clock.now() - since
                     ),
-                    None => tracing::info!(subnet = %h.lease.key, "renewed lease"),
+                    None => tracing::info!(subnet = %h.lease.key.cidr(), "renewed lease"),
                 }
                 self.hold(h);
                 false
@@ -299,11 +299,11 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
                 if self.failing_since.is_none() {
                     self.failing_since = Some(self.clock.now());
                     tracing::warn!(
-                        subnet = %self.held.lease.key,
+                        subnet = %self.held.lease.key.cidr(),
                         "lease renewal failed; retrying every {retry:?} until it works: {e}"
                     );
                 } else {
-                    tracing::debug!(subnet = %self.held.lease.key, "lease renewal failed again: {e}");
+                    tracing::debug!(subnet = %self.held.lease.key.cidr(), "lease renewal failed again: {e}");
                 }
                 self.renew_at = Some(self.clock.now() + retry);
                 false
@@ -331,13 +331,13 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             _ => "(not a lease)".to_owned(),
         };
         tracing::error!(
-            subnet = %self.held.lease.key, revision = theirs, value = %written,
+            subnet = %self.held.lease.key.cidr(), revision = theirs, value = %written,
             "our lease was overwritten in place while we hold it; restoring our value \
              (a flanneld only creates keys that do not exist, so this is a stray write)"
         );
         match self.store.restore(&self.held, theirs).await {
             Ok(Some(h)) => {
-                tracing::info!(subnet = %h.lease.key, "restored our lease");
+                tracing::info!(subnet = %h.lease.key.cidr(), "restored our lease");
                 self.hold(h);
                 OwnAction::Restored
             }
@@ -346,7 +346,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             Err(e) => {
                 // The renewal (retried soon) compares against the stray write's revision
                 // and fails, so the lease is then re-acquired: take that path now.
-                tracing::warn!(subnet = %self.held.lease.key, "restoring our lease failed: {e}");
+                tracing::warn!(subnet = %self.held.lease.key.cidr(), "restoring our lease failed: {e}");
                 OwnAction::Lost
             }
         }
@@ -355,18 +355,18 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
     /// Acquires a lease again after a loss, preferring the subnet we had.
     pub async fn reacquire(&mut self) -> Result<Reacquired, RegistryError> {
         let old = self.held.lease.key;
-        tracing::warn!(subnet = %old, "our lease was deleted or taken over; re-acquiring");
+        tracing::warn!(subnet = %old.cidr(), "our lease was deleted or taken over; re-acquiring");
         self.req.preferred = Some(old);
         let again = acquire(&self.store, &self.clock, &self.req).await?;
         let new = again.lease.key;
         self.telemetry.reacquired();
         self.hold(again);
         Ok(if new == old {
-            tracing::info!(subnet = %new, "re-acquired our subnet");
+            tracing::info!(subnet = %new.cidr(), "re-acquired our subnet");
             Reacquired::Same
         } else {
             tracing::error!(
-                old = %old, new = %new,
+                old = %old.cidr(), new = %new.cidr(),
                 "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
             );
             Reacquired::Moved { old, new }

@@ -283,7 +283,7 @@ impl Registry {
                         None => continue,
                     }
                 }
-                tracing::info!(subnet = %mine.key, "deleting our old lease: it does not fit the current config");
+                tracing::info!(subnet = %mine.key.cidr(), "deleting our old lease: it does not fit the current config");
                 self.delete_if_unchanged(mine).await?;
                 continue;
             }
@@ -300,7 +300,7 @@ impl Registry {
             match self.create(candidate, &req.attrs).await? {
                 Some(held) => return Ok(held),
                 None => {
-                    tracing::info!(subnet = %candidate, "another host took the subnet first; retrying");
+                    tracing::info!(subnet = %candidate.cidr(), "another host took the subnet first; retrying");
                     continue;
                 }
             }

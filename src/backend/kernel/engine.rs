@@ -236,21 +236,30 @@ impl<P: Planner> Engine<P> {
                         for ip in self.planner.lookups(&peer) {
                             self.refresh_direct(host, ip).await;
                         }
-                        tracing::info!("{}", self.planner.added_line(&peer));
+                        tracing::info!(
+                            subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                            "{}", self.planner.added_line(&peer)
+                        );
                         self.peers.insert(lease.key, peer.clone());
                         added.insert(lease.key, peer);
                     }
                     None => {
                         // The host switched to something this backend does not handle.
                         if let Some(old) = self.peers.remove(&lease.key) {
-                            tracing::info!("{}", self.planner.removed_line(&old));
+                            tracing::info!(
+                                subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                                "{}", self.planner.removed_line(&old)
+                            );
                         }
                         added.remove(&lease.key);
                     }
                 },
                 LeaseEvent::Removed(lease) => {
                     if let Some(old) = self.peers.remove(&lease.key) {
-                        tracing::info!("{}", self.planner.removed_line(&old));
+                        tracing::info!(
+                            subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                            "{}", self.planner.removed_line(&old)
+                        );
                     }
                     added.remove(&lease.key);
                 }
