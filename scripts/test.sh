@@ -22,12 +22,14 @@ fi
 . scripts/lib.sh
 install_for build cluster test
 
-# moto, the EC2 API emulator tests/aws_vpc.rs runs against, in a venv of its own.
-if [ ! -x .venv/bin/moto_server ]; then
-    echo "==> installing moto[server] into .venv"
+# A venv of the tests' own Python tools: moto, the EC2 API emulator tests/aws_vpc.rs runs
+# against, and prometheus-client, whose text-format parser reads /metrics in
+# tests/netns_metrics.rs.
+if [ ! -x .venv/bin/moto_server ] || ! .venv/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
+    echo "==> installing moto[server] and prometheus-client into .venv"
     rm -rf .venv
     python3 -m venv .venv
-    .venv/bin/pip install -q 'moto[server]>=5,<6'
+    .venv/bin/pip install -q 'moto[server]>=5,<6' 'prometheus-client>=0.20,<1'
 fi
 export MOTO_SERVER="$PWD/.venv/bin/moto_server"
 

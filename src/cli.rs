@@ -109,6 +109,8 @@ impl EtcdFlags {
             username: non_empty(&self.etcd_username),
             password: non_empty(&self.etcd_password)
                 .or_else(|| non_empty(&self.etcd_username).map(|_| String::new())),
+            // A fresh record of how requests fare; the daemon puts in the one /metrics reads.
+            health: Default::default(),
         }
     }
 }
@@ -262,6 +264,25 @@ pub struct Cli {
     /// (0: never). Lowers latency by skipping wake-ups, at the cost of CPU.
     #[arg(long, env = "FLANNELD_UDP_BUSY_POLL", default_value_t = 0)]
     pub udp_busy_poll: u64,
+
+    /// Log line format on stderr: text (klog-like, the default) or json (one object per line,
+    /// with every field: subnet, public_ip, op, ...).
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// udp backend: export per-peer traffic series on /metrics (flannel_udp_peer_*) and in
+    /// /status. Off by default: one series per peer can be many, and counting costs a lock
+    /// per batch.
+    #[arg(long, env = "FLANNELD_METRICS_PER_PEER", value_parser = go_bool, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub metrics_per_peer: bool,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Largest `--udp-batch`: io_uring buffers per direction (each holds a 64 KiB datagram).
@@ -566,6 +587,15 @@ mod tests {
     fn normalizer_leaves_unknown_and_positional_args_alone() {
         let out = normalize_go_flags(["flanneld", "-h", "-unknown", "--", "-iface"]);
         assert_eq!(out, vec!["flanneld", "-h", "-unknown", "--", "-iface"]);
+    }
+
+    #[test]
+    fn log_format_and_per_peer_metrics() {
+        let c = parse(&[]);
+        assert_eq!((c.log_format, c.metrics_per_peer), (LogFormat::Text, false));
+        let c = parse(&["-log-format=json", "-metrics-per-peer"]);
+        assert_eq!((c.log_format, c.metrics_per_peer), (LogFormat::Json, true));
+        assert!(Cli::parse_go(["flanneld", "--log-format=xml"]).is_err());
     }
 
     #[test]

@@ -364,11 +364,14 @@ fn status_shows_the_local_daemon_s_lease_and_backend() {
     let subnet = net_of(&d.wait_subnet(secs(20)));
     let port = d.healthz_port.to_string();
 
-    let json = flannelctl_env(&["status", "--healthz-port", &port, "-o", "json"], &[]);
-    assert_eq!(json.code, 0, "{json:#?}\nflanneld log:\n{}", d.log());
-    let json = json.json();
+    // subnet.env is written a moment before the daemon calls itself ready.
+    let status = || flannelctl_env(&["status", "--healthz-port", &port, "-o", "json"], &[]);
+    let json = wait_until(secs(5), || {
+        let run = status();
+        (run.code == 0 && run.json()["ready"] == true).then(|| run.json())
+    })
+    .unwrap_or_else(|| panic!("{:#?}\nflanneld log:\n{}", status(), d.log()));
     assert_eq!(json["backend"], "alloc");
-    assert_eq!(json["ready"], true);
     assert_eq!(json["lease"]["subnet"], subnet.as_str());
     assert_eq!(json["lease"]["public_ip"], "127.0.0.5");
     // The port from flanneld's own variable; 0.0.0.0 means loopback.

@@ -26,7 +26,7 @@ impl Backend for Alloc {
     }
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
-        tracing::info!(subnet = %own.subnet(), "alloc backend holds the lease; no forwarding is set up");
+        tracing::info!(subnet = %own.key.cidr(), "alloc backend holds the lease; no forwarding is set up");
         Ok(())
     }
 
@@ -34,9 +34,11 @@ impl Backend for Alloc {
         for ev in events {
             match ev {
                 LeaseEvent::Added(l) => {
-                    tracing::info!(subnet = %l.subnet(), public_ip = %l.attrs.public_ip, "lease added")
+                    tracing::info!(subnet = %l.key.cidr(), public_ip = %l.attrs.public_ip, "lease added")
                 }
-                LeaseEvent::Removed(l) => tracing::info!(subnet = %l.subnet(), "lease removed"),
+                LeaseEvent::Removed(l) => {
+                    tracing::info!(subnet = %l.key.cidr(), public_ip = %l.attrs.public_ip, "lease removed")
+                }
             }
         }
     }

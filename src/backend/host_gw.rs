@@ -34,7 +34,7 @@ use ipnet::IpNet;
 use super::kernel::{
     Desired, DirectPeers, Engine, EngineState, Host, Ownership, Planner, Reconciler, RouteSpec,
 };
-use super::{Backend, BackendAttrs, BackendContext};
+use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry};
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 /// Upstream's refusal when the public IP is not the interface's own.
@@ -263,6 +263,13 @@ impl<H: Host> HostGw<H> {
 impl<H: Host> Backend for HostGw<H> {
     fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    fn telemetry(&self) -> BackendTelemetry {
+        BackendTelemetry {
+            reconcile: Some(self.reconciler.stats().clone()),
+            datapath: None,
+        }
     }
 
     async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {

@@ -17,11 +17,14 @@ pub mod udp;
 pub mod vxlan;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use crate::config::BackendKind;
 use crate::config::NetworkConfig;
+use crate::datapath::stats::StatsHub;
 pub use crate::exec::iface::ExternalInterface;
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
+use kernel::ReconcileStats;
 
 /// The backend-specific part of this host's lease value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +33,15 @@ pub struct BackendAttrs {
     pub backend_type: Option<String>,
     pub backend_data: Option<RawJson>,
     pub backend_v6_data: Option<RawJson>,
+}
+
+/// The counters a backend owns, for the daemon's `/metrics` and `/status`.
+#[derive(Debug, Clone, Default)]
+pub struct BackendTelemetry {
+    /// Kernel-programming backends (vxlan, host-gw): their reconciliation.
+    pub reconcile: Option<Arc<ReconcileStats>>,
+    /// The udp backend: its workers' counters.
+    pub datapath: Option<StatsHub>,
 }
 
 /// What every backend implements.
@@ -68,6 +80,11 @@ pub trait Backend: Send {
     ) -> impl Future<Output = anyhow::Result<()>> + Send {
         let _ = (old, new);
         async { Ok(()) }
+    }
+
+    /// The counters this backend keeps. Default: none.
+    fn telemetry(&self) -> BackendTelemetry {
+        BackendTelemetry::default()
     }
 }
 

@@ -31,11 +31,11 @@ use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::{Backend, BackendAttrs, BackendContext};
+use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
 use crate::datapath::device::{self, TunSpec};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
-use crate::datapath::stats::StatsSnapshot;
+use crate::datapath::stats::{StatsHub, StatsSnapshot};
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
 use crate::exec::netlink::Netlink;
@@ -83,6 +83,8 @@ pub struct UdpOptions {
     pub busy_poll: Duration,
     /// Name of the TUN device.
     pub tun_name: String,
+    /// Count traffic per peer too (`--metrics-per-peer`; a lock per batch when on).
+    pub per_peer_stats: bool,
 }
 
 impl Default for UdpOptions {
@@ -98,6 +100,7 @@ impl Default for UdpOptions {
             multishot: true,
             busy_poll: Duration::ZERO,
             tun_name: UDP_TUN_NAME.to_owned(),
+            per_peer_stats: false,
         }
     }
 }
@@ -137,6 +140,8 @@ pub struct Udp {
     running: Option<Running>,
     /// The daemon's netlink handle, for the device set-up ([`Udp::with_netlink`]).
     netlink: Option<Netlink>,
+    /// Where the workers' counters are read (`/metrics`, through [`Backend::telemetry`]).
+    hub: StatsHub,
 }
 
 #[derive(Debug)]
@@ -154,6 +159,7 @@ impl Udp {
     /// An invalid `Port`, `StrictSource` or `Workers` option, or a config without IPv4.
     pub fn new(ctx: &BackendContext, opts: UdpOptions) -> anyhow::Result<Self> {
         let settings = settings(ctx, &opts)?;
+        let hub = StatsHub::new(opts.per_peer_stats);
         let set = RouteSet::new(settings.network, settings.subnet_len, settings.port);
         let routes = Routes::new(RouteTable::empty(settings.network, settings.subnet_len));
         Ok(Udp {
@@ -163,6 +169,7 @@ impl Udp {
             routes,
             running: None,
             netlink: None,
+            hub,
         })
     }
 
@@ -253,6 +260,13 @@ impl Backend for Udp {
         self.settings.mtu
     }
 
+    fn telemetry(&self) -> BackendTelemetry {
+        BackendTelemetry {
+            reconcile: None,
+            datapath: Some(self.hub.clone()),
+        }
+    }
+
     async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {
         // Upstream's udp backend publishes only PublicIP: no BackendType, no BackendData.
         Ok(BackendAttrs::default())
@@ -310,7 +324,8 @@ impl Backend for Udp {
             // routes back through flannel0, so pods really get "network unreachable".
             icmp_source: self.settings.network.network(),
         };
-        let workers = Workers::spawn(fds, cfg, &self.routes).context("spawning udp workers")?;
+        let workers =
+            Workers::spawn(fds, cfg, &self.routes, &self.hub).context("spawning udp workers")?;
         tracing::info!(
             device = %link.name,
             address = %link.addr,
@@ -355,6 +370,13 @@ impl Backend for Udp {
     }
 
     async fn apply(&mut self, events: &[LeaseEvent]) {
+        for ev in events {
+            let (what, l) = match ev {
+                LeaseEvent::Added(l) => ("subnet added", l),
+                LeaseEvent::Removed(l) => ("subnet removed", l),
+            };
+            tracing::info!(subnet = %l.key.cidr(), public_ip = %l.attrs.public_ip, "{what}");
+        }
         if self.set.apply(events) {
             self.publish();
         }

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use flannel_rs::cli::Cli;
+use flannel_rs::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         eprintln!("{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    init_logging(cli.v);
+    init_logging(cli.v, cli.log_format);
     if let Err(e) = cli.validate() {
         tracing::error!("{e}");
         return ExitCode::from(1);
@@ -52,8 +52,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// klog-style verbosity: 0 info, 1–3 debug, 4+ trace; `RUST_LOG` overrides.
-fn init_logging(v: u32) {
+/// klog-style verbosity: 0 info, 1–3 debug, 4+ trace; `RUST_LOG` overrides. `--log-format`
+/// picks text lines or one JSON object per line (fields flattened next to `message`).
+fn init_logging(v: u32, format: LogFormat) {
     let level = match v {
         0 => "info",
         1..=3 => "debug",
@@ -62,10 +63,13 @@ fn init_logging(v: u32) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info,tonic=info"))
     });
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
 }

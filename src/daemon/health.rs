@@ -1,6 +1,7 @@
 //! The health server: `GET /healthz` (the process is running) and
 //! `GET /readyz` (subnet.env written and the backend started), with
-//! upstream's status codes and bodies.
+//! upstream's status codes and bodies; `GET /metrics` (Prometheus text) and
+//! `GET /status` (JSON for `flannelctl status`), ours (see [`super::metrics`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use super::metrics::{self, Telemetry};
 use crate::compat;
+use crate::status::STATUS_PATH;
 
 /// Shared readiness flag, set once the daemon is fully up.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +35,7 @@ impl Readiness {
     }
 }
 
-/// The response for one request (pure, for tests).
+/// The response to one of upstream's requests (pure, for tests).
 pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'static str) {
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
@@ -45,14 +48,45 @@ pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'stati
     }
 }
 
+/// One response: `/metrics` and `/status` from `telemetry`, the rest as [`respond`] says.
+fn response(req: &Request<Incoming>, telemetry: &Arc<Telemetry>) -> Response<Full<Bytes>> {
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let (code, content_type, body) = match req.uri().path() {
+        "/metrics" if get => (
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            telemetry.metrics_text(),
+        ),
+        STATUS_PATH if get => match serde_json::to_string_pretty(&telemetry.status()) {
+            Ok(json) => (StatusCode::OK, "application/json", json),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
+        path => {
+            let (code, body) = respond(req.method(), path, telemetry.ready.is_ready());
+            (code, "text/plain; charset=utf-8", body.to_owned())
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
 /// Binds the listener (so a busy port fails start-up) and serves until `stop`.
 pub async fn serve(
     addr: SocketAddr,
-    ready: Readiness,
+    telemetry: Arc<Telemetry>,
     stop: CancelToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health server listening (/healthz, /readyz)");
+    tracing::info!(%addr, "health server listening (/healthz, /readyz, /metrics, /status)");
     Ok(tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -60,12 +94,10 @@ pub async fn serve(
                 _ = stop.cancelled() => return,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let ready = ready.clone();
+            let telemetry = telemetry.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let (code, body) = respond(req.method(), req.uri().path(), ready.is_ready());
-                    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                    *resp.status_mut() = code;
+                    let resp = response(&req, &telemetry);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = http1::Builder::new()

@@ -7,9 +7,11 @@
 //! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
 
 pub mod health;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -34,9 +36,9 @@ use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{self, Keeper, OwnAction, Reacquired};
 use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{AcquireRequest, HeldLease, Registry, RegistryError};
+use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
-use health::Readiness;
+use metrics::Telemetry;
 
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,10 +50,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stop_src.cancel();
     });
 
-    let ready = Readiness::default();
+    let telemetry = Arc::new(Telemetry::default());
     if cli.healthz.healthz_port > 0 {
         let addr = SocketAddr::new(cli.healthz.healthz_ip, cli.healthz.healthz_port);
-        health::serve(addr, ready.clone(), stop.clone())
+        health::serve(addr, telemetry.clone(), stop.clone())
             .await
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
     }
@@ -61,7 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(read_config_file(path)?),
         None => None,
     };
-    let Some(registry) = until_stopped(&stop, connect(&cli)).await else {
+    let Some(registry) = until_stopped(&stop, connect(&cli, &telemetry)).await else {
         return Ok(());
     };
     let config = match file_config {
@@ -71,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             None => return Ok(()),
         },
     };
+    telemetry.set_backend(config.backend.kind.name());
     if config.ipv4.is_none() {
         bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
     }
@@ -100,7 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = Daemon {
         cli: &cli,
         registry,
-        ready,
+        telemetry,
         stop,
         netlink: netlink.clone(),
     };
@@ -115,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 offload: cli.udp_offload,
                 multishot: cli.udp_multishot,
                 busy_poll: std::time::Duration::from_micros(cli.udp_busy_poll),
+                per_peer_stats: cli.metrics_per_peer,
                 ..UdpOptions::default()
             };
             daemon
@@ -141,7 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 struct Daemon<'a> {
     cli: &'a Cli,
     registry: Registry,
-    ready: Readiness,
+    telemetry: Arc<Telemetry>,
     stop: CancelToken,
     netlink: Netlink,
 }
@@ -200,7 +204,11 @@ impl Daemon<'_> {
             return Ok(());
         };
         let held = held.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
-        tracing::info!(subnet = %held.lease.key, "acquired lease");
+        tracing::info!(
+            subnet = %held.lease.key.cidr(),
+            public_ip = %held.lease.attrs.public_ip,
+            "acquired lease"
+        );
 
         backend
             .start(&held.lease)
@@ -210,9 +218,12 @@ impl Daemon<'_> {
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
         let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
+        self.telemetry.set_backend_telemetry(backend.telemetry());
+        self.telemetry
+            .set_rules(rules.as_ref().map(|r| r.stats().clone()));
         self.blackhole(&held.lease.key, None).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
-        self.ready.set_ready();
+        self.telemetry.ready.set_ready();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("could not notify systemd: {e}");
         }
@@ -228,7 +239,8 @@ impl Daemon<'_> {
         ));
 
         let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
-        let mut keeper = Keeper::new(self.registry.clone(), TokioClock, held, acquire, margin);
+        let mut keeper = Keeper::new(self.registry.clone(), TokioClock, held, acquire, margin)
+            .with_telemetry(self.telemetry.control.clone());
         loop {
             let lost = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -236,9 +248,11 @@ impl Daemon<'_> {
                     let Some(msg) = msg else { break };
                     if !msg.events.is_empty() {
                         backend.apply(&msg.events).await;
+                        self.telemetry.control.apply(&msg.events);
                     }
                     if msg.resync {
                         backend.resynced().await;
+                        self.telemetry.control.resynced();
                     }
                     match msg.own {
                         Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
@@ -264,7 +278,7 @@ impl Daemon<'_> {
                     // Before the watcher hears of `new`: the backend first stops calling
                     // `old` its own, then learns of `old`'s new holder as of any other host.
                     if let Err(e) = backend.moved(&before, &keeper.held().lease).await {
-                        tracing::error!(%old, %new, "moving the backend to our new subnet: {e:#}");
+                        tracing::error!(old = %old.cidr(), new = %new.cidr(), "moving the backend to our new subnet: {e:#}");
                     }
                     self.blackhole(&new, Some(&old)).await;
                     self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
@@ -342,9 +356,13 @@ async fn until_stopped<T>(
     }
 }
 
-/// Connects to etcd, retrying with backoff (and saying so) until it answers.
-async fn connect(cli: &Cli) -> Registry {
-    let opts = cli.etcd.options();
+/// Connects to etcd, retrying with backoff until it answers (the registry's `EtcdHealth`
+/// logs when the failures start and end).
+async fn connect(cli: &Cli, telemetry: &Telemetry) -> Registry {
+    let opts = EtcdOptions {
+        health: telemetry.etcd.clone(),
+        ..cli.etcd.options()
+    };
     if opts.certfile.is_none() {
         tracing::warn!("connecting to etcd without a client certificate; use --etcd-certfile/--etcd-keyfile for mutual TLS");
     }
@@ -362,7 +380,7 @@ async fn connect(cli: &Cli) -> Registry {
             }
             Err(e) => {
                 let d = backoff.next_delay();
-                tracing::warn!("etcd is not reachable yet, retrying in {d:?}: {e}");
+                tracing::debug!("etcd is not reachable yet, retrying in {d:?}: {e}");
                 sleep(d).await;
             }
         }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use super::icmp::{net_unreachable, RateLimiter, MAX_REPLY};
 use super::packet::{decrement_ttl, Ipv4View, Malformed};
 use super::route::{RouteTable, Routes};
-use super::stats::{DropReason, WorkerStats};
+use super::stats::{DropReason, PeerTally, PeerTraffic, WorkerStats};
 
 /// Where a packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +204,8 @@ pub struct Pipeline {
     strict_source: bool,
     icmp: IcmpResponder,
     stats: Arc<WorkerStats>,
+    /// `--metrics-per-peer`: where each batch's per-peer counts go, and the batch's tally.
+    peers: Option<(Arc<PeerTraffic>, PeerTally)>,
 }
 
 impl Pipeline {
@@ -218,7 +220,14 @@ impl Pipeline {
             strict_source,
             icmp,
             stats,
+            peers: None,
         }
+    }
+
+    /// Also counts traffic per peer, into `traffic` (`--metrics-per-peer`).
+    pub fn with_peer_traffic(mut self, traffic: Option<Arc<PeerTraffic>>) -> Self {
+        self.peers = traffic.map(|t| (t, PeerTally::default()));
+        self
     }
 
     /// Runs until the I/O layer reports the stop signal or fails.
@@ -242,6 +251,7 @@ impl Pipeline {
             strict_source,
             icmp,
             stats,
+            peers,
             ..
         } = self;
         let mut handled = 0usize;
@@ -251,6 +261,13 @@ impl Pipeline {
                 Origin::Tun => egress_verdict(buf, len, &table, icmp),
                 Origin::Udp(src) => ingress_verdict(buf, len, src, &table, *strict_source),
             };
+            if let Some((_, tally)) = peers {
+                match (origin, &verdict) {
+                    (_, Verdict::Forward { peer, len }) => tally.tx(*peer.ip(), *len),
+                    (Origin::Udp(src), Verdict::Deliver { len }) => tally.rx(*src.ip(), *len),
+                    _ => {}
+                }
+            }
             match verdict {
                 Verdict::Forward { peer, len } => Action::SendUdp { peer, len },
                 Verdict::Deliver { len } => Action::WriteTun {
@@ -271,7 +288,10 @@ impl Pipeline {
             }
         })?;
         if handled > 0 {
-            stats.batch();
+            stats.wakeup(handled);
+        }
+        if let Some((traffic, tally)) = peers {
+            tally.flush(traffic);
         }
         Ok(flow)
     }

@@ -17,7 +17,7 @@ use super::io::uring::UringIo;
 use super::io::WorkerFds;
 use super::pipeline::{IcmpResponder, PacketIo, Pipeline};
 use super::route::Routes;
-use super::stats::{StatsSnapshot, WorkerStats};
+use super::stats::{StatsHub, StatsSnapshot, WorkerFeatures, WorkerStats};
 use super::IoKind;
 use crate::sys::eventfd::EventFd;
 use crate::sys::tun::TunQueue;
@@ -69,7 +69,13 @@ impl Workers {
     /// # Errors
     /// The stop eventfd or a thread could not be created; workers already started are
     /// stopped again.
-    pub fn spawn(queues: Vec<QueueFds>, cfg: WorkerConfig, routes: &Routes) -> io::Result<Self> {
+    /// Their counters are added to `hub` (and stay there after they stop).
+    pub fn spawn(
+        queues: Vec<QueueFds>,
+        cfg: WorkerConfig,
+        routes: &Routes,
+        hub: &StatsHub,
+    ) -> io::Result<Self> {
         let stop = Arc::new(EventFd::new()?);
         let mut workers = Workers {
             threads: Vec::new(),
@@ -80,7 +86,7 @@ impl Workers {
         let count = queues.len();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(count);
         for (index, q) in queues.into_iter().enumerate() {
-            let stats = Arc::new(WorkerStats::default());
+            let stats = hub.add_worker();
             let fds = WorkerFds {
                 tun: q.tun,
                 rx: q.rx,
@@ -92,7 +98,8 @@ impl Workers {
                 cfg.strict_source,
                 IcmpResponder::new(cfg.icmp_source),
                 stats.clone(),
-            );
+            )
+            .with_peer_traffic(hub.peers().cloned());
             let io_stats = stats.clone();
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
@@ -183,13 +190,23 @@ fn run_worker(
             }
         }
     }
+    let features = |multishot: bool, gso: bool| WorkerFeatures {
+        uring: cfg.io == IoKind::Uring,
+        offload: cfg.offload,
+        gso,
+        multishot,
+    };
     let result = match cfg.io {
         IoKind::Uring => {
-            let io =
-                UringIo::new(fds, cfg.uring, cfg.offload, stats).map(|io| io.with_gso(cfg.gso));
+            let io = UringIo::new(fds, cfg.uring, cfg.offload, stats.clone()).map(|io| {
+                let io = io.with_gso(cfg.gso);
+                stats.set_features(features(io.multishot(), io.gso_enabled()));
+                io
+            });
             run_on(io, "io_uring", index, &mut pipeline, &ready)
         }
         IoKind::Mmsg => {
+            stats.set_features(features(false, cfg.gso));
             let io = MmsgIo::new(
                 fds,
                 cfg.uring.buf_size,

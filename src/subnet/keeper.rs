@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::clock::{Backoff, Clock};
 use super::lease::SubnetKey;
 use super::registry::{AcquireRequest, HeldLease, Registry, RegistryError, Renewal};
+use super::telemetry::ControlPlane;
 use super::watch::OwnChange;
 
 /// How long after a grant of `ttl` to renew, given the renew margin.
@@ -158,15 +159,31 @@ pub async fn acquire<S: LeaseStore, C: Clock>(
     req: &AcquireRequest,
 ) -> Result<HeldLease, RegistryError> {
     let mut backoff = Backoff::new();
+    let mut failing_since = None;
     loop {
         match store.acquire(req).await {
-            Ok(h) => return Ok(h),
+            Ok(h) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(
+                        subnet = %h.lease.key.cidr(),
+                        "acquired a lease after {:.1?} of failed attempts",
+                        clock.now() - since
+                    );
+                }
+                return Ok(h);
+            }
             Err(e @ (RegistryError::OutOfSubnets(_) | RegistryError::TooManyConflicts(_))) => {
                 return Err(e)
             }
             Err(e) => {
                 let d = backoff.next_delay();
-                tracing::warn!("acquiring a lease failed, retrying in {d:?}: {e}");
+                // Once when the failures start (and once when they end, above).
+                if failing_since.is_none() {
+                    failing_since = Some(clock.now());
+                    tracing::warn!("acquiring a lease failed; retrying with backoff: {e}");
+                } else {
+                    tracing::debug!("acquiring a lease failed again, retrying in {d:?}: {e}");
+                }
                 clock.sleep(d).await;
             }
         }
@@ -192,6 +209,9 @@ pub struct Keeper<S: LeaseStore, C: Clock> {
     req: AcquireRequest,
     margin: Duration,
     renew_at: Option<Instant>,
+    /// Since when renewals fail (the first failure is logged, the recovery too).
+    failing_since: Option<Instant>,
+    telemetry: ControlPlane,
 }
 
 impl<S: LeaseStore, C: Clock> Keeper<S, C> {
@@ -204,9 +224,26 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             req,
             margin,
             renew_at: None,
+            failing_since: None,
+            telemetry: ControlPlane::default(),
         };
         k.schedule_renewal();
         k
+    }
+
+    /// Records renewals, re-acquisitions and the lease held in `telemetry`.
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: ControlPlane) -> Self {
+        telemetry.set_lease(&self.held);
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// We hold `held` from now on.
+    fn hold(&mut self, held: HeldLease) {
+        self.telemetry.set_lease(&held);
+        self.held = held;
+        self.schedule_renewal();
     }
 
     pub fn held(&self) -> &HeldLease {
@@ -238,15 +275,36 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
     pub async fn renew(&mut self) -> bool {
         match self.store.renew(&self.held).await {
             Ok(Renewal::Renewed(h)) => {
-                tracing::info!(subnet = %h.lease.key, "renewed lease");
-                self.held = h;
-                self.schedule_renewal();
+                self.telemetry.renewed();
+                match self.failing_since.take() {
+                    Some(since) => tracing::info!(
+                        subnet = %h.lease.key.cidr(),
+                        failing_seconds = (self.clock.now() - since).as_secs_f64(),
+                        "renewed lease; renewals had failed for {:.1?}",
+                        self.clock.now() - since
+                    ),
+                    None => tracing::info!(subnet = %h.lease.key.cidr(), "renewed lease"),
+                }
+                self.hold(h);
                 false
             }
-            Ok(Renewal::Lost) => true,
+            Ok(Renewal::Lost) => {
+                self.failing_since = None;
+                true
+            }
             Err(e) => {
+                self.telemetry.renewal_failed();
                 let retry = renew_retry(self.held.ttl.unwrap_or(Duration::from_secs(600)));
-                tracing::warn!("lease renewal failed, retrying in {retry:?}: {e}");
+                // Logged when renewals start failing and when they work again, not per retry.
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(self.clock.now());
+                    tracing::warn!(
+                        subnet = %self.held.lease.key.cidr(),
+                        "lease renewal failed; retrying every {retry:?} until it works: {e}"
+                    );
+                } else {
+                    tracing::debug!(subnet = %self.held.lease.key.cidr(), "lease renewal failed again: {e}");
+                }
                 self.renew_at = Some(self.clock.now() + retry);
                 false
             }
@@ -273,15 +331,14 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             _ => "(not a lease)".to_owned(),
         };
         tracing::error!(
-            subnet = %self.held.lease.key, revision = theirs, value = %written,
+            subnet = %self.held.lease.key.cidr(), revision = theirs, value = %written,
             "our lease was overwritten in place while we hold it; restoring our value \
              (a flanneld only creates keys that do not exist, so this is a stray write)"
         );
         match self.store.restore(&self.held, theirs).await {
             Ok(Some(h)) => {
-                tracing::info!(subnet = %h.lease.key, "restored our lease");
-                self.held = h;
-                self.schedule_renewal();
+                tracing::info!(subnet = %h.lease.key.cidr(), "restored our lease");
+                self.hold(h);
                 OwnAction::Restored
             }
             // Written again meanwhile: the watcher reports that write next.
@@ -289,7 +346,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             Err(e) => {
                 // The renewal (retried soon) compares against the stray write's revision
                 // and fails, so the lease is then re-acquired: take that path now.
-                tracing::warn!(subnet = %self.held.lease.key, "restoring our lease failed: {e}");
+                tracing::warn!(subnet = %self.held.lease.key.cidr(), "restoring our lease failed: {e}");
                 OwnAction::Lost
             }
         }
@@ -298,18 +355,18 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
     /// Acquires a lease again after a loss, preferring the subnet we had.
     pub async fn reacquire(&mut self) -> Result<Reacquired, RegistryError> {
         let old = self.held.lease.key;
-        tracing::warn!(subnet = %old, "our lease was deleted or taken over; re-acquiring");
+        tracing::warn!(subnet = %old.cidr(), "our lease was deleted or taken over; re-acquiring");
         self.req.preferred = Some(old);
         let again = acquire(&self.store, &self.clock, &self.req).await?;
         let new = again.lease.key;
-        self.held = again;
-        self.schedule_renewal();
+        self.telemetry.reacquired();
+        self.hold(again);
         Ok(if new == old {
-            tracing::info!(subnet = %new, "re-acquired our subnet");
+            tracing::info!(subnet = %new.cidr(), "re-acquired our subnet");
             Reacquired::Same
         } else {
             tracing::error!(
-                old = %old, new = %new,
+                old = %old.cidr(), new = %new.cidr(),
                 "our subnet was taken by another host; moved to a new one (pods on the old subnet must be recreated)"
             );
             Reacquired::Moved { old, new }

@@ -175,6 +175,28 @@ fn parse_dashed<T: std::str::FromStr>(text: &str) -> Option<T> {
     format!("{addr}/{len}").parse().ok()
 }
 
+impl SubnetKey {
+    /// How logs name a lease: `10.5.3.0/24` (`,fd00:5:3::/64` after it when dual-stack). The
+    /// same for our lease and a peer's, in the `subnet` field of every line about one.
+    pub fn cidr(&self) -> Cidr<'_> {
+        Cidr(self)
+    }
+}
+
+/// See [`SubnetKey::cidr`].
+#[derive(Debug, Clone, Copy)]
+pub struct Cidr<'a>(&'a SubnetKey);
+
+impl fmt::Display for Cidr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.ipv4.trunc())?;
+        if let Some(v6) = self.0.ipv6 {
+            write!(f, ",{}", v6.trunc())?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The addresses as parsed (host bits and all): see `SubnetKey::parse`.

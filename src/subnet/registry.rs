@@ -7,6 +7,7 @@
 //! a reservation (a key without an etcd lease) stays permanent when reused.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -18,6 +19,7 @@ use rand::seq::IndexedRandom;
 
 use super::lease::{Lease, LeaseAttrs, SubnetKey};
 use super::net::{SubnetRange, MAX_CANDIDATES};
+use super::telemetry::EtcdHealth;
 use super::watch::{parse_kv, RawEvent};
 use crate::compat;
 
@@ -31,6 +33,8 @@ pub struct EtcdOptions {
     pub keyfile: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Where the registry records how its requests fare (shared with `/metrics`).
+    pub health: Arc<EtcdHealth>,
 }
 
 /// A key under the subnets prefix as etcd stores it, unparsed (a tool shows even a
@@ -111,6 +115,7 @@ pub struct Registry {
     ttl: Duration,
     /// How often a request that found its endpoint unavailable is sent again.
     attempts: usize,
+    health: Arc<EtcdHealth>,
 }
 
 /// gRPC status code `UNAVAILABLE`.
@@ -142,15 +147,20 @@ impl Registry {
         if https || opts.cafile.is_some() || opts.certfile.is_some() {
             co = co.with_tls(tls_options(opts)?);
         }
-        let client = Client::connect(&opts.endpoints, Some(co))
-            .await
-            .map_err(etcd_err("connect"))?;
+        let client = match Client::connect(&opts.endpoints, Some(co)).await {
+            Ok(c) => c,
+            Err(e) => {
+                opts.health.failed("connect", &e);
+                return Err(etcd_err("connect")(e));
+            }
+        };
         let attempts = 3 * opts.endpoints.len().max(1);
         Ok(Registry {
             client,
             prefix: opts.prefix.clone(),
             ttl: lease_ttl(),
             attempts,
+            health: opts.health.clone(),
         })
     }
 
@@ -163,11 +173,22 @@ impl Registry {
         let mut attempt = 1;
         loop {
             match request(self.client.clone()).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.health.ok();
+                    return Ok(v);
+                }
                 Err(e) if is_unavailable(&e) && attempt < self.attempts => attempt += 1,
-                Err(e) => return Err(etcd_err(op)(e)),
+                Err(e) => {
+                    self.health.failed(op, &e);
+                    return Err(etcd_err(op)(e));
+                }
             }
         }
+    }
+
+    /// How this registry's requests fare.
+    pub fn health(&self) -> &Arc<EtcdHealth> {
+        &self.health
     }
 
     /// The TTL leases are granted with.
@@ -304,7 +325,7 @@ impl Registry {
                         None => continue,
                     }
                 }
-                tracing::info!(subnet = %mine.key, "deleting our old lease: it does not fit the current config");
+                tracing::info!(subnet = %mine.key.cidr(), "deleting our old lease: it does not fit the current config");
                 self.delete_if_unchanged(mine).await?;
                 continue;
             }
@@ -321,7 +342,7 @@ impl Registry {
             match self.create(candidate, &req.attrs).await? {
                 Some(held) => return Ok(held),
                 None => {
-                    tracing::info!(subnet = %candidate, "another host took the subnet first; retrying");
+                    tracing::info!(subnet = %candidate.cidr(), "another host took the subnet first; retrying");
                     continue;
                 }
             }

@@ -207,7 +207,7 @@ impl LeaseSet {
                         .is_some_and(|old| Self::is_stray(old, &new))
                     {
                         tracing::warn!(
-                            subnet = %subnet, value = %new.attrs.to_json(),
+                            subnet = %subnet.cidr(), value = %new.attrs.to_json(),
                             "not following a stray write over another host's live lease (its owner writes its value back)"
                         );
                         continue;

@@ -114,7 +114,8 @@ pub async fn watch_leases<S: LeaseSource, C: Clock>(
             Err(e) => {
                 let d = backoff.next_delay();
                 if !outage {
-                    tracing::warn!(
+                    // The registry's EtcdHealth logs the outage itself (once).
+                    tracing::debug!(
                         "lease watch: etcd unreachable, retrying (backoff up to 5s): {e}"
                     );
                     outage = true;

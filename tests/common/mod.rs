@@ -31,6 +31,8 @@ pub enum Cap {
     IoUring,
     /// `moto_server`, the EC2 API emulator (scripts/test.sh installs it into `.venv`).
     Moto,
+    /// Python's `prometheus_client` text-format parser, in the same venv.
+    PromParser,
 }
 
 /// `Ok(())` if this machine can run tests needing `cap`, else why not.
@@ -84,6 +86,12 @@ pub fn probe(cap: Cap) -> Result<(), String> {
         Cap::Iperf3 => run_ok("iperf3", &["--version"]),
         Cap::IoUring => flannel_rs::sys::uring::probe(),
         Cap::Moto => moto_server().map(|_| ()),
+        Cap::PromParser => venv_python().and_then(|py| {
+            run_ok(
+                py.to_str().unwrap_or("python3"),
+                &["-c", "import prometheus_client"],
+            )
+        }),
     };
     cache.lock().unwrap().push((cap, result.clone()));
     result
@@ -104,6 +112,23 @@ pub fn moto_server() -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// The Python of the venv scripts/test.sh makes (moto, prometheus-client).
+pub fn venv_python() -> Result<PathBuf, String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found (scripts/test.sh makes it)",
+            path.display()
+        ))
+    }
+}
+
+/// The health server port of daemons in their own network namespace (one per namespace,
+/// so one fixed port serves every host of a cluster).
+pub const NETNS_HEALTHZ_PORT: u16 = 10253;
 
 /// Where Debian's containernetworking-plugins puts the plugins.
 pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -549,7 +574,11 @@ impl Flanneld {
             child: None,
             netns: netns.map(str::to_owned),
             subnet_file: dir.path().join("subnet.env"),
-            healthz_port: if netns.is_some() { 0 } else { free_port() },
+            healthz_port: if netns.is_some() {
+                NETNS_HEALTHZ_PORT
+            } else {
+                free_port()
+            },
             log: Arc::new(Mutex::new(String::new())),
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),

@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::host::Host;
-use super::model::{Desired, DirectPeers};
+use super::model::{Desired, DirectPeers, Op};
 use super::reconcile::{reconcile, Ownership};
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
@@ -67,6 +68,98 @@ pub trait Planner: Send + 'static {
     fn removed_line(&self, peer: &Self::Peer) -> String;
 }
 
+/// What the kernel was found to have drifted in, for the repair counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairKind {
+    Route,
+    Neighbour,
+    Fdb,
+    /// A backend's own device (vxlan: recreated, or its MAC, MTU, address or state restored).
+    Link,
+}
+
+impl RepairKind {
+    pub const ALL: [RepairKind; 4] = [
+        RepairKind::Route,
+        RepairKind::Neighbour,
+        RepairKind::Fdb,
+        RepairKind::Link,
+    ];
+
+    /// Stable name, for metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairKind::Route => "route",
+            RepairKind::Neighbour => "neighbour",
+            RepairKind::Fdb => "fdb",
+            RepairKind::Link => "link",
+        }
+    }
+
+    fn of(op: &Op) -> Self {
+        match op {
+            Op::ReplaceRoute(_) | Op::DeleteRoute(_) => RepairKind::Route,
+            Op::ReplaceNeigh(_) | Op::DeleteNeigh(_) => RepairKind::Neighbour,
+            Op::ReplaceFdb(_) | Op::DeleteFdb(_) => RepairKind::Fdb,
+        }
+    }
+}
+
+/// How the periodic reconciliation fares, for `/metrics` and `/status`.
+#[derive(Debug, Default)]
+pub struct ReconcileStats {
+    runs: AtomicU64,
+    /// Passes that could not read the kernel, and repairs the kernel refused.
+    failures: AtomicU64,
+    repairs: [AtomicU64; RepairKind::ALL.len()],
+    last_duration_ns: AtomicU64,
+    /// Unix time, in milliseconds, when the last pass ended; 0 before the first.
+    last_end_unix_ms: AtomicU64,
+}
+
+/// Copied values of [`ReconcileStats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReconcileSnapshot {
+    pub runs: u64,
+    pub failures: u64,
+    pub repairs: [(RepairKind, u64); RepairKind::ALL.len()],
+    pub last_duration: Duration,
+    pub last_end: Option<SystemTime>,
+}
+
+impl ReconcileStats {
+    pub fn repaired(&self, kind: RepairKind) {
+        self.repairs[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finished(&self, took: Duration) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.last_duration_ns
+            .store(took.as_nanos() as u64, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_end_unix_ms
+            .store(now.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> ReconcileSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let end = get(&self.last_end_unix_ms);
+        ReconcileSnapshot {
+            runs: get(&self.runs),
+            failures: get(&self.failures),
+            repairs: RepairKind::ALL.map(|k| (k, get(&self.repairs[k as usize]))),
+            last_duration: Duration::from_nanos(get(&self.last_duration_ns)),
+            last_end: (end > 0).then(|| UNIX_EPOCH + Duration::from_millis(end)),
+        }
+    }
+}
+
 /// Turns lease events and periodic checks into kernel operations: the same
 /// loop for every kernel-programming backend.
 #[derive(Debug)]
@@ -79,6 +172,7 @@ pub struct Engine<P: Planner> {
     synced: bool,
     /// Refusals already reported.
     refused: BTreeMap<IpNet, String>,
+    stats: Arc<ReconcileStats>,
 }
 
 impl<P: Planner> Engine<P> {
@@ -89,7 +183,13 @@ impl<P: Planner> Engine<P> {
             direct: DirectPeers::new(),
             synced: false,
             refused: BTreeMap::new(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The reconciliation counters (passes, repairs, failures).
+    pub fn stats(&self) -> &Arc<ReconcileStats> {
+        &self.stats
     }
 
     /// The peers currently known.
@@ -136,21 +236,30 @@ impl<P: Planner> Engine<P> {
                         for ip in self.planner.lookups(&peer) {
                             self.refresh_direct(host, ip).await;
                         }
-                        tracing::info!("{}", self.planner.added_line(&peer));
+                        tracing::info!(
+                            subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                            "{}", self.planner.added_line(&peer)
+                        );
                         self.peers.insert(lease.key, peer.clone());
                         added.insert(lease.key, peer);
                     }
                     None => {
                         // The host switched to something this backend does not handle.
                         if let Some(old) = self.peers.remove(&lease.key) {
-                            tracing::info!("{}", self.planner.removed_line(&old));
+                            tracing::info!(
+                                subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                                "{}", self.planner.removed_line(&old)
+                            );
                         }
                         added.remove(&lease.key);
                     }
                 },
                 LeaseEvent::Removed(lease) => {
                     if let Some(old) = self.peers.remove(&lease.key) {
-                        tracing::info!("{}", self.planner.removed_line(&old));
+                        tracing::info!(
+                            subnet = %lease.key.cidr(), public_ip = %lease.attrs.public_ip,
+                            "{}", self.planner.removed_line(&old)
+                        );
                     }
                     added.remove(&lease.key);
                 }
@@ -202,6 +311,7 @@ impl<P: Planner> Engine<P> {
         let observed = match host.observe(self.planner.uses_v6(), &own.devices).await {
             Ok(o) => o,
             Err(e) => {
+                self.stats.failed();
                 tracing::warn!(
                     "reconcile: cannot read the kernel's tables, trying again later: {e}"
                 );
@@ -211,11 +321,23 @@ impl<P: Planner> Engine<P> {
         for repair in reconcile(&desired, &observed, &own, self.synced) {
             let what = repair.op.describe(|i| self.planner.device_name(i));
             tracing::info!("reconcile: {what} ({})", repair.why);
-            if let Err(e) = host.apply(&repair.op).await {
-                tracing::error!("reconcile: {e}");
+            match host.apply(&repair.op).await {
+                Ok(()) => self.stats.repaired(RepairKind::of(&repair.op)),
+                Err(e) => {
+                    self.stats.failed();
+                    tracing::error!("reconcile: {e}");
+                }
             }
         }
     }
+}
+
+/// One timed reconciliation pass.
+async fn pass<S: EngineState>(state: &tokio::sync::Mutex<S>, stats: &ReconcileStats) {
+    let mut state = state.lock().await;
+    let started = Instant::now();
+    state.reconcile().await;
+    stats.finished(started.elapsed());
 }
 
 /// What a kernel-programming backend keeps behind the lock it shares with
@@ -237,6 +359,7 @@ pub trait EngineState: Send + 'static {
 /// it every period or sooner when kicked. The task ends when this is dropped.
 pub struct Reconciler<S: EngineState> {
     pub state: Arc<tokio::sync::Mutex<S>>,
+    stats: Arc<ReconcileStats>,
     /// Wakes the task for a pass now (after a resync, a deleted device).
     pub kick: Arc<Notify>,
     period: Duration,
@@ -246,8 +369,9 @@ pub struct Reconciler<S: EngineState> {
 impl<S: EngineState> Reconciler<S> {
     /// Not running yet: see [`Reconciler::spawn`]. Checks every
     /// [`RECONCILE_PERIOD`].
-    pub fn new(state: S) -> Self {
+    pub fn new(mut state: S) -> Self {
         Reconciler {
+            stats: state.parts().1.stats().clone(),
             state: Arc::new(tokio::sync::Mutex::new(state)),
             kick: Arc::new(Notify::new()),
             period: RECONCILE_PERIOD,
@@ -263,20 +387,26 @@ impl<S: EngineState> Reconciler<S> {
     /// Starts the periodic task.
     pub fn spawn(&mut self) {
         let (state, kick, period) = (self.state.clone(), self.kick.clone(), self.period);
+        let stats = self.stats.clone();
         self.task = Some(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
                     _ = kick.notified() => {}
                 }
-                state.lock().await.reconcile().await;
+                pass(&state, &stats).await;
             }
         }));
     }
 
     /// Runs one reconciliation pass now (tests; the task runs the others).
     pub async fn reconcile_now(&self) {
-        self.state.lock().await.reconcile().await;
+        pass(&self.state, &self.stats).await;
+    }
+
+    /// The reconciliation counters.
+    pub fn stats(&self) -> &Arc<ReconcileStats> {
+        &self.stats
     }
 
     /// Applies a batch of lease events ([`Engine::apply_events`]).

@@ -33,7 +33,9 @@ mod host;
 mod model;
 mod reconcile;
 
-pub use engine::{Engine, EngineState, Planner, Reconciler, RECONCILE_PERIOD};
+pub use engine::{
+    Engine, EngineState, Planner, ReconcileStats, Reconciler, RepairKind, RECONCILE_PERIOD,
+};
 pub use host::Host;
 pub use model::*;
 pub use reconcile::{reconcile, Ownership, Repair, Why};

@@ -41,9 +41,9 @@ use anyhow::{anyhow, Context};
 use ipnet::IpNet;
 
 use super::kernel::{
-    Engine, EngineState, Host, LinkChange, Mac, Reconciler, VxlanAttrs, VxlanSpec,
+    Engine, EngineState, Host, LinkChange, Mac, Reconciler, RepairKind, VxlanAttrs, VxlanSpec,
 };
-use super::{Backend, BackendAttrs, BackendContext, ExternalInterface};
+use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry, ExternalInterface};
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 mod plan;
@@ -193,6 +193,7 @@ impl<H: Host> Inner<H> {
         for i in 0..self.specs.len() {
             let f = self.specs[i].0;
             if let Err(e) = self.check_device(i, f).await {
+                self.engine.stats().failed();
                 tracing::error!("reconcile: vxlan device {}: {e:#}", self.specs[i].1.name);
             }
         }
@@ -211,6 +212,7 @@ impl<H: Host> Inner<H> {
                 if change != LinkChange::default() {
                     tracing::info!("reconcile: restoring {name}: {change:?}");
                     self.host.set_link(l.index, &change).await?;
+                    self.engine.stats().repaired(RepairKind::Link);
                 }
             }
             (None, _) => {
@@ -218,15 +220,18 @@ impl<H: Host> Inner<H> {
                 let dev = self.ensure_device(i, true).await?;
                 *self.dev_mut(f) = Some(dev);
                 self.bring_up(f).await?;
+                self.engine.stats().repaired(RepairKind::Link);
             }
             _ => {
                 tracing::warn!("reconcile: vxlan device {name} was replaced behind our back; setting it up again");
                 let dev = self.ensure_device(i, true).await?;
                 *self.dev_mut(f) = Some(dev);
                 self.bring_up(f).await?;
+                self.engine.stats().repaired(RepairKind::Link);
             }
         }
         if self.ensure_address(f).await? {
+            self.engine.stats().repaired(RepairKind::Link);
             tracing::info!("reconcile: restored the address of {name}");
         }
         Ok(())
@@ -406,6 +411,13 @@ fn device_specs(
 impl<H: Host> Backend for Vxlan<H> {
     fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    fn telemetry(&self) -> BackendTelemetry {
+        BackendTelemetry {
+            reconcile: Some(self.reconciler.stats().clone()),
+            datapath: None,
+        }
     }
 
     async fn prepare(&mut self) -> anyhow::Result<BackendAttrs> {

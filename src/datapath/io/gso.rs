@@ -85,6 +85,7 @@ impl GsoSender {
                     && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
             {
                 self.enabled = false;
+                stats.lose_gso();
                 tracing::warn!(
                     error = %e, %peer,
                     "UDP GSO send failed; sending one datagram per send from now on"

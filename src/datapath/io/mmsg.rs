@@ -24,7 +24,7 @@ use super::offload::{
 use super::WorkerFds;
 use crate::datapath::offload::{GsoRun, Layout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
-use crate::datapath::stats::{DropReason, WorkerStats};
+use crate::datapath::stats::{Batch, DropReason, WorkerStats};
 pub use crate::sys::mmsg::BATCH;
 use crate::sys::mmsg::{poll_many, poll_writable};
 use crate::sys::{is_transient, sockopt};
@@ -216,16 +216,20 @@ impl MmsgIo {
                     .map(|ip| SocketAddrV4::new(ip, a.port())),
             };
             match src {
-                Some(src) if meta.len <= buf.len() && self.headroom > 0 => split_datagrams(
-                    buf,
-                    meta.len,
-                    meta.stride,
-                    src,
-                    k * self.buf_size,
-                    handle,
-                    &mut self.delivered,
-                ),
+                Some(src) if meta.len <= buf.len() && self.headroom > 0 => {
+                    let datagrams = split_datagrams(
+                        buf,
+                        meta.len,
+                        meta.stride,
+                        src,
+                        k * self.buf_size,
+                        handle,
+                        &mut self.delivered,
+                    );
+                    self.stats.batch_size(Batch::UdpReceive, datagrams);
+                }
                 Some(src) if meta.len <= buf.len() => {
+                    self.stats.batch_size(Batch::UdpReceive, 1);
                     self.pending
                         .push((Side::Ingress, k, handle(Origin::Udp(src), buf, meta.len)));
                 }

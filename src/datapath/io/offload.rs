@@ -37,9 +37,10 @@ pub fn egress_wire(
     let pkt = slot.get_mut(VNET_HDR_LEN..)?;
     match to_wire(&vnet, pkt, len, scratch, layout) {
         Ok(wire) => {
-            if matches!(wire, Wire::Segmented(_)) {
-                stats.tso_read();
-            }
+            stats.tun_read(match wire {
+                Wire::Segmented(s) => s.count,
+                Wire::Whole { .. } => 1,
+            });
             Some(wire)
         }
         Err(e) => {
@@ -53,6 +54,7 @@ pub fn egress_wire(
 /// Hands each datagram of a receive to `handle`: `buf[..len]` holds datagrams of `stride`
 /// bytes (the last may be shorter) when UDP GRO coalesced several, else one. Delivered
 /// packets are recorded in `delivered` as `(base + offset, len)` for [`write_delivered`].
+/// Returns how many datagrams the receive carried (for the GRO batch-size histogram).
 pub fn split_datagrams<H>(
     buf: &mut [u8],
     len: usize,
@@ -61,17 +63,19 @@ pub fn split_datagrams<H>(
     base: usize,
     handle: &mut H,
     delivered: &mut Vec<(usize, usize)>,
-) where
+) -> usize
+where
     H: FnMut(Origin, &mut [u8], usize) -> Action,
 {
     if len == 0 {
         // A zero-length datagram is one packet too: the verdict counts its drop (unknown
         // peer, or a bad header from a peer), so every drop has a reason.
         let _ = handle(Origin::Udp(src), buf, 0);
-        return;
+        return 1;
     }
     let stride = if stride == 0 { len } else { stride };
     let mut off = 0;
+    let mut datagrams = 0;
     while off < len {
         let n = stride.min(len - off);
         let Some(datagram) = buf.get_mut(off..) else {
@@ -86,7 +90,9 @@ pub fn split_datagrams<H>(
             Action::Drop | Action::WriteTun { .. } | Action::SendUdp { .. } => {}
         }
         off += n;
+        datagrams += 1;
     }
+    datagrams
 }
 
 /// Writes `delivered` (offsets into `pool`) to the TUN, runs of one TCP flow coalesced into
@@ -130,8 +136,9 @@ mod tests {
                 seen.push(n);
                 Action::Drop
             };
-            split_datagrams(&mut buf, len, stride, src, 0, &mut handle, &mut delivered);
+            let n = split_datagrams(&mut buf, len, stride, src, 0, &mut handle, &mut delivered);
             assert_eq!(seen, want, "len {len}, stride {stride}");
+            assert_eq!(n, want.len());
             assert!(delivered.is_empty());
         }
     }

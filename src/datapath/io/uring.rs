@@ -42,7 +42,7 @@ use super::offload::{
 use super::WorkerFds;
 use crate::datapath::offload::{GsoRun, Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
 use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
-use crate::datapath::stats::{DropReason, WorkerStats};
+use crate::datapath::stats::{Batch, DropReason, WorkerStats};
 use crate::sys::uring::{Completion, Cqe, Received, Ring, RingLayout, UringConfig, REAP_CHUNK};
 use crate::sys::{errno_error, is_transient, sockopt};
 
@@ -123,6 +123,11 @@ impl UringIo {
     pub fn with_gso(mut self, enabled: bool) -> Self {
         self.gso = GsoSender::new(enabled);
         self
+    }
+
+    /// Whether TUN reads and UDP receives are both multishot.
+    pub fn multishot(&self) -> bool {
+        self.ring.multishot_reads() && self.ring.multishot_receives()
     }
 
     /// Whether UDP sends still use GSO (see [`GsoSender`]).
@@ -287,7 +292,8 @@ impl UringIo {
             return self.ring.lend_home(i);
         };
         let len = r.len.min(buf.len());
-        split_datagrams(buf, len, r.stride, src, 0, handle, &mut self.delivered);
+        let datagrams = split_datagrams(buf, len, r.stride, src, 0, handle, &mut self.delivered);
+        self.stats.batch_size(Batch::UdpReceive, datagrams);
         write_delivered(&self.fds.tun, buf, &mut self.delivered, &self.stats);
         self.ring.lend_home(i)
     }

@@ -55,16 +55,17 @@ impl IptFamily {
         .map(|_| ())
     }
 
-    /// Checks and, when anything is off (or `force`), rewrites the rules.
+    /// Checks and, when anything is off (or `force`), rewrites the rules; `true` when it
+    /// wrote them.
     pub(super) fn ensure(
         &mut self,
         cfg: &RulesConfig,
         force: bool,
         first: bool,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let wanted = iptables_rules(cfg, self.family, self.random_fully);
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let saved = self.save()?;
         let have: Vec<ObservedChain> = wanted.iter().map(|w| observe_chain(&saved, w)).collect();
@@ -84,7 +85,7 @@ impl IptFamily {
                 .collect(),
         };
         if problems.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if !first {
             tracing::info!(
@@ -128,7 +129,7 @@ impl IptFamily {
                 Some(after)
             }
         };
-        Ok(())
+        Ok(true)
     }
 }
 

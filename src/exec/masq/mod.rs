@@ -38,6 +38,8 @@ mod rules;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -103,19 +105,23 @@ impl Mode {
         force: bool,
         first: bool,
         last_error: &mut Option<String>,
+        stats: &RulesStats,
     ) {
         let result = match self {
             Mode::Iptables(fams) => {
+                let mut wrote = false;
                 let errors: Vec<String> = fams
                     .iter_mut()
-                    .filter_map(|f| {
-                        f.ensure(cfg, force, first)
-                            .err()
-                            .map(|e| format!("{}: {e}", f.family.iptables()))
+                    .filter_map(|f| match f.ensure(cfg, force, first) {
+                        Ok(w) => {
+                            wrote |= w;
+                            None
+                        }
+                        Err(e) => Some(format!("{}: {e}", f.family.iptables())),
                     })
                     .collect();
                 if errors.is_empty() {
-                    Ok(())
+                    Ok(wrote)
                 } else {
                     Err(format!(
                         "Failed to ensure iptables rules: {}",
@@ -127,14 +133,20 @@ impl Mode {
                 .ensure(cfg, force, first)
                 .map_err(|e| format!("nftables: couldn't set up flannel's rules: {e}")),
         };
+        stats.resyncs.fetch_add(1, Ordering::Relaxed);
         // One line per change of state, not one per resync.
         match result {
-            Ok(()) => {
+            Ok(wrote) => {
+                // The first write is the set-up; later ones put back what was changed.
+                if wrote && !first {
+                    stats.repairs.fetch_add(1, Ordering::Relaxed);
+                }
                 if last_error.take().is_some() {
                     tracing::info!("flannel's iptables/nftables rules are in place again");
                 }
             }
             Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
                 if last_error.as_ref() != Some(&e) {
                     tracing::error!("{e} (retrying every {:?})", cfg.resync);
                 }
@@ -151,9 +163,26 @@ pub struct RulesHandle {
     task: tokio::task::JoinHandle<()>,
     lease: watch::Sender<SubnetKey>,
     nftables: bool,
+    stats: Arc<RulesStats>,
+}
+
+/// How the rule checks fare, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RulesStats {
+    /// Checks of the rules (set-up, every `--iptables-resync`, lease moves).
+    pub resyncs: AtomicU64,
+    /// Checks that found the rules changed or missing and wrote them again.
+    pub repairs: AtomicU64,
+    /// Checks that could not read or write the rules.
+    pub failures: AtomicU64,
 }
 
 impl RulesHandle {
+    /// The rule-check counters.
+    pub fn stats(&self) -> &Arc<RulesStats> {
+        &self.stats
+    }
+
     /// Rewrites the masquerade rules for a new lease (after the subnet moved).
     pub fn update_lease(&self, key: SubnetKey) {
         let _ = self.lease.send(key);
@@ -186,6 +215,8 @@ pub async fn start(cfg: RulesConfig, stop: CancelToken) -> Option<RulesHandle> {
     let (tx, mut rx) = watch::channel(own);
     let nftables = cfg.nftables;
     let setup_cfg = cfg.clone();
+    let stats = Arc::new(RulesStats::default());
+    let (setup_stats, task_stats) = (stats.clone(), stats.clone());
     let mode = tokio::task::spawn_blocking(move || {
         let cfg = setup_cfg;
         clean_other_mode(cfg.nftables);
@@ -216,7 +247,7 @@ pub async fn start(cfg: RulesConfig, stop: CancelToken) -> Option<RulesHandle> {
             tracing::info!("Changing default FORWARD chain policy to ACCEPT");
         }
         let mut last_error = None;
-        mode.ensure(&cfg, false, true, &mut last_error);
+        mode.ensure(&cfg, false, true, &mut last_error, &setup_stats);
         (mode, last_error)
     })
     .await;
@@ -242,8 +273,9 @@ pub async fn start(cfg: RulesConfig, stop: CancelToken) -> Option<RulesHandle> {
                 }
             };
             let c = cfg.clone();
+            let stats = task_stats.clone();
             (mode, last_error) = match tokio::task::spawn_blocking(move || {
-                mode.ensure(&c, force, false, &mut last_error);
+                mode.ensure(&c, force, false, &mut last_error, &stats);
                 (mode, last_error)
             })
             .await
@@ -260,5 +292,6 @@ pub async fn start(cfg: RulesConfig, stop: CancelToken) -> Option<RulesHandle> {
         task,
         lease: tx,
         nftables,
+        stats,
     })
 }

@@ -35,10 +35,10 @@ impl Nft {
         cfg: &RulesConfig,
         force: bool,
         first: bool,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let listed = run("nft", &["-f", "-"], Some(NFT_LIST)).ok();
         if !force && listed.is_some() && listed == self.seen_after_apply {
-            return Ok(());
+            return Ok(false);
         }
         if !first && !force {
             tracing::info!(
@@ -51,7 +51,7 @@ impl Nft {
             Some(&nft_batch(cfg, self.fully_random)),
         )?;
         self.seen_after_apply = run("nft", &["-f", "-"], Some(NFT_LIST)).ok();
-        Ok(())
+        Ok(true)
     }
 }
 
