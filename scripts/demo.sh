@@ -92,6 +92,7 @@ for i in $(seq 1 $HOSTS); do
     ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
     mkdir -p "$STATE/h$i"
     ip netns exec "$h" "$BIN/flanneld" --etcd-endpoints http://192.0.2.254:2379 --iface eth0 \
+        --healthz-ip 127.0.0.1 --healthz-port 8471 \
         --subnet-file "$STATE/h$i/subnet.env" >"$STATE/h$i/flanneld.log" 2>&1 &
     echo $! >"$STATE/h$i.pid"
     disown

@@ -407,7 +407,7 @@ fn daemon_waits_for_etcd_at_startup_and_fails_over_between_endpoints() {
     wait_until(secs(15), || {
         lonely
             .log()
-            .contains("etcd is not reachable yet")
+            .contains("etcd is unreachable")
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{}", lonely.log()));
@@ -554,7 +554,7 @@ fn tls_and_password_authentication() {
     let mut bad = daemon(&etcd, "127.0.0.2", &args, &[]);
     wait_until(secs(15), || {
         bad.log()
-            .contains("etcd is not reachable yet")
+            .contains("etcd is unreachable")
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{}", bad.log()));

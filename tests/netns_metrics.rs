@@ -151,6 +151,17 @@ fn metrics_follow_traffic_drops_peers_and_etcd() {
     assert!(must(&s, "flannel_udp_peer_tx_packets_total", &peer1) >= 5.0);
     assert!(must(&s, "flannel_udp_peer_rx_packets_total", &peer1) >= 5.0);
     assert!(must(&s, "flannel_udp_batch_size_count", &[("kind", "wakeup")]) > 0.0);
+    if let Some(path) = std::env::var_os("FLANNEL_TEST_SAVE_SCRAPE") {
+        // For the README's example scrape: host 0's page as served.
+        let py = venv_python().unwrap();
+        let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}/metrics");
+        let out = run(
+            Some(&c.hosts[0].netns),
+            py.to_str().unwrap(),
+            &[&tool("scrape.py"), &url],
+        );
+        std::fs::write(path, &out.stdout).unwrap();
+    }
     let s1 = scrape(&c, 1);
     assert!(
         value(&s1, "flannel_udp_peer_tx_packets_total", &[]).is_none(),

@@ -75,8 +75,8 @@ impl EtcdHealth {
             None => {
                 tracing::warn!(
                     op,
-                    "etcd is unreachable; retrying in the background, the datapath keeps \
-                     forwarding (logged again when etcd answers): {error}"
+                    "etcd is unreachable; retrying until it answers (forwarding is not \
+                     affected; logged again when etcd is back): {error}"
                 );
                 s.failing = Some((Instant::now(), 1));
             }
