@@ -267,13 +267,17 @@ fn reserve_then_a_daemon_with_that_public_ip_gets_the_subnet() {
     );
     assert_eq!(host_bits.code, 2, "{host_bits:#?}");
 
-    // Unreserve once its node is gone; then there is nothing left to remove.
-    d.kill();
+    // Unreserved under its running node: the daemon keeps its subnet as an ordinary lease.
     let gone = flannelctl(&etcd, &["unreserve", "10.5.42.0/24", "-o", "json"])
         .ok()
         .json();
     assert_eq!(gone["action"], "deleted");
-    assert_eq!(value_of(&etcd, &k), "");
+    wait_until(secs(10), || (etcd_lease_of(&etcd, &k) != 0).then_some(()))
+        .unwrap_or_else(|| panic!("no lease back on {k}; log:\n{}", d.log()));
+    assert!(value_of(&etcd, &k).contains("127.0.0.9"));
+    // Once that node is gone and its lease with it, there is nothing left to remove.
+    d.kill();
+    etcd.must(&["del", &k]);
     let none = flannelctl(&etcd, &["unreserve", "10.5.42.0/24"]);
     assert_eq!(none.code, 3, "{none:#?}");
 }

@@ -91,7 +91,8 @@ pub enum Command {
     /// Remove a reservation.
     ///
     /// Only a key without a TTL is removed: a live lease is refused (exit 1), since its
-    /// daemon would only renew it. Exit 3 when there is no such key.
+    /// daemon would only renew it. Exit 3 when there is no such key. A running flanneld
+    /// that held the reservation keeps its subnet, as an ordinary lease with a TTL.
     Unreserve {
         /// The reserved subnet, e.g. `10.5.34.0/24`.
         #[arg(value_parser = parse_subnet)]
