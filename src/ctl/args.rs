@@ -198,6 +198,23 @@ mod tests {
     }
 
     #[test]
+    fn etcd_options_are_built_as_flanneld_builds_them() {
+        let o = parse(&["leases"]).etcd.options();
+        assert_eq!(
+            o.endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!((o.cafile, o.username, o.password), (None, None, None));
+        // A username without a password logs in with an empty one.
+        let o = parse(&["--etcd-username=u", "--etcd-cafile=/ca", "leases"])
+            .etcd
+            .options();
+        assert_eq!(o.username.as_deref(), Some("u"));
+        assert_eq!(o.password.as_deref(), Some(""));
+        assert_eq!(o.cafile, Some(PathBuf::from("/ca")));
+    }
+
+    #[test]
     fn subnets_are_taken_in_either_spelling() {
         let a = parse_subnet("10.5.34.0/24").unwrap();
         assert_eq!(a, parse_subnet("10.5.34.0-24").unwrap());
