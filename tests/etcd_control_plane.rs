@@ -405,10 +405,7 @@ fn daemon_waits_for_etcd_at_startup_and_fails_over_between_endpoints() {
     // Only a dead endpoint: the daemon waits and says so.
     let mut lonely = Flanneld::spawn(&[&format!("--etcd-endpoints={dead}"), "--iface=lo"], &[]);
     wait_until(secs(15), || {
-        lonely
-            .log()
-            .contains("etcd is unreachable")
-            .then_some(())
+        lonely.log().contains("etcd is unreachable").then_some(())
     })
     .unwrap_or_else(|| panic!("{}", lonely.log()));
     assert!(lonely.try_exit().is_none());
@@ -553,9 +550,7 @@ fn tls_and_password_authentication() {
     args.push("--etcd-password=wrong");
     let mut bad = daemon(&etcd, "127.0.0.2", &args, &[]);
     wait_until(secs(15), || {
-        bad.log()
-            .contains("etcd is unreachable")
-            .then_some(())
+        bad.log().contains("etcd is unreachable").then_some(())
     })
     .unwrap_or_else(|| panic!("{}", bad.log()));
     assert!(
