@@ -24,6 +24,11 @@
 //! `udp,udp-perslot` (multishot against one request per buffer) or
 //! `udp-d4,udp-d8,udp,udp-d32,udp-d64` (the ring-depth sweep).
 //!
+//! For the udp modes it also reports the batch sizes the daemons saw during each TCP phase
+//! (from their `/metrics`: datagrams per UDP send and receive, segments per TUN read and
+//! write, packets per worker wake-up, as means over the phase). They show whether
+//! interleaved flows break super-packets into small pieces.
+//!
 //! Throughput is only ever reported here, never asserted.
 
 #[path = "../tests/common/mod.rs"]
@@ -35,7 +40,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::cluster::{host_ip, run, sh, Cluster};
-use common::{in_netns, probe, wait_until, Cap};
+use common::{in_netns, probe, wait_until, Cap, NETNS_HEALTHZ_PORT};
 use serde_json::{json, Value};
 
 const NETWORK: &str = "10.5.0.0/16";
@@ -170,6 +175,9 @@ struct Figures {
     /// The flanneld processes' own CPU-seconds per GB (udp only; in the JSON).
     daemon_cpu_s_per_gb: Option<f64>,
     rss_mb: Option<f64>,
+    /// udp modes: mean batch size per kind during the 1- and 4-stream TCP phases.
+    batches1: Vec<(String, f64)>,
+    batches4: Vec<(String, f64)>,
 }
 
 fn main() {
@@ -311,12 +319,26 @@ fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
     for run_no in 0..runs {
         let mut f = Figures::default();
         let cpu0 = cpu_seconds(&pids);
+        let udp = mode.backend == Some("udp");
+        let batches0 = if udp { batch_sums(c) } else { Vec::new() };
         let busy = MachineCpu::now();
         let (g1, b1) = iperf_tcp(c, secs, 1);
         f.cpu_pct_per_gbps1 = 100.0 * busy.busy_seconds() / (b1 * 8.0 / 1e9);
+        let batches1 = if udp { batch_sums(c) } else { Vec::new() };
         let busy = MachineCpu::now();
         let (g4, b4) = iperf_tcp(c, secs, 4);
         f.cpu_pct_per_gbps4 = 100.0 * busy.busy_seconds() / (b4 * 8.0 / 1e9);
+        if udp {
+            let batches4 = batch_sums(c);
+            f.batches1 = batch_means(&batches0, &batches1);
+            f.batches4 = batch_means(&batches1, &batches4);
+            println!(
+                "  run {}: mean batch sizes, tcp1: {}; tcp4: {}",
+                run_no + 1,
+                show_batches(&f.batches1),
+                show_batches(&f.batches4)
+            );
+        }
         daemon_cpu += cpu_seconds(&pids) - cpu0;
         tcp_bytes += b1 + b4;
         let busy = MachineCpu::now();
@@ -371,6 +393,22 @@ fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
     if !pids.is_empty() {
         out.rss_mb = pids.iter().filter_map(|&p| peak_rss_mb(p)).reduce(f64::max);
     }
+    // Batch sizes: the median run's per kind.
+    let med_batches = |get: fn(&Figures) -> &Vec<(String, f64)>| -> Vec<(String, f64)> {
+        let Some(first) = samples.first() else {
+            return Vec::new();
+        };
+        get(first)
+            .iter()
+            .enumerate()
+            .map(|(k, (kind, _))| {
+                let v = samples.iter().filter_map(|f| get(f).get(k).map(|x| x.1));
+                (kind.clone(), median(v.collect()))
+            })
+            .collect()
+    };
+    out.batches1 = med_batches(|f| &f.batches1);
+    out.batches4 = med_batches(|f| &f.batches4);
     // Only the udp backend forwards in the daemon; with VXLAN the kernel does the work.
     if mode.backend == Some("udp") {
         out.daemon_cpu_s_per_gb = (tcp_bytes > 0.0).then(|| daemon_cpu / (tcp_bytes / 1e9));
@@ -386,6 +424,72 @@ fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
         None => underlay_routes(c, "del"),
     }
     out
+}
+
+/// Both daemons' batch-size histograms, summed: `(kind, sum, count)` per kind, from
+/// `/metrics` (`flannel_udp_batch_size_{sum,count}{kind=...}`).
+fn batch_sums(c: &Cluster) -> Vec<(String, f64, f64)> {
+    let mut out: Vec<(String, f64, f64)> = Vec::new();
+    for h in &c.hosts {
+        let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}/metrics");
+        let fetch = format!(
+            "import urllib.request; print(urllib.request.urlopen({url:?}).read().decode())"
+        );
+        let page = run(Some(&h.netns), "python3", &["-c", &fetch]);
+        for line in String::from_utf8_lossy(&page.stdout).lines() {
+            let Some(rest) = line.strip_prefix("flannel_udp_batch_size_") else {
+                continue;
+            };
+            let Some((series, value)) = rest.split_once(' ') else {
+                continue;
+            };
+            let Some((which, labels)) = series.split_once("{kind=\"") else {
+                continue;
+            };
+            let kind = labels.trim_end_matches("\"}").to_owned();
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let i = match out.iter().position(|(k, ..)| *k == kind) {
+                Some(i) => i,
+                None => {
+                    out.push((kind, 0.0, 0.0));
+                    out.len() - 1
+                }
+            };
+            match which {
+                "sum" => out[i].1 += v,
+                "count" => out[i].2 += v,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Mean batch size per kind between two [`batch_sums`] readings (NaN without batches).
+fn batch_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(kind, sum, count)| {
+            let (s0, c0) = before
+                .iter()
+                .find(|(k, ..)| k == kind)
+                .map_or((0.0, 0.0), |(_, s, c)| (*s, *c));
+            let n = count - c0;
+            (
+                kind.clone(),
+                if n > 0.0 { (sum - s0) / n } else { f64::NAN },
+            )
+        })
+        .collect()
+}
+
+fn show_batches(b: &[(String, f64)]) -> String {
+    b.iter()
+        .map(|(k, v)| format!("{k} {v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Plain routes from each host to the other's pod subnet via its underlay address, pod MTU
@@ -699,6 +803,29 @@ fn render_table(results: &[(&Mode, Figures)], base: &Figures) -> String {
         );
     }
     t.push_str("\nRatios in parentheses are to kernel VXLAN (for CPU and latency, lower is better). CPU is the whole machine's busy time from /proc/stat during the run (both hosts share its cores), per Gbit/s delivered (100 % = one core) and per million 64-byte packets delivered. Latency p50 and p99 are medians over the runs, max the largest sample of all runs; request/response is `sockperf ping-pong` (UDP, full round trips). RSS is the larger of the two flanneld processes' VmHWM.\n");
+    let with_batches: Vec<_> = results
+        .iter()
+        .filter(|(_, f)| !f.batches1.is_empty())
+        .collect();
+    if let Some((_, first)) = with_batches.first() {
+        let kinds: Vec<&str> = first.batches1.iter().map(|(k, _)| k.as_str()).collect();
+        let _ = writeln!(
+            t,
+            "\nMean batch sizes of the udp modes (both daemons, during the TCP runs; {}), 1 stream → 4 streams:\n",
+            kinds.join(" / ")
+        );
+        let _ = writeln!(t, "| datapath | {} |", kinds.join(" | "));
+        let _ = writeln!(t, "|---{}|", "|---".repeat(kinds.len()));
+        for (m, f) in with_batches {
+            let cells: Vec<String> = f
+                .batches1
+                .iter()
+                .zip(&f.batches4)
+                .map(|((_, a), (_, b))| format!("{a:.1} → {b:.1}"))
+                .collect();
+            let _ = writeln!(t, "| {} | {} |", m.label, cells.join(" | "));
+        }
+    }
     t
 }
 
@@ -732,6 +859,8 @@ fn to_json(
                 "rr_p50_vs_vxlan": ratio(f.rr.p50, base.rr.p50),
                 "daemon_cpu_s_per_gb": f.daemon_cpu_s_per_gb,
                 "peak_rss_mb": f.rss_mb,
+                "mean_batch_tcp1": f.batches1.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                "mean_batch_tcp4": f.batches4.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             })
         })
         .collect();

@@ -30,22 +30,30 @@ struct Sample {
     value: f64,
 }
 
-/// Scrapes host `i`'s `/metrics` from inside its namespace and parses it.
-fn scrape(c: &Cluster, i: usize) -> Vec<Sample> {
+/// GETs `path` from host `i`'s health server, from inside its namespace; with `parse`, the
+/// body is `/metrics` parsed by `prometheus_client` (see tests/tools/scrape.py).
+fn get(c: &Cluster, i: usize, path: &str, parse: bool) -> Vec<u8> {
     let py = venv_python().unwrap();
-    let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}/metrics");
-    let out = run(
-        Some(&c.hosts[i].netns),
-        py.to_str().unwrap(),
-        &[&tool("scrape.py"), &url, "metrics"],
-    );
+    let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}{path}");
+    let mut args = vec![tool("scrape.py"), url];
+    if parse {
+        args.push("metrics".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(Some(&c.hosts[i].netns), py.to_str().unwrap(), &args);
     assert!(
         out.status.success(),
-        "scraping host {i} failed (or the parser rejected the page): {}",
+        "GET {path} on host {i} failed (or the parser rejected the page): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
+}
+
+/// Scrapes host `i`'s `/metrics` and parses it.
+fn scrape(c: &Cluster, i: usize) -> Vec<Sample> {
+    let out = get(c, i, "/metrics", true);
     let rows: Vec<(String, BTreeMap<String, String>, f64, String)> =
-        serde_json::from_slice(&out.stdout).expect("scrape.py prints JSON");
+        serde_json::from_slice(&out).expect("scrape.py prints JSON");
     rows.into_iter()
         .map(|(name, labels, value, _)| Sample {
             name,
@@ -153,14 +161,7 @@ fn metrics_follow_traffic_drops_peers_and_etcd() {
     assert!(must(&s, "flannel_udp_batch_size_count", &[("kind", "wakeup")]) > 0.0);
     if let Some(path) = std::env::var_os("FLANNEL_TEST_SAVE_SCRAPE") {
         // For the README's example scrape: host 0's page as served.
-        let py = venv_python().unwrap();
-        let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}/metrics");
-        let out = run(
-            Some(&c.hosts[0].netns),
-            py.to_str().unwrap(),
-            &[&tool("scrape.py"), &url],
-        );
-        std::fs::write(path, &out.stdout).unwrap();
+        std::fs::write(path, get(&c, 0, "/metrics", false)).unwrap();
     }
     let s1 = scrape(&c, 1);
     assert!(
@@ -182,14 +183,8 @@ fn metrics_follow_traffic_drops_peers_and_etcd() {
     });
 
     // /status: the same lease and peers, as JSON.
-    let py = venv_python().unwrap();
-    let url = format!("http://127.0.0.1:{NETNS_HEALTHZ_PORT}/status");
-    let out = run(
-        Some(&c.hosts[0].netns),
-        py.to_str().unwrap(),
-        &[&tool("scrape.py"), &url],
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("/status JSON");
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(&c, 0, "/status", false)).expect("/status JSON");
     assert_eq!(status["lease"]["subnet"], net0.as_str());
     assert_eq!(status["peers"].as_array().map(Vec::len), Some(2));
     assert_eq!(status["datapath"]["io"], "io_uring");
