@@ -148,7 +148,6 @@ pub struct Udp {
 #[derive(Debug)]
 struct Running {
     workers: Workers,
-    io: IoKind,
     /// The TUN device as configured (its address follows our subnet).
     link: TunLink,
     cfg: WorkerConfig,
@@ -216,7 +215,7 @@ impl Udp {
 
     /// The I/O layer in use, once started.
     pub fn io_kind(&self) -> Option<IoKind> {
-        self.running.as_ref().map(|r| r.io)
+        self.running.as_ref().map(|r| r.cfg.io)
     }
 
     /// Counters summed over all workers (zero before `start`).
@@ -278,7 +277,7 @@ impl Udp {
         Ok(Suspended {
             queues,
             link: running.link,
-            io: running.io,
+            io: running.cfg.io,
             offload: running.cfg.offload,
             cfg: running.cfg,
         })
@@ -290,15 +289,8 @@ impl Udp {
     /// The workers cannot be spawned (their fds are closed then).
     pub fn resume(&mut self, s: Suspended) -> anyhow::Result<()> {
         anyhow::ensure!(self.running.is_none(), "udp backend already running");
-        let workers =
-            Workers::spawn(s.queues, s.cfg, &self.routes).context("restarting the udp workers")?;
-        self.running = Some(Running {
-            workers,
-            io: s.io,
-            link: s.link,
-            cfg: s.cfg,
-        });
-        Ok(())
+        self.run_workers(s.queues, s.cfg, s.link)
+            .context("restarting the udp workers")
     }
 
     /// Runs the datapath on queues and sockets another image of this daemon opened (a
@@ -355,7 +347,6 @@ impl Udp {
         self.publish();
         let io = select_io(self.io_choice())?;
         let cfg = self.worker_config(io, offload);
-        let workers = Workers::spawn(queues, cfg, &self.routes).context("spawning udp workers")?;
         tracing::info!(
             device = %link.name,
             address = %link.addr,
@@ -365,12 +356,18 @@ impl Udp {
             offload,
             "udp backend running on the handed-over queues and sockets"
         );
-        self.running = Some(Running {
-            workers,
-            io,
-            link,
-            cfg,
-        });
+        self.run_workers(queues, cfg, link)
+    }
+
+    /// Spawns the workers on `queues`; the datapath is running from then on.
+    fn run_workers(
+        &mut self,
+        queues: Vec<QueueFds>,
+        cfg: WorkerConfig,
+        link: TunLink,
+    ) -> anyhow::Result<()> {
+        let workers = Workers::spawn(queues, cfg, &self.routes).context("spawning udp workers")?;
+        self.running = Some(Running { workers, link, cfg });
         Ok(())
     }
 
@@ -493,7 +490,6 @@ impl Backend for Udp {
         tun_link::configure(&netlink, &link).await?;
         let fds = self.bind_sockets(queues)?;
         let cfg = self.worker_config(io, offload);
-        let workers = Workers::spawn(fds, cfg, &self.routes).context("spawning udp workers")?;
         tracing::info!(
             device = %link.name,
             address = %link.addr,
@@ -506,13 +502,7 @@ impl Backend for Udp {
             strict_source = self.settings.strict_source,
             "udp backend running"
         );
-        self.running = Some(Running {
-            workers,
-            io,
-            link,
-            cfg,
-        });
-        Ok(())
+        self.run_workers(fds, cfg, link)
     }
 
     /// Our subnet changed: the route set's own subnet (never routed, so a packet from a peer

@@ -52,7 +52,7 @@ use crate::datapath::worker::QueueFds;
 use crate::exec::iface::ExternalInterface;
 use crate::exec::tun::TunLink;
 use crate::subnet::lease::Lease;
-use crate::sys::fd::{adopt_inherited, execve, memfd, set_cloexec};
+use crate::sys::fd::{adopt_inherited, block_signal, execve, memfd, set_cloexec};
 use crate::sys::sockopt::{adopt_udp, grow_recv_buffer};
 use crate::sys::tun::TunQueue;
 
@@ -555,11 +555,17 @@ fn hand_over(
         }
         Ok(())
     };
+    // Another SIGUSR2 while the next image starts stays pending (the mask survives execve)
+    // until that image listens ([`ReloadSignal::new`]), rather than killing it.
+    if let Err(e) = block_signal(libc::SIGUSR2, true) {
+        tracing::warn!("blocking SIGUSR2 across the exec: {e}");
+    }
     let err = match inherit(true) {
         Ok(()) => anyhow::Error::new(execve(exe, &argv, &env))
             .context(format!("execve {}", exe.display())),
         Err(e) => anyhow::Error::new(e).context("clearing close-on-exec"),
     };
+    let _ = block_signal(libc::SIGUSR2, false);
     if let Err(e) = inherit(false) {
         tracing::warn!("restoring close-on-exec: {e}");
     }
@@ -585,10 +591,18 @@ fn notify(states: &[sd_notify::NotifyState], monotonic: bool) {
 pub struct ReloadSignal(Option<tokio::signal::unix::Signal>);
 
 impl ReloadSignal {
+    /// Registers the handler, then unblocks `SIGUSR2` on the calling thread (the one that
+    /// runs the daemon's main future, the first after an exec): a previous image blocked it
+    /// across the `execve`, and one sent meanwhile is delivered now.
     pub fn new() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::user_defined2()) {
-            Ok(s) => ReloadSignal(Some(s)),
+            Ok(s) => {
+                if let Err(e) = block_signal(libc::SIGUSR2, false) {
+                    tracing::warn!("unblocking SIGUSR2: {e}");
+                }
+                ReloadSignal(Some(s))
+            }
             Err(e) => {
                 tracing::warn!("cannot listen for SIGUSR2 (no re-exec): {e}");
                 ReloadSignal(None)

@@ -1,8 +1,8 @@
 //! File descriptors across `execve`: the flags that decide whether an fd survives it
 //! (`FD_CLOEXEC`), blocking mode, anonymous memory files (`memfd_create`) to carry a byte
 //! string into the next image, adopting an inherited fd by number, and `execve` itself.
-//! `daemon::restart` builds the re-exec hand-over from these; nothing here knows what the
-//! fds are for.
+//! Also the signal mask, which `execve` keeps too. `daemon::restart` builds the re-exec
+//! hand-over from these; nothing here knows what the fds are for.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -14,37 +14,29 @@ use std::path::Path;
 /// Sets or clears `FD_CLOEXEC`: a set flag closes the fd in `execve`, a clear one passes it
 /// to the next image under the same number.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: `fd` is borrowed, so open for the call; F_GETFD takes no argument.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: as above; F_SETFD takes an int by value.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    toggle(fd, (libc::F_GETFD, libc::F_SETFD), libc::FD_CLOEXEC, on)
 }
 
 /// Sets or clears `O_NONBLOCK` on the open file.
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: `fd` is borrowed, so open for the call; F_GETFL takes no argument.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    toggle(fd, (libc::F_GETFL, libc::F_SETFL), libc::O_NONBLOCK, on)
+}
+
+/// Reads flags with `get`, sets or clears `bit`, writes them back with `set` (`fcntl`).
+fn toggle(
+    fd: BorrowedFd<'_>,
+    (get, set): (libc::c_int, libc::c_int),
+    bit: libc::c_int,
+    on: bool,
+) -> io::Result<()> {
+    // SAFETY: `fd` is borrowed, so open for the call; F_GETFD and F_GETFL take no argument.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), get) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    let new = if on {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    // SAFETY: as above; F_SETFL takes an int by value.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new) } < 0 {
+    let new = if on { flags | bit } else { flags & !bit };
+    // SAFETY: as above; F_SETFD and F_SETFL take an int by value.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), set, new) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -85,6 +77,34 @@ pub fn memfd(name: &str) -> io::Result<File> {
     }
     // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Blocks (or unblocks) signal `sig` for the calling thread. The mask survives `execve`, so
+/// a signal sent while the next image starts stays pending instead of taking its default
+/// action before that image has a handler.
+pub fn block_signal(sig: libc::c_int, block: bool) -> io::Result<()> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given, a live local.
+    let set = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        set.assume_init()
+    };
+    let mut set = set;
+    // SAFETY: `set` is an initialised sigset_t; sigaddset fails only for an invalid `sig`.
+    if unsafe { libc::sigaddset(&raw mut set, sig) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: `set` is initialised and outlives the call; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
 }
 
 /// Replaces this process's image with `path`, run with `argv` and exactly `env`. Returns only
