@@ -193,7 +193,7 @@ impl Traffic {
                     // with the default 208 KiB the receiving application itself drops
                     // datagrams under load (UdpRcvbufErrors in the pod), restart or not.
                     "-w",
-                    "2M",
+                    "4M",
                     "-t",
                     &TRAFFIC_SECS.to_string(),
                     "-J",

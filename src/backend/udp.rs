@@ -160,9 +160,6 @@ pub struct Suspended {
     /// Every worker's fds, in worker order (a worker that had failed is missing).
     pub queues: Vec<QueueFds>,
     pub link: TunLink,
-    pub io: IoKind,
-    /// The TUN was opened with virtio-net headers.
-    pub offload: bool,
     cfg: WorkerConfig,
 }
 
@@ -277,8 +274,6 @@ impl Udp {
         Ok(Suspended {
             queues,
             link: running.link,
-            io: running.cfg.io,
-            offload: running.cfg.offload,
             cfg: running.cfg,
         })
     }

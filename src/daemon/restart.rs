@@ -63,7 +63,11 @@ pub const HANDOVER_ENV: &str = "FLANNEL_RS_HANDOVER";
 pub const STATE_FORMAT: u32 = 1;
 /// Each handed-over socket's receive buffer while no worker reads: at 1 Gbit/s of
 /// 1400-byte datagrams (truesize about 2.3 KB each) 64 MiB lasts well over 100 ms, far more
-/// than an exec takes. Forced past `rmem_max` (we run with `CAP_NET_ADMIN`).
+/// than an exec takes (10 to 50 ms measured). Forced past `rmem_max` (we run with
+/// `CAP_NET_ADMIN`). The TUN side needs nothing more: each queue already holds
+/// `exec::tun::TUN_TX_QUEUE_LEN` (4096) packets, 40 ms of 100k packets/s per queue, and it
+/// carries only what local pods send; growing it here would mean a netlink round trip in
+/// the middle of the gap.
 const GAP_RECV_BUFFER: usize = 64 << 20;
 /// The largest state a new image reads (a /8 of /24s is 65536 peers, about 3 MiB).
 const MAX_STATE: u64 = 16 << 20;
