@@ -470,30 +470,54 @@ fn an_upgrade_by_rename_loses_no_packet() {
     );
 }
 
-#[test]
-fn a_missing_binary_leaves_the_old_image_running() {
-    require_restart!();
+/// Host 1 gets `SIGUSR2` after `prepare` spoiled its binary: the running image must carry on
+/// (same PID, lease, subnet.env), say so with `needle` and the binary's path, and lose
+/// nothing.
+fn refused_hand_over(what: &str, prepare: impl FnOnce(&Path), needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let bin = copy_binary(dir.path());
     let mut c = cluster(&bin);
     let before = identity(&c);
     let result = across(&mut c, |c| {
-        std::fs::remove_file(&bin).unwrap();
+        prepare(&bin);
         c.daemon(1).signal("USR2");
     });
-    let log = wait_log(&c, 1, "SIGUSR2: not re-executing", secs(5));
+    let log = wait_log(&c, 1, needle, secs(5));
     assert!(
         log.contains("the running daemon carries on") && log.contains(&bin.display().to_string()),
         "the refusal names the path and says the daemon carries on:\n{log}"
     );
-    // Nothing was stopped, so nothing was lost either.
-    assert_lossless("missing binary", &c, &result);
+    assert_lossless(what, &c, &result);
     assert_eq!(
         identity(&c),
         before,
         "the same process, lease and subnet.env"
     );
     assert!(!log.contains("took over"), "no new image ran:\n{log}");
+}
+
+/// The path is checked before anything stops, so nothing even pauses.
+#[test]
+fn a_missing_binary_leaves_the_old_image_running() {
+    require_restart!();
+    let remove = |bin: &Path| std::fs::remove_file(bin).unwrap();
+    refused_hand_over("missing binary", remove, "SIGUSR2: not re-executing");
+}
+
+/// An executable file the kernel cannot run (`execve` fails with `ENOEXEC`): the workers
+/// were stopped for the exec and start again on the same queues and sockets; what arrived
+/// meanwhile waited there.
+#[test]
+fn a_binary_execve_refuses_leaves_the_old_image_running() {
+    require_restart!();
+    let garbage = |bin: &Path| {
+        let new = bin.with_extension("new");
+        std::fs::write(&new, b"not a program\n").unwrap();
+        std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::rename(&new, bin).unwrap();
+    };
+    refused_hand_over("execve refused", garbage, "SIGUSR2: re-exec failed");
 }
 
 #[test]

@@ -6,10 +6,14 @@
 //! clears `FD_CLOEXEC` on exactly the memfd, the TUN queues and the UDP sockets, and
 //! `execve`s the binary at the path it was started from ([`init_process`] records it before
 //! anything can rename the file), with the same argv and environment plus [`HANDOVER_ENV`].
-//! The PID stays, so systemd's `MAINPID`, the lease and the peers' view do not change. The new
-//! image ([`adopt`]) runs the datapath on the inherited fds, with the handed-over peer table,
-//! *before* it contacts etcd, so packets wait only for `execve` and process start; then the
-//! usual start-up adopts the same lease ([`Adopted::claim`]) and rewrites the same subnet.env.
+//! The PID stays, so systemd's `MAINPID` stays valid (`RELOADING=1` goes out before the exec,
+//! `READY=1` once the new image is up, as sd_notify(3) says). The new image ([`adopt`]) runs
+//! the datapath on the inherited fds, with the handed-over peer table, *before* it contacts
+//! etcd, so packets wait only for `execve` and process start; then the usual start-up keeps
+//! the datapath if the config and interface are what it was built for ([`Adopted::claim`]),
+//! and re-acquires the lease, which finds our own (same key, same value: the peers see no
+//! change) and rewrites the same subnet.env. `SIGUSR2` stays blocked across the exec until
+//! the new image listens for it, so a second one cannot kill it while it starts.
 //!
 //! # Why a memfd and a variable naming the fds
 //! - The variable says where everything is, `memfd=<fd>;fds=<fd>,<fd>,…`, in a syntax that
@@ -23,7 +27,8 @@
 //! - Every fd is checked before it is trusted: a TUN queue must be attached to the named
 //!   device, a socket must be a bound IPv4 datagram socket on our address and port, and their
 //!   number must match the workers configured. Any mismatch, or a different backend config,
-//!   closes them all and the daemon starts clean (a fresh device; a blip, not an outage).
+//!   closes them all and the daemon starts clean: a fresh device, the short outage of a
+//!   plain restart, the same lease.
 //!
 //! A re-exec that fails (the binary missing or not executable, `execve` refusing) leaves the
 //! old image running: it checks the path before stopping anything, and if `execve` itself
