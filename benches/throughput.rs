@@ -443,7 +443,8 @@ fn batch_sums(c: &Cluster) -> Vec<(String, f64, f64)> {
             let Some((series, value)) = rest.split_once(' ') else {
                 continue;
             };
-            let Some((which, labels)) = series.split_once("{kind=\"") else {
+            // Only the sums and counts (not the buckets, whose labels go on past `kind`).
+            let Some((which @ ("sum" | "count"), labels)) = series.split_once("{kind=\"") else {
                 continue;
             };
             let kind = labels.trim_end_matches("\"}").to_owned();
@@ -457,10 +458,10 @@ fn batch_sums(c: &Cluster) -> Vec<(String, f64, f64)> {
                     out.len() - 1
                 }
             };
-            match which {
-                "sum" => out[i].1 += v,
-                "count" => out[i].2 += v,
-                _ => {}
+            if which == "sum" {
+                out[i].1 += v;
+            } else {
+                out[i].2 += v;
             }
         }
     }

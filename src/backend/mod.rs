@@ -86,6 +86,12 @@ pub trait Backend: Send {
     fn telemetry(&self) -> BackendTelemetry {
         BackendTelemetry::default()
     }
+
+    /// The udp backend itself, for the re-exec hand-over of its datapath (`SIGUSR2`,
+    /// `daemon::restart`); `None` for every other backend. Default: `None`.
+    fn as_udp(&mut self) -> Option<&mut udp::Udp> {
+        None
+    }
 }
 
 /// Everything a backend may need when it is built.

@@ -14,9 +14,15 @@
 //!
 //! # Kernel state owned by this module
 //! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
-//!   (set through the daemon's netlink handle by `exec::tun`); it disappears when the workers
-//!   stop (their queue fds are the device's only holders). When a lost lease comes back with a
-//!   different subnet the /32 moves in place, with the workers running.
+//!   (set through the daemon's netlink handle by `exec::tun`). The device is made persistent
+//!   (`TUNSETPERSIST`) while the datapath runs, so a daemon killed with SIGKILL leaves it,
+//!   with its address and route, for its successor to attach to: traffic resumes as soon as
+//!   the next process reads its queues, with nothing to rebuild. A clean stop ([`Udp::stop`],
+//!   SIGTERM) clears the flag before closing the last queue, so the device disappears as
+//!   upstream's does when flanneld exits. When a lost lease comes back with a different
+//!   subnet the /32 moves in place, with the workers running.
+//! - across a re-exec (`daemon::restart`) the queues and sockets pass to the next image
+//!   ([`Udp::suspend`], then [`Udp::adopt`] there), so the device never loses its readers.
 //! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
@@ -147,9 +153,30 @@ pub struct Udp {
 #[derive(Debug)]
 struct Running {
     workers: Workers,
-    io: IoKind,
     /// The TUN device as configured (its address follows our subnet).
     link: TunLink,
+    cfg: WorkerConfig,
+}
+
+/// A stopped datapath whose fds are still open: what [`Udp::suspend`] returns, for a re-exec
+/// to pass on, or for [`Udp::resume`] when the re-exec fails.
+#[derive(Debug)]
+pub struct Suspended {
+    /// Every worker's fds, in worker order (a worker that had failed is missing).
+    pub queues: Vec<QueueFds>,
+    pub link: TunLink,
+    cfg: WorkerConfig,
+}
+
+/// What [`Udp::adopt`] needs to run a datapath on fds another image opened.
+#[derive(Debug)]
+pub struct Inherited {
+    /// Our subnet, never routed.
+    pub own: Ipv4Net,
+    /// The peers' subnets and public addresses, routed at once.
+    pub peers: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub link: TunLink,
+    pub queues: Vec<QueueFds>,
 }
 
 impl Udp {
@@ -192,7 +219,7 @@ impl Udp {
 
     /// The I/O layer in use, once started.
     pub fn io_kind(&self) -> Option<IoKind> {
-        self.running.as_ref().map(|r| r.io)
+        self.running.as_ref().map(|r| r.cfg.io)
     }
 
     /// Counters summed over all workers (zero before `start`).
@@ -213,11 +240,165 @@ impl Udp {
         arc_swap::Guard::into_inner(self.routes.load())
     }
 
-    /// Stops and joins every worker; the TUN device goes away with their fds. Idempotent.
+    /// Stops and joins every worker; the TUN device goes away with their fds (its
+    /// persistence is cleared first). Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
-            running.workers.stop();
+            let fds = running.workers.suspend();
+            match fds.iter().flatten().next() {
+                Some(q) => {
+                    if let Err(e) = q.tun.set_persist(false) {
+                        tracing::warn!(device = %running.link.name, "clearing TUN persistence: {e}");
+                    }
+                }
+                None => tracing::warn!(
+                    device = %running.link.name,
+                    "no udp worker returned its queue; the TUN device stays (persistent)"
+                ),
+            }
+            drop(fds);
             tracing::info!("udp backend stopped");
+        }
+    }
+
+    /// The peers the datapath routes to: subnet and public address.
+    pub fn peers(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        self.set.peers().collect()
+    }
+
+    /// Stops the workers without closing anything (see [`Workers::suspend`]): every packet
+    /// they had read is carried out, and what arrives from now on waits in the kernel's
+    /// queues. The TUN device stays persistent.
+    ///
+    /// # Errors
+    /// The datapath is not running.
+    pub fn suspend(&mut self) -> anyhow::Result<Suspended> {
+        let mut running = self
+            .running
+            .take()
+            .context("the udp datapath is not running")?;
+        let queues = running.workers.suspend().into_iter().flatten().collect();
+        Ok(Suspended {
+            queues,
+            link: running.link,
+            cfg: running.cfg,
+        })
+    }
+
+    /// Starts workers again on the fds of a suspended datapath (a re-exec failed).
+    ///
+    /// # Errors
+    /// The workers cannot be spawned (their fds are closed then).
+    pub fn resume(&mut self, s: Suspended) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "udp backend already running");
+        self.run_workers(s.queues, s.cfg, s.link)
+            .context("restarting the udp workers")
+    }
+
+    /// Runs the datapath on queues and sockets another image of this daemon opened (a
+    /// re-exec), routing `inherited.peers` at once: no device is created, no socket bound,
+    /// nothing configured. [`Backend::start`] later finds it running and only re-ensures the
+    /// device's configuration.
+    ///
+    /// # Errors
+    /// The fds do not fit this backend's settings (queue count, virtio-net headers, bound
+    /// address), or the workers cannot be spawned; the fds are closed then.
+    pub fn adopt(&mut self, inherited: Inherited) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "udp backend already started");
+        let Inherited {
+            own,
+            peers,
+            link,
+            queues,
+        } = inherited;
+        anyhow::ensure!(
+            queues.len() == self.settings.workers,
+            "{} queues handed over, {} workers configured",
+            queues.len(),
+            self.settings.workers
+        );
+        let local = SocketAddrV4::new(self.settings.bind, self.settings.port);
+        let mut vnet = None;
+        for (i, q) in queues.iter().enumerate() {
+            let bound = q.rx.local_addr().context("reading a socket's address")?;
+            anyhow::ensure!(
+                bound == std::net::SocketAddr::V4(local),
+                "worker {i}'s socket is bound to {bound}, not {local}"
+            );
+            let has = q.tun.vnet_hdr().context("reading the TUN queue's flags")?;
+            anyhow::ensure!(
+                *vnet.get_or_insert(has) == has,
+                "TUN queues differ in virtio-net headers"
+            );
+            for fd in [Some(&q.rx), q.tx.as_ref()].into_iter().flatten() {
+                fd.set_nonblocking(false)?;
+            }
+            q.tun.set_nonblocking(false)?;
+        }
+        let offload = vnet.unwrap_or(false);
+        anyhow::ensure!(
+            offload == (self.opts.offload && self.opts.batch != Some(1)),
+            "the TUN queues have virtio-net headers {}, this daemon wants them {}",
+            if offload { "on" } else { "off" },
+            if offload { "off" } else { "on" }
+        );
+        self.set.set_own(own);
+        for (subnet, ip) in peers {
+            self.set.insert_peer(subnet, ip);
+        }
+        self.publish();
+        let io = select_io(self.io_choice())?;
+        let cfg = self.worker_config(io, offload);
+        tracing::info!(
+            device = %link.name,
+            address = %link.addr,
+            workers = self.settings.workers,
+            routes = self.set.len(),
+            %io,
+            offload,
+            "udp backend running on the handed-over queues and sockets"
+        );
+        self.run_workers(queues, cfg, link)
+    }
+
+    /// Spawns the workers on `queues`; the datapath is running from then on.
+    fn run_workers(
+        &mut self,
+        queues: Vec<QueueFds>,
+        cfg: WorkerConfig,
+        link: TunLink,
+    ) -> anyhow::Result<()> {
+        let workers =
+            Workers::spawn(queues, cfg, &self.routes, &self.hub).context("spawning udp workers")?;
+        self.running = Some(Running { workers, link, cfg });
+        Ok(())
+    }
+
+    /// One packet per syscall exists only on the mmsg path (io_uring batches by design).
+    fn io_choice(&self) -> IoChoice {
+        match self.opts.batch {
+            Some(1) => IoChoice::Mmsg,
+            _ => self.opts.io,
+        }
+    }
+
+    fn worker_config(&self, io: IoKind, offload: bool) -> WorkerConfig {
+        WorkerConfig {
+            io,
+            uring: UringConfig {
+                multishot: self.opts.multishot,
+                busy_poll: self.opts.busy_poll,
+                ..UringConfig::with_depth(self.opts.batch.unwrap_or(UringConfig::DEFAULT_DEPTH))
+            },
+            mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
+            gso: self.opts.gso,
+            offload,
+            strict_source: self.settings.strict_source,
+            // Upstream sends ICMP from the TUN address, but that address is local to this
+            // host, so the kernel drops the reply as a martian before any pod sees it. The
+            // network address (the first subnet, never leased) is not local anywhere and
+            // routes back through flannel0, so pods really get "network unreachable".
+            icmp_source: self.settings.network.network(),
         }
     }
 
@@ -273,22 +454,30 @@ impl Backend for Udp {
     }
 
     async fn start(&mut self, own: &Lease) -> anyhow::Result<()> {
-        anyhow::ensure!(self.running.is_none(), "udp backend already started");
-        let own_subnet = own.subnet().trunc();
-        self.set.set_own(own_subnet);
-        self.publish();
-
-        // One packet per syscall exists only on the mmsg path (io_uring batches by design).
-        let choice = match self.opts.batch {
-            Some(1) => IoChoice::Mmsg,
-            _ => self.opts.io,
-        };
-        let io = select_io(choice)?;
-        let offload = self.opts.offload && self.opts.batch != Some(1);
         let netlink = self
             .netlink
             .clone()
             .context("udp backend: no netlink handle to configure the TUN device with")?;
+        let own_subnet = own.subnet().trunc();
+        if let Some(running) = self.running.as_mut() {
+            // Adopted from the previous image: the device is configured already; re-ensure
+            // it (each step is idempotent) and follow the lease should it have moved.
+            let was = running.link.addr;
+            running.link.addr = own_subnet.network();
+            let link = running.link.clone();
+            self.set.set_own(own_subnet);
+            self.publish();
+            tun_link::configure(&netlink, &link).await?;
+            if was != link.addr {
+                tun_link::move_address(&netlink, &link, was).await?;
+            }
+            return Ok(());
+        }
+        self.set.set_own(own_subnet);
+        self.publish();
+
+        let io = select_io(self.io_choice())?;
+        let offload = self.opts.offload && self.opts.batch != Some(1);
         let spec = TunSpec {
             name: self.opts.tun_name.clone(),
             queues: self.settings.workers,
@@ -296,6 +485,9 @@ impl Backend for Udp {
         };
         let queues = device::create(&spec).await?;
         let first = &queues[0];
+        if let Err(e) = first.set_persist(true) {
+            tracing::warn!(device = %spec.name, "cannot make the TUN device persistent: {e}");
+        }
         let link = TunLink {
             index: first
                 .if_index()
@@ -307,25 +499,7 @@ impl Backend for Udp {
         };
         tun_link::configure(&netlink, &link).await?;
         let fds = self.bind_sockets(queues)?;
-        let cfg = WorkerConfig {
-            io,
-            uring: UringConfig {
-                multishot: self.opts.multishot,
-                busy_poll: self.opts.busy_poll,
-                ..UringConfig::with_depth(self.opts.batch.unwrap_or(UringConfig::DEFAULT_DEPTH))
-            },
-            mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
-            gso: self.opts.gso,
-            offload,
-            strict_source: self.settings.strict_source,
-            // Upstream sends ICMP from the TUN address, but that address is local to this
-            // host, so the kernel drops the reply as a martian before any pod sees it. The
-            // network address (the first subnet, never leased) is not local anywhere and
-            // routes back through flannel0, so pods really get "network unreachable".
-            icmp_source: self.settings.network.network(),
-        };
-        let workers =
-            Workers::spawn(fds, cfg, &self.routes, &self.hub).context("spawning udp workers")?;
+        let cfg = self.worker_config(io, offload);
         tracing::info!(
             device = %link.name,
             address = %link.addr,
@@ -338,8 +512,7 @@ impl Backend for Udp {
             strict_source = self.settings.strict_source,
             "udp backend running"
         );
-        self.running = Some(Running { workers, io, link });
-        Ok(())
+        self.run_workers(fds, cfg, link)
     }
 
     /// Our subnet changed: the route set's own subnet (never routed, so a packet from a peer
@@ -380,6 +553,10 @@ impl Backend for Udp {
         if self.set.apply(events) {
             self.publish();
         }
+    }
+
+    fn as_udp(&mut self) -> Option<&mut Udp> {
+        Some(self)
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod restart;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +23,7 @@ use tokio::time::sleep;
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
-use crate::backend::udp::{Udp, UdpOptions};
+use crate::backend::udp::Udp;
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
 use crate::cancel::{cancel_pair, CancelToken};
@@ -43,6 +44,9 @@ use metrics::Telemetry;
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("CLI flags config: {}", cli.summary());
+    // A re-executed image runs the handed-over datapath first, before anything else.
+    let adopted = restart::adopt(&cli);
+    let reload = restart::ReloadSignal::new();
     let (stop_src, stop) = cancel_pair();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -106,24 +110,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         telemetry,
         stop,
         netlink: netlink.clone(),
+        reload,
     };
+    let adopted = adopted.and_then(|a| a.claim(&ctx));
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
         BackendKind::Udp => {
-            let opts = UdpOptions {
-                workers: cli.udp_workers,
-                io: cli.udp_io,
-                batch: cli.udp_batch,
-                gso: cli.udp_gso,
-                offload: cli.udp_offload,
-                multishot: cli.udp_multishot,
-                busy_poll: std::time::Duration::from_micros(cli.udp_busy_poll),
-                per_peer_stats: cli.metrics_per_peer,
-                ..UdpOptions::default()
+            let udp = match adopted {
+                Some(udp) => udp,
+                None => Udp::new(&ctx, restart::udp_options(&cli))?,
             };
-            daemon
-                .run_backend(Udp::new(&ctx, opts)?.with_netlink(netlink), &ctx)
-                .await
+            daemon.run_backend(udp.with_netlink(netlink), &ctx).await
         }
         BackendKind::Vxlan => daemon.run_backend(Vxlan::new(&ctx, netlink)?, &ctx).await,
         BackendKind::HostGw => daemon.run_backend(HostGw::new(&ctx, netlink)?, &ctx).await,
@@ -148,6 +145,7 @@ struct Daemon<'a> {
     telemetry: Arc<Telemetry>,
     stop: CancelToken,
     netlink: Netlink,
+    reload: restart::ReloadSignal,
 }
 
 impl Daemon<'_> {
@@ -178,7 +176,7 @@ impl Daemon<'_> {
     }
 
     async fn run_backend<B: Backend>(
-        self,
+        mut self,
         mut backend: B,
         ctx: &BackendContext,
     ) -> anyhow::Result<()> {
@@ -258,6 +256,18 @@ impl Daemon<'_> {
                         Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
                         None => false,
                     }
+                }
+                _ = self.reload.recv() => {
+                    let now = restart::Running {
+                        config: &ctx.config,
+                        iface: &ctx.iface,
+                        lease: &keeper.held().lease,
+                    };
+                    match backend.as_udp() {
+                        Some(udp) => restart::reexec(udp, now),
+                        None => tracing::warn!("SIGUSR2: the re-exec hand-over is for the udp backend only; ignored"),
+                    }
+                    false
                 }
                 _ = keeper.renewal_due() => {
                     let lost = keeper.renew().await;

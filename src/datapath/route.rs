@@ -297,6 +297,20 @@ impl RouteSet {
         changed
     }
 
+    /// The peers' subnets and public addresses (what a re-exec hands to the next image).
+    pub fn peers(&self) -> impl Iterator<Item = (Ipv4Net, Ipv4Addr)> + '_ {
+        self.peers.iter().map(|(&subnet, &ip)| (subnet, ip))
+    }
+
+    /// Adds (or moves) one peer, as an `Added` event for its lease would; our own subnet is
+    /// never a peer.
+    pub fn insert_peer(&mut self, subnet: Ipv4Net, public_ip: Ipv4Addr) {
+        let subnet = subnet.trunc();
+        if Some(subnet) != self.own {
+            self.peers.insert(subnet, public_ip);
+        }
+    }
+
     /// An immutable table of the current routes.
     pub fn table(&self) -> RouteTable {
         let routes = self

@@ -57,7 +57,7 @@ pub struct WorkerConfig {
 /// The running workers.
 #[derive(Debug)]
 pub struct Workers {
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Option<QueueFds>>>,
     stop: Arc<EventFd>,
     stats: Vec<Arc<WorkerStats>>,
     logger: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
@@ -135,15 +135,28 @@ impl Workers {
 
     /// Signals every worker to stop and waits for them. Idempotent.
     pub fn stop(&mut self) {
+        drop(self.suspend());
+    }
+
+    /// Stops every worker as [`Workers::stop`] does, and returns each worker's fds, still
+    /// open, in worker order (`None` for a worker that had failed). A stopping worker first
+    /// carries out every packet it had read (see `io::uring`), so what the kernel has not
+    /// handed over yet waits in the TUN queues and socket buffers for the next reader.
+    pub fn suspend(&mut self) -> Vec<Option<QueueFds>> {
         if let Err(e) = self.stop.signal() {
             tracing::error!(error = %e, "cannot signal udp workers to stop");
         }
         let count = self.threads.len();
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a udp worker panicked");
-            }
-        }
+        let fds = self
+            .threads
+            .drain(..)
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    tracing::error!("a udp worker panicked");
+                    None
+                })
+            })
+            .collect();
         if count > 0 {
             tracing::info!(workers = count, "udp datapath stopped: {}", self.stats());
         }
@@ -151,6 +164,7 @@ impl Workers {
             drop(tx);
             let _ = t.join();
         }
+        fds
     }
 }
 
@@ -161,7 +175,7 @@ impl Drop for Workers {
 }
 
 /// The body of a worker thread: build the I/O layer here (io_uring state is per thread) and
-/// run the pipeline until stopped.
+/// run the pipeline until stopped; returns the fds (see [`Workers::suspend`]).
 fn run_worker(
     index: usize,
     fds: WorkerFds,
@@ -169,7 +183,7 @@ fn run_worker(
     mut pipeline: Pipeline,
     stats: Arc<WorkerStats>,
     ready: mpsc::SyncSender<io::Result<()>>,
-) {
+) -> Option<QueueFds> {
     // Report set-up to `Workers::spawn` (which waits for every worker), then run.
     fn run_on<I: PacketIo>(
         io: io::Result<I>,
@@ -177,11 +191,14 @@ fn run_worker(
         index: usize,
         pipeline: &mut Pipeline,
         ready: &mpsc::SyncSender<io::Result<()>>,
-    ) -> Option<io::Result<()>> {
+        into_fds: fn(I) -> WorkerFds,
+    ) -> Option<(io::Result<()>, QueueFds)> {
         match io {
             Ok(mut io) => {
                 let _ = ready.send(Ok(()));
-                Some(pipeline.run(&mut io))
+                let result = pipeline.run(&mut io);
+                let WorkerFds { tun, rx, tx, .. } = into_fds(io);
+                Some((result, QueueFds { tun, rx, tx }))
             }
             Err(e) => {
                 let msg = format!("worker {index}: setting up {what}: {e}");
@@ -196,14 +213,21 @@ fn run_worker(
         gso,
         multishot,
     };
-    let result = match cfg.io {
+    let ran = match cfg.io {
         IoKind::Uring => {
             let io = UringIo::new(fds, cfg.uring, cfg.offload, stats.clone()).map(|io| {
                 let io = io.with_gso(cfg.gso);
                 stats.set_features(features(io.multishot(), io.gso_enabled()));
                 io
             });
-            run_on(io, "io_uring", index, &mut pipeline, &ready)
+            run_on(
+                io,
+                "io_uring",
+                index,
+                &mut pipeline,
+                &ready,
+                UringIo::into_fds,
+            )
         }
         IoKind::Mmsg => {
             stats.set_features(features(false, cfg.gso));
@@ -215,14 +239,25 @@ fn run_worker(
                 cfg.offload,
                 stats,
             );
-            run_on(io, "sockets", index, &mut pipeline, &ready)
+            run_on(
+                io,
+                "sockets",
+                index,
+                &mut pipeline,
+                &ready,
+                MmsgIo::into_fds,
+            )
         }
     };
-    let Some(result) = result else { return };
+    let (result, fds) = ran?;
     match result {
-        Ok(()) => tracing::debug!(worker = index, "udp worker stopped"),
+        Ok(()) => {
+            tracing::debug!(worker = index, "udp worker stopped");
+            Some(fds)
+        }
         Err(e) => {
-            tracing::error!(worker = index, io = ?cfg.io, error = %e, "udp worker failed and stopped")
+            tracing::error!(worker = index, io = ?cfg.io, error = %e, "udp worker failed and stopped");
+            None
         }
     }
 }

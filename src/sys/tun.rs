@@ -10,17 +10,25 @@
 //! the overlay is IPv4, and UDP segmentation offload (`TUN_F_USO4`) would hand over UDP
 //! super-packets that the datapath does not cut.
 //!
+//! A queue is held as a plain file once opened: `tun-rs` creates the device, but it cannot
+//! adopt an fd with `IFF_VNET_HDR` (it refuses, having no way to learn the framing), and a
+//! queue handed over across a re-exec (`daemon::restart`) has to be adopted. Reads and writes
+//! are plain `read`/`write`/`writev` either way.
+//!
 //! # Kernel state owned by this module
-//! - link `flannel0` (or the name given), alive exactly as long as some [`TunQueue`] is.
+//! - link `flannel0` (or the name given), alive as long as some [`TunQueue`] is, or for good
+//!   once [`TunQueue::set_persist`] made it persistent (until that is cleared again).
 
-use std::io;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use tun_rs::{DeviceBuilder, SyncDevice};
+use tun_rs::DeviceBuilder;
 
 /// One queue (one fd) of a multi-queue TUN device.
-pub struct TunQueue(SyncDevice);
+pub struct TunQueue(File);
 
 impl std::fmt::Debug for TunQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,15 +55,29 @@ pub fn open_queues(name: &str, queues: usize, offload: bool) -> io::Result<Vec<T
         .build_sync()?;
     let mut all = Vec::with_capacity(queues.max(1));
     for _ in 1..queues.max(1) {
-        all.push(TunQueue(first.try_clone()?));
+        all.push(owned(first.try_clone()?));
     }
-    all.insert(0, TunQueue(first));
-    if offload {
-        // tun-rs enables TSO6 and USO as well (on every clone too); the offload mask is
-        // device-wide, so narrowing it once after the last clone is what counts.
-        set_offload(&all[0], libc::TUN_F_CSUM | libc::TUN_F_TSO4)?;
-    }
+    all.insert(0, owned(first));
+    // tun-rs enables TSO6 and USO as well (on every clone too); the offload mask is
+    // device-wide, so narrowing it once after the last clone is what counts. Without offloads
+    // the mask is cleared: a persistent device (see `set_persist`) keeps the mask a previous
+    // daemon set, and no reader without virtio-net headers may be handed super-packets.
+    let mask = if offload {
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4
+    } else {
+        0
+    };
+    set_offload(&all[0], mask)?;
     Ok(all)
+}
+
+/// Takes the fd out of a `tun-rs` device.
+fn owned(dev: tun_rs::SyncDevice) -> TunQueue {
+    // SAFETY: `into_raw_fd` gives up the device's one fd without closing it; nothing else owns
+    // it, so the `OwnedFd` becomes its only owner.
+    TunQueue(File::from(unsafe {
+        OwnedFd::from_raw_fd(dev.into_raw_fd())
+    }))
 }
 
 /// `TUNSETOFFLOAD`: which offloads the kernel may hand to this device's readers.
@@ -70,53 +92,103 @@ fn set_offload(q: &TunQueue, flags: libc::c_uint) -> io::Result<()> {
 }
 
 impl TunQueue {
-    /// Whether the device has `IFF_VNET_HDR` (`TUNGETIFF`), i.e. every read and write
-    /// carries a virtio-net header.
-    pub fn vnet_hdr(&self) -> io::Result<bool> {
+    /// Adopts `fd`, which must be a queue of TUN device `name` (`TUNGETIFF` says which device
+    /// an fd is attached to); a handed-over queue is checked before it is trusted.
+    ///
+    /// # Errors
+    /// `fd` is no TUN queue, or one of another device.
+    pub fn adopt(fd: OwnedFd, name: &str) -> io::Result<TunQueue> {
+        let q = TunQueue(File::from(fd));
+        let (attached, _) = q.getiff().map_err(|e| {
+            io::Error::new(e.kind(), format!("fd {} is not a TUN queue: {e}", q.raw()))
+        })?;
+        if attached != name {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {} is a queue of {attached:?}, not of {name:?}", q.raw()),
+            ));
+        }
+        Ok(q)
+    }
+
+    /// `TUNGETIFF`: the device's name and flags.
+    fn getiff(&self) -> io::Result<(String, libc::c_int)> {
         // SAFETY: all-zero bytes are a valid `ifreq` (a name and a union of plain integers).
         let mut ifr: libc::ifreq = unsafe { MaybeUninit::zeroed().assume_init() };
-        // SAFETY: `self` holds a live TUN fd for the call; TUNGETIFF writes one `ifreq` into `ifr`,
-        // a live local.
+        // SAFETY: `self` holds a live fd for the call; TUNGETIFF writes one `ifreq` into `ifr`,
+        // a live local (on a non-TUN fd it fails without writing).
         let rc = unsafe { libc::ioctl(self.raw(), libc::TUNGETIFF, &raw mut ifr) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: TUNGETIFF fills the union's flags member.
-        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-        Ok(libc::c_int::from(flags) & libc::IFF_VNET_HDR != 0)
+        let flags = libc::c_int::from(unsafe { ifr.ifr_ifru.ifru_flags });
+        let name: [u8; libc::IFNAMSIZ] = ifr.ifr_name.map(|c| c as u8);
+        let name = CStr::from_bytes_until_nul(&name)
+            .map_err(|_| io::Error::other("TUNGETIFF returned an unterminated name"))?;
+        Ok((name.to_string_lossy().into_owned(), flags))
+    }
+
+    /// Whether the device has `IFF_VNET_HDR` (`TUNGETIFF`), i.e. every read and write
+    /// carries a virtio-net header.
+    pub fn vnet_hdr(&self) -> io::Result<bool> {
+        Ok(self.getiff()?.1 & libc::IFF_VNET_HDR != 0)
+    }
+
+    /// `TUNSETPERSIST`: a persistent device (with its addresses and routes) outlives its
+    /// last queue, so a crashed daemon's successor attaches to it instead of making it anew.
+    pub fn set_persist(&self, on: bool) -> io::Result<()> {
+        // SAFETY: `self` holds a live TUN fd for the call; TUNSETPERSIST takes its argument by
+        // value (0 or 1) and touches no userspace memory.
+        let rc = unsafe { libc::ioctl(self.raw(), libc::TUNSETPERSIST, libc::c_ulong::from(on)) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The device's interface index.
     pub fn if_index(&self) -> io::Result<u32> {
-        self.0.if_index()
+        let name = std::ffi::CString::new(self.name()?).map_err(io::Error::other)?;
+        // SAFETY: `name` is a NUL-terminated string that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(index)
     }
 
     /// The device's name (the kernel's, in case it differs from the one asked for).
     pub fn name(&self) -> io::Result<String> {
-        self.0.name()
+        Ok(self.getiff()?.0)
     }
 
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.0.set_nonblocking(nonblocking)
+        super::fd::set_nonblocking(self.0.as_fd(), nonblocking)
     }
 
     /// Reads one packet (blocking unless the queue was made non-blocking).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf)
+        (&self.0).read(buf)
     }
 
     /// Writes one packet.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf)
+        (&self.0).write(buf)
     }
 
     /// Writes one packet gathered from `pieces` (`writev`).
     pub fn send_vectored(&self, pieces: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.send_vectored(pieces)
+        (&self.0).write_vectored(pieces)
     }
 
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+
+    /// Gives up the fd (a hand-over).
+    pub fn into_fd(self) -> OwnedFd {
+        self.0.into()
     }
 }
 

@@ -161,6 +161,11 @@ impl Cluster {
 
     /// Starts flanneld on host `i` with `extra` flags (kept for restarts).
     pub fn start(&mut self, i: usize, extra: &[&str]) {
+        self.start_bin(i, std::path::Path::new(super::flanneld_bin()), extra);
+    }
+
+    /// As [`Cluster::start`], running the binary at `bin`.
+    pub fn start_bin(&mut self, i: usize, bin: &std::path::Path, extra: &[&str]) {
         let endpoint = self.etcd().endpoint.clone();
         let h = &mut self.hosts[i];
         h.extra_args = extra.iter().map(|s| s.to_string()).collect();
@@ -171,7 +176,7 @@ impl Cluster {
         ];
         args.extend(h.extra_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        h.daemon = Some(Flanneld::spawn_in(Some(&h.netns), &args, &[]));
+        h.daemon = Some(Flanneld::spawn_bin_in(bin, Some(&h.netns), &args, &[]));
     }
 
     /// Starts every host and waits until each has its subnet and pod.

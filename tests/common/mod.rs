@@ -556,6 +556,8 @@ pub struct Flanneld {
     dir: tempfile::TempDir,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// The binary run (the tests' build unless [`Flanneld::spawn_bin_in`] names another).
+    bin: PathBuf,
 }
 
 /// The `flanneld` binary cargo built for these tests.
@@ -572,6 +574,16 @@ impl Flanneld {
     /// Starts `flanneld` inside network namespace `netns` (health server off:
     /// the test cannot reach it there; readiness is the subnet file).
     pub fn spawn_in(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Flanneld {
+        Flanneld::spawn_bin_in(Path::new(flanneld_bin()), netns, args, envs)
+    }
+
+    /// As [`Flanneld::spawn_in`], running the binary at `bin` (a copy a test may replace).
+    pub fn spawn_bin_in(
+        bin: &Path,
+        netns: Option<&str>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Flanneld {
         let dir = tempfile::tempdir().unwrap();
         let mut f = Flanneld {
             child: None,
@@ -589,13 +601,15 @@ impl Flanneld {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bin: bin.to_owned(),
         };
         f.start();
         f
     }
 
     fn start(&mut self) {
-        let mut cmd = in_netns(self.netns.as_deref(), flanneld_bin());
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut cmd = in_netns(self.netns.as_deref(), &bin);
         cmd.args(&self.args)
             .arg(format!("--subnet-file={}", self.subnet_file.display()))
             .arg("--healthz-ip=127.0.0.1")
@@ -634,6 +648,11 @@ impl Flanneld {
             });
         }
         self.child = Some(child);
+    }
+
+    /// The process ID (it stays the same across a `SIGUSR2` re-exec).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Everything the daemon printed so far.

@@ -137,6 +137,16 @@ impl MmsgIo {
         })
     }
 
+    /// Gives back the fds, still open and blocking again (as fresh ones are): for a
+    /// hand-over to the next image or to new workers. Nothing is lost: a round carries out
+    /// everything it read before it returns, and a stop is seen before any read.
+    pub fn into_fds(self) -> WorkerFds {
+        if let Err(e) = self.fds.tun.set_nonblocking(false) {
+            tracing::warn!("making the TUN queue blocking again: {e}");
+        }
+        self.fds
+    }
+
     fn read_tun<H>(&mut self, handle: &mut H) -> io::Result<()>
     where
         H: FnMut(Origin, &mut [u8], usize) -> Action,

@@ -33,7 +33,7 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::gso::GsoSender;
 use super::offload::{
@@ -45,6 +45,9 @@ use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BU
 use crate::datapath::stats::{Batch, DropReason, WorkerStats};
 use crate::sys::uring::{Completion, Cqe, Received, Ring, RingLayout, UringConfig, REAP_CHUNK};
 use crate::sys::{errno_error, is_transient, sockopt};
+
+/// How long a stopping worker waits for its cancelled reads and its TUN writes to end.
+const FINISH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// One worker's io_uring I/O. Not `Send`: it is built on the worker thread and stays there.
 pub struct UringIo {
@@ -138,6 +141,42 @@ impl UringIo {
     /// For tests: the next GSO send fails with `EIO` (see [`GsoSender::fail_next_gso_send`]).
     pub fn fail_next_gso_send(&mut self) {
         self.gso.fail_next_gso_send();
+    }
+
+    /// Takes the ring down (it drains itself) and gives back the fds, still open: for a
+    /// hand-over to the next image or to new workers.
+    pub fn into_fds(self) -> WorkerFds {
+        let UringIo { ring, fds, .. } = self;
+        drop(ring);
+        fds
+    }
+
+    /// The stop signal was seen: cancels every read and receive in flight and carries out
+    /// whatever they completed first, until nothing is in flight (bounded by
+    /// [`FINISH_DEADLINE`]). So a stop loses no packet the kernel handed us: each one that
+    /// was read is sent or written, each one that was not stays queued in the TUN queue or
+    /// the socket for the next reader (the new image after a re-exec).
+    fn finish<H>(&mut self, handle: &mut H) -> io::Result<()>
+    where
+        H: FnMut(Origin, &mut [u8], usize) -> Action,
+    {
+        self.ring.cancel_reads()?;
+        let deadline = Instant::now() + FINISH_DEADLINE;
+        let mut chunk = [Cqe::default(); REAP_CHUNK];
+        while self.ring.in_flight() > 0 && Instant::now() < deadline {
+            self.ring.wait_bounded()?;
+            loop {
+                let n = self.ring.reap(&mut chunk);
+                for &cqe in &chunk[..n] {
+                    self.complete(cqe, handle)?;
+                }
+                if n < REAP_CHUNK {
+                    break;
+                }
+            }
+            self.flush_sends()?;
+        }
+        Ok(())
     }
 
     /// The socket sends leave from.
@@ -404,10 +443,13 @@ impl PacketIo for UringIo {
         if let Some(e) = self.fatal.take() {
             return Err(e);
         }
-        Ok(if self.ring.stopping() {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        })
+        if !self.ring.stopping() {
+            return Ok(Flow::Continue);
+        }
+        self.finish(&mut handle)?;
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(Flow::Stop),
+        }
     }
 }

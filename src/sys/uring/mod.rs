@@ -43,6 +43,7 @@
 //! the kernel writing into freed memory. The fds given to [`Ring::new`] must stay open as long
 //! as the ring (the driver drops the ring first).
 
+mod drain;
 mod pool;
 mod setup;
 
@@ -661,97 +662,9 @@ impl Ring {
         }
     }
 
-    /// Cancels every lent slot and reaps until all are back. Returns whether they all are.
-    fn drain(&mut self) -> bool {
-        self.stopping = true;
-        let multishots = self
-            .multi
-            .iter()
-            .flatten()
-            .filter(|m| m.armed)
-            .map(|m| m.tag);
-        let tags: Vec<u64> = multishots.collect();
-        for tag in tags {
-            let cancel = opcode::AsyncCancel::new(tag).build().user_data(CANCEL_TAG);
-            // SAFETY: a cancellation references no userspace memory.
-            if unsafe { self.push(&cancel) }.is_err() {
-                break;
-            }
-        }
-        for i in 0..self.ops.len() {
-            if !matches!(self.ops[i], Op::Idle | Op::Provided) {
-                let cancel = opcode::AsyncCancel::new(i as u64)
-                    .build()
-                    .user_data(CANCEL_TAG);
-                // SAFETY: a cancellation references no userspace memory.
-                if unsafe { self.push(&cancel) }.is_err() {
-                    break;
-                }
-            }
-        }
-        if self.stop_pending {
-            let cancel = opcode::AsyncCancel::new(STOP_TAG)
-                .build()
-                .user_data(CANCEL_TAG);
-            // SAFETY: as above.
-            let _ = unsafe { self.push(&cancel) };
-        }
-        let deadline = Instant::now() + DRAIN_DEADLINE;
-        let mut chunk = [Cqe::default(); REAP_CHUNK];
-        while self.in_flight > 0 && Instant::now() < deadline {
-            let timeout = opcode::Timeout::new(&self.timeout)
-                .build()
-                .user_data(TIMEOUT_TAG);
-            // SAFETY: the kernel copies the timespec when it prepares the request, during the
-            // submit below; `self.timeout` outlives that anyway.
-            if unsafe { self.push(&timeout) }.is_err() {
-                break;
-            }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EINTR)
-                        || e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(_) => break,
-            }
-            loop {
-                let n = self.reap(&mut chunk);
-                for &cqe in &chunk[..n] {
-                    let _ = self.take_back(cqe);
-                }
-                if n < REAP_CHUNK {
-                    break;
-                }
-            }
-        }
-        self.in_flight == 0
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        if self.drain() {
-            // Closing a ring releases its registered files later, from a kernel worker; the
-            // TUN queue must be closed when the datapath stops (the device goes away with its
-            // last queue), so let go of them now. Unregistering waits for every user.
-            let submitter = self.ring.submitter();
-            let _ = submitter.unregister_files();
-            if self.fixed_bufs {
-                let _ = submitter.unregister_buffers();
-            }
-            for m in self.multi.iter().flatten() {
-                let _ = submitter.unregister_buf_ring(m.group);
-            }
-        } else {
-            tracing::error!(
-                in_flight = self.in_flight,
-                "io_uring requests still pending after {DRAIN_DEADLINE:?}; leaking their buffers"
-            );
-            self.pool.leak();
-            for m in self.multi.iter_mut().flatten() {
-                m.ring.leaked = true;
-            }
-        }
+    /// Requests still in flight (reads, receives, writes; a multishot request counts once).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 }
 
