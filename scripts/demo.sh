@@ -103,8 +103,8 @@ for i in $(seq 1 $HOSTS); do
     [ -s "$STATE/h$i/subnet.env" ] || { echo "host $i got no lease:"; cat "$STATE/h$i/flanneld.log"; exit 1; }
 done
 
-say "leases in etcd"
-ctl get --prefix /coreos.com/network/subnets | paste - - | sed 's/^/    /'
+say "leases in etcd (flannelctl leases)"
+ip netns exec $P-fab "$BIN/flannelctl" --etcd-endpoints http://192.0.2.254:2379 leases | sed 's/^/    /'
 
 say "pods, created by our flannel CNI plugin (delegating to bridge + host-local)"
 declare -a POD_IP
@@ -149,6 +149,9 @@ echo "    overlay ($BACKEND): $gbps Gbit/s"
 underlay=$(iperf $P-h1 192.0.2.2 $P-h2)
 echo "    underlay (veth + bridge): $underlay Gbit/s"
 
+say "host 1 as its operator sees it (flannelctl status, from the health server's /status)"
+ip netns exec $P-h1 "$BIN/flannelctl" --healthz-port 8471 status | sed 's/^/    /'
+
 say "summary"
 echo "    backend: $BACKEND, hosts: $HOSTS, leases: $(ctl get --prefix /coreos.com/network/subnets --keys-only | grep -c subnets)"
 echo "    pod-to-pod pings: $ok/$total ok"
@@ -158,7 +161,8 @@ if [ "$MODE" = "--keep" ]; then
     say "cluster left running"
     echo "    enter a pod:   ip netns exec $P-p1 bash"
     echo "    enter a host:  ip netns exec $P-h1 bash   (logs: $STATE/h1/flanneld.log)"
-    echo "    leases:        ip netns exec $P-fab etcdctl --endpoints http://192.0.2.254:2379 get --prefix /coreos.com/network/subnets"
+    echo "    leases:        ip netns exec $P-fab $BIN/flannelctl --etcd-endpoints http://192.0.2.254:2379 leases"
+    echo "    a node:        ip netns exec $P-h1 $BIN/flannelctl --healthz-port 8471 status   (metrics: GET 127.0.0.1:8471/metrics there)"
     echo "    take it down:  scripts/demo.sh --down"
 fi
 [ "$ok" = "$total" ]
