@@ -105,15 +105,7 @@ fn scrape_until(
 
 #[test]
 fn metrics_follow_traffic_drops_peers_and_etcd() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Tun,
-        Cap::Etcd,
-        Cap::IoUring,
-        Cap::PromParser
-    );
+    require_udp_cluster!(Cap::PromParser);
     let mut c = Cluster::new(3, UDP_NET);
     c.start(0, &["--metrics-per-peer", "--log-format=json"]);
     c.start(1, &[]);

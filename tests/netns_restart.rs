@@ -31,15 +31,7 @@ const TRAFFIC_SECS: u32 = 5;
 /// The capabilities every test here needs; then takes [`SERIAL`] for the rest of the test.
 macro_rules! require_restart {
     () => {
-        require!(
-            Cap::Root,
-            Cap::Netns,
-            Cap::Veth,
-            Cap::Tun,
-            Cap::Etcd,
-            Cap::IoUring,
-            Cap::Iperf3
-        );
+        require_udp_cluster!(Cap::Iperf3);
         let _serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -13,21 +13,6 @@ use common::*;
 
 const UDP_NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#;
 
-/// What every test here needs: a netns cluster with etcd and TUN, and io_uring (the
-/// default I/O path these tests check).
-macro_rules! require_udp {
-    () => {
-        require!(
-            Cap::Root,
-            Cap::Netns,
-            Cap::Veth,
-            Cap::Tun,
-            Cap::Etcd,
-            Cap::IoUring
-        )
-    };
-}
-
 fn tool(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/tools")
@@ -63,19 +48,19 @@ fn three_hosts_ping_all_pairs(io: &str) {
 
 #[test]
 fn three_hosts_ping_all_pairs_on_io_uring() {
-    require_udp!();
+    require_udp_cluster!();
     three_hosts_ping_all_pairs("uring");
 }
 
 #[test]
 fn three_hosts_ping_all_pairs_on_the_mmsg_fallback() {
-    require_udp!();
+    require_udp_cluster!();
     three_hosts_ping_all_pairs("mmsg");
 }
 
 #[test]
 fn iperf3_tcp_through_the_overlay() {
-    require_udp!();
+    require_udp_cluster!();
     require!(Cap::Iperf3);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
@@ -111,7 +96,7 @@ fn stopped_counter(log: &str, name: &str) -> u64 {
 /// whether super-packets were really used.
 #[test]
 fn both_io_paths_forward_with_and_without_offloads() {
-    require_udp!();
+    require_udp_cluster!();
     require!(Cap::Iperf3);
     let modes: [&[&str]; 9] = [
         &["--udp-io=uring", "--udp-offload=true"],
@@ -193,7 +178,7 @@ fn both_io_paths_forward_with_and_without_offloads() {
 /// forwards both ways, on the mmsg path whatever `--udp-io` says.
 #[test]
 fn one_packet_per_syscall_mode_forwards() {
-    require_udp!();
+    require_udp_cluster!();
     require!(Cap::Iperf3);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&["--udp-batch=1", "--udp-workers=1"]);
@@ -211,7 +196,7 @@ fn one_packet_per_syscall_mode_forwards() {
 
 #[test]
 fn a_joining_host_is_reachable_within_a_second() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(3, UDP_NET);
     c.start_all(&[]);
     let d = c.add_host();
@@ -229,7 +214,7 @@ fn a_joining_host_is_reachable_within_a_second() {
 
 #[test]
 fn a_removed_lease_gets_icmp_net_unreachable() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(3, UDP_NET);
     c.start_all(&[]);
     let target = c.pod_ip(2);
@@ -256,7 +241,7 @@ fn a_removed_lease_gets_icmp_net_unreachable() {
 
 #[test]
 fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     let before = c.hosts[1].subnet.clone();
@@ -277,7 +262,7 @@ fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
 /// not one ping is lost.
 #[test]
 fn a_stray_write_over_our_key_is_restored_without_loss() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     let peer = c.pod_ip(1);
@@ -336,7 +321,7 @@ fn a_stray_write_over_our_key_is_restored_without_loss() {
 /// stop, as upstream's does.
 #[test]
 fn blackhole_route_follows_the_subnet_and_outlives_a_clean_stop() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(1, UDP_NET);
     c.start(0, &["--ip-blackhole-route"]);
     let first = c.wait_lease(0);
@@ -384,7 +369,7 @@ fn blackhole_route_follows_the_subnet_and_outlives_a_clean_stop() {
 /// the TUN device, pods reach each other again, both ways.
 #[test]
 fn sigkill_and_restart_with_the_other_offload_setting() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(2, UDP_NET);
     let modes: [&[&str]; 3] = [
         &["--udp-io=uring", "--udp-offload=false"],
@@ -449,7 +434,7 @@ fn received(
 
 #[test]
 fn wire_format_inbound_raw_ipv4_in_udp_from_a_peer_reaches_the_pod() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     assert!(c.ping(1, &c.pod_ip(0), secs(10)));
@@ -538,7 +523,7 @@ fn counter(log: &str, name: &str) -> u64 {
 
 #[test]
 fn wire_format_outbound_is_the_raw_inner_packet() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(1, UDP_NET);
     // One worker: upstream's single socket, so every datagram leaves from port 8285 (with more
     // workers, the others send from their own ports to spread load over the peer's queues).
@@ -591,7 +576,7 @@ fn wire_format_outbound_is_the_raw_inner_packet() {
 /// (the workers keep running), pods reach each other on the new subnet.
 #[test]
 fn a_node_whose_subnet_is_taken_moves_flannel0_in_place() {
-    require_udp!();
+    require_udp_cluster!();
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     c.check_move(0, 1, Some("flannel0"));

@@ -176,6 +176,23 @@ macro_rules! require {
     };
 }
 
+/// [`require!`] for a udp netns cluster: root, namespaces, veth, TUN, etcd and io_uring (the
+/// udp datapath's default I/O path), plus whatever else the test names.
+#[macro_export]
+macro_rules! require_udp_cluster {
+    ($($extra:expr),* $(,)?) => {
+        $crate::require!(
+            $crate::common::Cap::Root,
+            $crate::common::Cap::Netns,
+            $crate::common::Cap::Veth,
+            $crate::common::Cap::Tun,
+            $crate::common::Cap::Etcd,
+            $crate::common::Cap::IoUring
+            $(, $extra)*
+        )
+    };
+}
+
 pub fn skip_or_fail(cap: Cap, why: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_owned();
     let wanted = std::env::var("FLANNEL_TEST_REQUIRE").unwrap_or_default();
