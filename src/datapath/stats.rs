@@ -74,7 +74,8 @@ pub enum Batch {
     UdpSend,
     /// Datagrams per UDP receive (UDP GRO coalesces several).
     UdpReceive,
-    /// Segments per TUN read, with TUN offloads (a TCP super-packet is cut into several).
+    /// Segments per TUN read: with TUN offloads a TCP super-packet is cut into several;
+    /// without, every read is one packet.
     TunRead,
     /// Packets per TUN write (coalesced into one super-packet with offloads).
     TunWrite,

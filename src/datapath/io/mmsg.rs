@@ -162,6 +162,10 @@ impl MmsgIo {
                 Ok(n) if n <= self.headroom => self.stats.drop_packet(DropReason::BadHeader),
                 Ok(n) => {
                     let h = self.headroom;
+                    if h == 0 {
+                        // One packet per read without offloads (`egress_wire` counts the others).
+                        self.stats.tun_read(1);
+                    }
                     let action = handle(Origin::Tun, &mut buf[h..], n - h);
                     self.pending.push((Side::Egress, k, action));
                 }

@@ -324,6 +324,7 @@ impl UringIo {
             return self.ring.lend_home(i);
         };
         if !offload {
+            self.stats.batch_size(Batch::UdpReceive, 1);
             let action = handle(Origin::Udp(src), buf, r.len.min(read_len));
             return self.dispatch(i, action);
         }
@@ -373,6 +374,10 @@ impl UringIo {
                 let Some(buf) = self.ring.buf_mut(slot).and_then(|b| b.get_mut(h..read_len)) else {
                     return self.ring.lend_home(slot);
                 };
+                if h == 0 {
+                    // One packet per read without offloads (`egress_wire` counts the others).
+                    self.stats.tun_read(1);
+                }
                 let action = handle(Origin::Tun, buf, res as usize - h);
                 self.dispatch(slot, action)
             }
