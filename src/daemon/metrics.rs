@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::health::Readiness;
-use crate::backend::kernel::RepairKind;
+use crate::backend::kernel::ReconcileStats;
 use crate::backend::BackendTelemetry;
 use crate::datapath::stats::{Batch, DropReason, StatsSnapshot};
 use crate::exec::masq::RulesStats;
@@ -242,59 +242,66 @@ impl Collector for Scrape {
             encode_datapath(&mut out, s, features, &r)?;
         }
         if let Some(rs) = &r.parts.backend_telemetry.reconcile {
-            let s = rs.snapshot();
-            out.counter(
-                "flannel_reconcile_runs",
-                "Passes comparing the kernel with the leases.",
-                s.runs,
-            )?;
-            out.counter(
-                "flannel_reconcile_failures",
-                "Reconcile passes that could not read the kernel, and repairs it refused.",
-                s.failures,
-            )?;
-            out.counters(
-                "flannel_reconcile_repairs",
-                "Drifted kernel entries put back, by kind (route, neighbour, fdb, link).",
-                RepairKind::ALL
-                    .iter()
-                    .zip(s.repairs)
-                    .map(|(k, (_, n))| (vec![("kind", k.name().to_owned())], n)),
-            )?;
-            out.gauge(
-                "flannel_reconcile_last_duration_seconds",
-                "How long the last reconcile pass took.",
-                s.last_duration.as_secs_f64(),
-            )?;
-            if let Some(end) = s.last_end {
-                out.gauge(
-                    "flannel_reconcile_last_timestamp_seconds",
-                    "When the last reconcile pass ended (Unix time).",
-                    unix_secs_f64(end),
-                )?;
-            }
+            encode_reconcile(&mut out, rs)?;
         }
         if let Some(rules) = &r.parts.rules {
-            let get =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            out.counter(
-                "flannel_rules_checks",
-                "Checks of the masquerade and forward rules (iptables or nftables).",
-                get(&rules.resyncs),
-            )?;
-            out.counter(
-                "flannel_rules_repairs",
-                "Rule checks that found flannel's rules changed or missing and wrote them again.",
-                get(&rules.repairs),
-            )?;
-            out.counter(
-                "flannel_rules_failures",
-                "Rule checks that could not read or write the rules.",
-                get(&rules.failures),
-            )?;
+            encode_rules(&mut out, rules)?;
         }
         Ok(())
     }
+}
+
+fn encode_reconcile(out: &mut Out<'_>, stats: &ReconcileStats) -> std::fmt::Result {
+    let s = stats.snapshot();
+    out.counter(
+        "flannel_reconcile_runs",
+        "Passes comparing the kernel with the leases.",
+        s.runs,
+    )?;
+    out.counter(
+        "flannel_reconcile_failures",
+        "Reconcile passes that could not read the kernel, and repairs it refused.",
+        s.failures,
+    )?;
+    out.counters(
+        "flannel_reconcile_repairs",
+        "Drifted kernel entries put back, by kind (route, neighbour, fdb, link).",
+        s.repairs
+            .iter()
+            .map(|(k, n)| (vec![("kind", k.name().to_owned())], *n)),
+    )?;
+    out.gauge(
+        "flannel_reconcile_last_duration_seconds",
+        "How long the last reconcile pass took.",
+        s.last_duration.as_secs_f64(),
+    )?;
+    if let Some(end) = s.last_end {
+        out.gauge(
+            "flannel_reconcile_last_timestamp_seconds",
+            "When the last reconcile pass ended (Unix time).",
+            unix_secs_f64(end),
+        )?;
+    }
+    Ok(())
+}
+
+fn encode_rules(out: &mut Out<'_>, rules: &RulesStats) -> std::fmt::Result {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    out.counter(
+        "flannel_rules_checks",
+        "Checks of the masquerade and forward rules (iptables or nftables).",
+        get(&rules.resyncs),
+    )?;
+    out.counter(
+        "flannel_rules_repairs",
+        "Rule checks that found flannel's rules changed or missing and wrote them again.",
+        get(&rules.repairs),
+    )?;
+    out.counter(
+        "flannel_rules_failures",
+        "Rule checks that could not read or write the rules.",
+        get(&rules.failures),
+    )
 }
 
 fn encode_node(out: &mut Out<'_>, r: &Reading) -> std::fmt::Result {

@@ -23,7 +23,7 @@ use tokio::time::sleep;
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
-use crate::backend::udp::Udp;
+use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
 use crate::cancel::{cancel_pair, CancelToken};
@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         BackendKind::Udp => {
             let udp = match adopted {
                 Some(udp) => udp,
-                None => Udp::new(&ctx, restart::udp_options(&cli))?,
+                None => Udp::new(&ctx, udp_options(&cli))?,
             };
             daemon.run_backend(udp.with_netlink(netlink), &ctx).await
         }
@@ -321,6 +321,22 @@ impl Daemon<'_> {
         };
         env.write_atomic(&self.cli.subnet_file)
             .with_context(|| format!("writing {}", self.cli.subnet_file.display()))
+    }
+}
+
+/// The udp backend's host options from the flags (a fresh start and a re-exec hand-over
+/// build the backend from the same ones).
+fn udp_options(cli: &Cli) -> UdpOptions {
+    UdpOptions {
+        workers: cli.udp_workers,
+        io: cli.udp_io,
+        batch: cli.udp_batch,
+        gso: cli.udp_gso,
+        offload: cli.udp_offload,
+        multishot: cli.udp_multishot,
+        busy_poll: Duration::from_micros(cli.udp_busy_poll),
+        per_peer_stats: cli.metrics_per_peer,
+        ..UdpOptions::default()
     }
 }
 

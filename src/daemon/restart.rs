@@ -42,14 +42,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::backend::udp::{Inherited, Udp, UdpOptions};
+use crate::backend::udp::{Inherited, Udp};
 use crate::backend::BackendContext;
 use crate::cli::Cli;
 use crate::config::NetworkConfig;
@@ -111,21 +110,6 @@ pub fn init_process() {
         std::env::remove_var(HANDOVER_ENV);
     }
     let _ = INHERITED.set(inherited);
-}
-
-/// The udp backend's host options from the flags.
-pub fn udp_options(cli: &Cli) -> UdpOptions {
-    UdpOptions {
-        workers: cli.udp_workers,
-        io: cli.udp_io,
-        batch: cli.udp_batch,
-        gso: cli.udp_gso,
-        offload: cli.udp_offload,
-        multishot: cli.udp_multishot,
-        busy_poll: Duration::from_micros(cli.udp_busy_poll),
-        per_peer_stats: cli.metrics_per_peer,
-        ..UdpOptions::default()
-    }
 }
 
 /// What must be equal for the new image to keep the datapath: the network and the backend
@@ -350,7 +334,7 @@ fn take_over(
             public_ipv6: None,
         },
     };
-    let mut udp = Udp::new(&ctx, udp_options(cli))?;
+    let mut udp = Udp::new(&ctx, super::udp_options(cli))?;
     let t = &state.tun;
     udp.adopt(Inherited {
         own: state.subnet,
