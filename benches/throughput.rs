@@ -24,6 +24,10 @@
 //! `udp,udp-perslot` (multishot against one request per buffer) or
 //! `udp-d4,udp-d8,udp,udp-d32,udp-d64` (the ring-depth sweep).
 //!
+//! `FLANNEL_BENCH_BASELINE=/path/to/an/older/flanneld` measures every udp mode twice, once
+//! with this build's daemon and once with that binary (its rows say "baseline"): a
+//! before/after comparison of a datapath change in one run, on one machine.
+//!
 //! For the udp modes it also reports the batch sizes the daemons saw during each TCP phase
 //! (from their `/metrics`: datagrams per UDP send and receive, segments per TUN read and
 //! write, packets per worker wake-up, as means over the phase). They show whether
@@ -214,6 +218,10 @@ fn main() {
     println!("flanneld: {}", common::flanneld_bin());
     println!("machine: {machine}; {runs} runs x {secs} s per figure");
 
+    let baseline = std::env::var("FLANNEL_BENCH_BASELINE").ok();
+    if let Some(b) = &baseline {
+        println!("baseline flanneld: {b}");
+    }
     let mut cluster = Cluster::new(2, &config("vxlan"));
     let mut results: Vec<(&Mode, Figures)> = Vec::new();
     // VXLAN first: it leases the subnets that the underlay's plain routes then reuse (each
@@ -237,10 +245,26 @@ fn main() {
             panic!("FLANNEL_BENCH_MODES: unknown mode {key:?}; modes: {keys:?}");
         };
         println!("== {}", mode.label);
-        let figures = run_mode(&mut cluster, mode, runs, secs);
+        let bin = std::path::Path::new(common::flanneld_bin());
+        let figures = run_mode(&mut cluster, mode, bin, runs, secs);
         results.push((mode, figures));
+        if let (Some(old), Some("udp")) = (&baseline, mode.backend) {
+            // A bench binary runs once: leaking the few bytes of a row's names is simplest.
+            let old_mode: &'static Mode = Box::leak(Box::new(Mode {
+                key: Box::leak(format!("{}+baseline", mode.key).into_boxed_str()),
+                label: Box::leak(format!("{} · baseline", mode.label).into_boxed_str()),
+                ..*mode
+            }));
+            println!("== {}", old_mode.label);
+            let figures = run_mode(&mut cluster, old_mode, old.as_ref(), runs, secs);
+            results.push((old_mode, figures));
+        }
     }
-    results.sort_by_key(|(m, _)| MODES.iter().position(|x| x.key == m.key));
+    // Table order: as in MODES, a baseline row after its mode's (the sort is stable).
+    results.sort_by_key(|(m, _)| {
+        let key = m.key.split('+').next().unwrap_or(m.key);
+        MODES.iter().position(|x| x.key == key)
+    });
     let base = results
         .iter()
         .find(|(m, _)| m.key == "vxlan")
@@ -289,12 +313,18 @@ fn config(backend: &str) -> String {
 }
 
 /// Sets the datapath up, measures it `runs` times, tears it down again.
-fn run_mode(c: &mut Cluster, mode: &Mode, runs: usize, secs: u32) -> Figures {
+fn run_mode(
+    c: &mut Cluster,
+    mode: &Mode,
+    bin: &std::path::Path,
+    runs: usize,
+    secs: u32,
+) -> Figures {
     let mut pids = Vec::new();
     match mode.backend {
         Some(backend) => {
             c.etcd().put_config(&config(backend));
-            c.start_all(mode.flags);
+            c.start_all_bin(bin, mode.flags);
             for i in 0..2 {
                 let mtu = subnet_env(c, i, "FLANNEL_MTU").unwrap_or_else(|| "1472".into());
                 sh(

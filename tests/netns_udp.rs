@@ -150,8 +150,10 @@ fn both_io_paths_forward_with_and_without_offloads() {
         eprintln!("{flags:?}: {gbps:.2} Gbit/s there, {back:.2} back");
         let logs = [c.stop(0), c.stop(1)];
         let offload = !flags.contains(&"--udp-offload=false");
-        // Coalesced writes need datagrams that crossed the veth underlay as one GSO packet
-        // (UDP GRO on the receiving socket); sent one by one, veth has nothing to coalesce.
+        // With GSO, the datagrams of a super-packet cross the veth underlay as one GSO packet
+        // and arrive as one UDP GRO receive, so coalesced writes are certain. Sent one by one,
+        // they arrive one per receive, and merge only when a batch happens to hold several
+        // of a flow's receives (the io_uring driver merges across its batch): not asserted.
         let gso = !flags.contains(&"--udp-gso=false");
         for (i, log) in logs.iter().enumerate() {
             let (tso, gro) = (
@@ -164,11 +166,15 @@ fn both_io_paths_forward_with_and_without_offloads() {
                 offload,
                 "{flags:?} host {i}: {tso} super-packets read"
             );
-            assert_eq!(
-                gro > 0,
-                offload && gso,
-                "{flags:?} host {i}: {gro} coalesced writes"
-            );
+            if gso || !offload {
+                assert_eq!(
+                    gro > 0,
+                    offload,
+                    "{flags:?} host {i}: {gro} coalesced writes"
+                );
+            } else {
+                eprintln!("{flags:?} host {i}: {gro} coalesced writes without GSO");
+            }
             assert!(stopped_counter(log, "ingress") > 0, "{flags:?} host {i}");
         }
     }

@@ -7,8 +7,8 @@
 //! [`to_wire`] decides, from the virtio-net header the TUN read came with, whether a packet
 //! is segmented or only gets its partial checksum finished. [`write_coalesced`] does the
 //! reverse on receive (GRO, with [`coalesce_start`], [`coalesce_push`], [`coalesce_finish`]):
-//! consecutive segments of one flow become one super-packet for a TUN write with a
-//! virtio-net header, gathered in place.
+//! the segments of one flow, grouped across a whole batch of receives, become one
+//! super-packet for a TUN write with a virtio-net header, gathered in place.
 //!
 //! Pure, allocation-free and panic-free on any input; benched in `benches/datapath.rs`. Both
 //! drivers (`datapath::io::uring`, `datapath::io::mmsg`) use it when the TUN is opened with offloads.
@@ -195,9 +195,10 @@ fn cut_tcp4(
 }
 
 /// A run of TCP/IPv4 segments of one flow that will reach the TUN as one super-packet: the
-/// receive-side counterpart of [`segment_tcp4`] (GRO). Nothing is copied: the first segment
-/// stays where it is and gets the merged packet's header ([`coalesce_finish`]); the payloads
-/// of the segments after it are gathered behind it by one `writev` ([`write_coalesced`]).
+/// receive-side counterpart of [`segment_tcp4`] (GRO). Only the headers are copied: the
+/// merged packet's header is the first segment's, rewritten in a small buffer
+/// ([`coalesce_finish`]), and every segment's payload is gathered behind it where it lies, by
+/// one `writev` ([`write_coalesced`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalesced {
     /// Bytes of the merged packet so far (headers plus every payload).
@@ -309,7 +310,7 @@ pub fn coalesce_push(first: &[u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
     true
 }
 
-/// Gives the run's first segment `first` (its own bytes, not yet the gathered payloads) the
+/// Rewrites `first`, a copy of the run's first segment's headers (`cur.hdr_len` bytes), into the
 /// header of the merged packet and returns the virtio-net header to write it with.
 ///
 /// A run of one segment is left untouched and goes without offload (`GSO_NONE`). Otherwise:
@@ -349,50 +350,112 @@ pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
 /// run rarely gets longer; a longer one is simply cut).
 pub const MAX_RUN: usize = 64;
 
-/// Writes the packets `packets` (each `(offset, len)` in `buf`, `len` its IP total length as
-/// the ingress verdict reports it, in arrival order) to a TUN
-/// opened with `IFF_VNET_HDR`: every run of consecutive segments of one TCP flow as one
-/// super-packet, everything else alone, each behind its virtio-net header. `write` gets the
-/// pieces of one TUN write (to gather with `writev`), the packets it carries and their bytes.
+/// Longest header a merged packet can have: IPv4 (20 bytes, `tcp4_headers` wants no options)
+/// plus the longest TCP header.
+const MAX_MERGED_HEADER: usize = 20 + 60;
+
+/// Which flow a delivered packet belongs to, for [`write_coalesced`]'s grouping: addresses,
+/// protocol and (for TCP and UDP) ports folded into a u64. Packets of one flow always get the
+/// same key; two flows that happen to share one are merely not told apart (their packets stay
+/// in arrival order, as without grouping).
+fn flow_key(pkt: &[u8]) -> u64 {
+    let Some(h) = pkt.first_chunk::<20>() else {
+        return 0;
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let addrs = u64::from_be_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
+    let ports = match (h[9], pkt.get(ihl..ihl + 4)) {
+        (6 | 17, Some(p)) => u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]])),
+        _ => 0,
+    };
+    // Multiplying by an odd constant spreads the ports over all 64 bits, so flows between
+    // the same two hosts differ in more than the low bits.
+    addrs ^ (ports | u64::from(h[9]) << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Writes `packets` to a TUN opened with `IFF_VNET_HDR`, each entry `(offset, len)` of a
+/// packet that `packet(offset, len)` returns (`len` its IP total length, as the ingress
+/// verdict reports it; an empty slice if the driver lost it), in arrival order. The packets
+/// are grouped by flow first, arrival order kept within each flow, so that the segments of
+/// several TCP flows that arrived interleaved still merge: every run of consecutive segments
+/// of one TCP flow becomes one super-packet, everything else goes alone, each behind its
+/// virtio-net header. `order` is scratch space (kept by the caller so nothing is allocated
+/// per call); `write` gets the pieces of one TUN write (to gather with `writev`), the packets
+/// it carries and their bytes.
 ///
-/// Only the merged packets' headers in `buf` are rewritten; nothing is copied or allocated.
-pub fn write_coalesced<W>(buf: &mut [u8], packets: &[(usize, usize)], mut write: W)
-where
+/// Nothing is copied but a merged packet's header, rewritten in a local buffer: the packets
+/// themselves are only read, so they may lie in several buffers (the io_uring driver's slots).
+pub fn write_coalesced<'a, P, W>(
+    packets: &[(usize, usize)],
+    packet: P,
+    order: &mut Vec<(u64, u32)>,
+    mut write: W,
+) where
+    P: Fn(usize, usize) -> &'a [u8],
     W: FnMut(&[std::io::IoSlice<'_>], usize, usize),
 {
+    order.clear();
+    order.extend(
+        packets
+            .iter()
+            .enumerate()
+            .map(|(i, &(off, len))| (flow_key(packet(off, len)), i as u32)),
+    );
+    // The index breaks ties, so an unstable sort keeps each flow in arrival order. One flow
+    // (the usual case) is sorted already.
+    if !order.is_sorted() {
+        order.sort_unstable();
+    }
+    let order = &order[..];
+    let get = |k: usize| {
+        order
+            .get(k)
+            .and_then(|&(_, i)| packets.get(i as usize))
+            .map(|&(off, len)| packet(off, len))
+    };
     let mut i = 0;
-    while let Some(&(off, len)) = packets.get(i) {
-        let Some(first) = buf.get(off..off + len) else {
-            i += 1;
-            continue;
-        };
+    while let Some(first) = get(i) {
         let mut run_end = i + 1;
+        let mut merged = [0u8; MAX_MERGED_HEADER];
+        let mut head: &[u8] = &[];
         let mut vnet = VnetHdr::default();
         if let Some(mut cur) = coalesce_start(first) {
             while run_end - i < MAX_RUN {
-                let next = packets.get(run_end).and_then(|&(o, l)| buf.get(o..o + l));
-                match next {
+                match get(run_end) {
                     Some(seg) if coalesce_push(first, &mut cur, seg) => run_end += 1,
                     _ => break,
                 }
             }
-            if let Some(first) = buf.get_mut(off..off + len) {
-                vnet = coalesce_finish(first, &cur);
+            if cur.segments > 1 {
+                if let (Some(h), Some(src)) =
+                    (merged.get_mut(..cur.hdr_len), first.get(..cur.hdr_len))
+                {
+                    h.copy_from_slice(src);
+                    vnet = coalesce_finish(h, &cur);
+                    head = h;
+                }
             }
         }
         let hdr = vnet.encode();
-        let hdr_len = usize::from(vnet.hdr_len);
-        let mut pieces = [std::io::IoSlice::new(&[]); MAX_RUN + 1];
+        if head.is_empty() {
+            // Alone: the packet as it is.
+            let pieces = [std::io::IoSlice::new(&hdr), std::io::IoSlice::new(first)];
+            write(&pieces, 1, first.len());
+            i += 1;
+            continue;
+        }
+        // Merged: the rewritten header, then every segment's payload, the first's included.
+        let mut pieces = [std::io::IoSlice::new(&[]); MAX_RUN + 2];
         pieces[0] = std::io::IoSlice::new(&hdr);
-        pieces[1] = std::io::IoSlice::new(buf.get(off..off + len).unwrap_or_default());
-        let mut bytes = len;
-        for (piece, &(o, l)) in pieces[2..].iter_mut().zip(&packets[i + 1..run_end]) {
-            // A merged segment is exactly `l` bytes long (`tcp4_headers` checked it).
-            let payload = buf.get(o + hdr_len..o + l).unwrap_or_default();
+        pieces[1] = std::io::IoSlice::new(head);
+        let mut bytes = head.len();
+        for (k, piece) in (i..run_end).zip(pieces[2..].iter_mut()) {
+            // A merged segment is exactly its IP total length long (`tcp4_headers` checked).
+            let payload = get(k).and_then(|s| s.get(head.len()..)).unwrap_or_default();
             bytes += payload.len();
             *piece = std::io::IoSlice::new(payload);
         }
-        write(&pieces[..run_end - i + 1], run_end - i, bytes);
+        write(&pieces[..run_end - i + 2], run_end - i, bytes);
         i = run_end;
     }
 }
@@ -662,6 +725,7 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 5, 1, 2);
     const B: Ipv4Addr = Ipv4Addr::new(10, 5, 2, 2);
+    const C: Ipv4Addr = Ipv4Addr::new(10, 5, 3, 3);
 
     fn payload(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
@@ -808,19 +872,31 @@ mod tests {
 
     /// Runs [`write_coalesced`] and returns every TUN write: its virtio-net header and the
     /// gathered packet, with a partial checksum finished as the kernel would.
-    fn tun_writes(buf: &mut [u8], packets: &[(usize, usize)]) -> Vec<(VnetHdr, Vec<u8>)> {
+    fn tun_writes(buf: &[u8], packets: &[(usize, usize)]) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut writes = Vec::new();
-        write_coalesced(buf, packets, |pieces, count, bytes| {
+        let packet = |o: usize, l: usize| buf.get(o..o + l).unwrap_or_default();
+        write_coalesced(packets, packet, &mut Vec::new(), |pieces, count, bytes| {
             let hdr = VnetHdr::parse(&pieces[0]).unwrap();
             let mut pkt: Vec<u8> = pieces[1..].iter().flat_map(|p| p.to_vec()).collect();
             assert_eq!(pkt.len(), bytes);
-            assert_eq!(count, pieces.len() - 1);
+            // Alone: header and packet; merged: header, merged header, every payload.
+            let want = if count > 1 { count + 2 } else { 2 };
+            assert_eq!(pieces.len(), want, "{count} packets");
             if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
                 finish_checksum(&mut pkt, hdr.csum_start.into(), hdr.csum_offset.into()).unwrap();
             }
             writes.push((hdr, pkt));
         });
         writes
+    }
+
+    /// The writes of `writes` whose packet goes from `src` to `dst`, in order.
+    fn of_flow(writes: &[(VnetHdr, Vec<u8>)], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Vec<u8>> {
+        writes
+            .iter()
+            .filter(|(_, p)| p[12..16] == src.octets() && p[16..20] == dst.octets())
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     /// Lays `segs` out back to back, `stride` apart, as a UDP GRO receive does.
@@ -853,9 +929,9 @@ mod tests {
         let ack = build_tcp4(B, A, 5, FLAG_ACK, &[]);
         segs[s.total..s.total + ack.len()].copy_from_slice(&ack);
         at.push((s.total, ack.len()));
-        let writes = tun_writes(&mut segs, &at);
+        let writes = tun_writes(&segs, &at);
         assert_eq!(writes.len(), 2);
-        let (hdr, merged) = &writes[0];
+        let (hdr, merged) = writes.iter().find(|(h, _)| h.gso_type != 0).unwrap();
         assert_eq!(merged, &pkt, "the super-packet, checksums and all");
         assert_eq!(
             *hdr,
@@ -868,7 +944,7 @@ mod tests {
                 csum_offset: 16,
             }
         );
-        assert_eq!(writes[1], (VnetHdr::default(), ack));
+        assert!(writes.contains(&(VnetHdr::default(), ack)));
     }
 
     #[test]
@@ -877,13 +953,7 @@ mod tests {
         let mut cur = coalesce_start(&first).unwrap();
         let gap = build_tcp4(A, B, 3000, FLAG_ACK, &payload(1000));
         assert!(!coalesce_push(&first, &mut cur, &gap), "sequence gap");
-        let other = build_tcp4(
-            A,
-            Ipv4Addr::new(10, 5, 3, 3),
-            2000,
-            FLAG_ACK,
-            &payload(1000),
-        );
+        let other = build_tcp4(A, C, 2000, FLAG_ACK, &payload(1000));
         assert!(!coalesce_push(&first, &mut cur, &other), "other flow");
         let bigger = build_tcp4(A, B, 2000, FLAG_ACK, &payload(1001));
         assert!(
@@ -908,19 +978,74 @@ mod tests {
             "SYN"
         );
 
-        // The same sequence through the writer: [first+short], gap, other, ... each alone.
+        // The same sequence through the writer: [first+short], gap, after_short, each alone
+        // and in that order; the other flow's segment alone.
         let all = [&first[..], &short, &gap, &other, &after_short];
-        let (mut buf, at) = gro_buffer(&all, 1100);
-        let writes = tun_writes(&mut buf, &at);
+        let (buf, at) = gro_buffer(&all, 1100);
+        let writes = tun_writes(&buf, &at);
         assert_eq!(writes.len(), 4);
-        let merged = &writes[0].1;
+        let ab = of_flow(&writes, A, B);
+        let merged = &ab[0];
         assert_eq!(merged.len(), 40 + 1500);
         assert!(Ipv4View::new_verified(merged).is_ok() && tcp4_checksum_ok(merged));
         assert_eq!(&merged[40..1040], &first[40..]);
         assert_eq!(&merged[1040..], &short[40..]);
-        for (w, orig) in writes[1..].iter().zip([&gap, &other, &after_short]) {
-            assert_eq!(w, &(VnetHdr::default(), orig.to_vec()));
+        assert_eq!(ab[1..], [gap, after_short]);
+        assert_eq!(of_flow(&writes, A, C), [other]);
+        for (hdr, pkt) in &writes {
+            assert_eq!(*hdr == VnetHdr::default(), pkt != merged);
         }
+    }
+
+    #[test]
+    fn interleaved_flows_merge_each_into_its_own_super_packet() {
+        // Two TCP flows and a UDP flow, arriving interleaved as several streams do.
+        let a: Vec<_> = (0..3)
+            .map(|k| build_tcp4(A, B, k * 1000, FLAG_ACK, &payload(1000)))
+            .collect();
+        let c: Vec<_> = (0..3)
+            .map(|k| build_tcp4(A, C, 7 + k * 1000, FLAG_ACK, &payload(1000)))
+            .collect();
+        let udp: Vec<_> = (0..2u8)
+            .map(|k| {
+                // One UDP flow (same ports), different payloads.
+                let mut udp = [k; 30];
+                udp[..4].copy_from_slice(&[0x1f, 0x90, 0x1f, 0x91]);
+                super::super::packet::build_ipv4(A, C, 17, 64, &udp)
+            })
+            .collect();
+        let all = [
+            &a[0][..],
+            &c[0],
+            &udp[0],
+            &a[1],
+            &c[1],
+            &udp[1],
+            &a[2],
+            &c[2],
+        ];
+        let (buf, at) = gro_buffer(&all, 1100);
+        let writes = tun_writes(&buf, &at);
+        assert_eq!(
+            writes.len(),
+            4,
+            "a super-packet per TCP flow, the UDP packets alone"
+        );
+        for (src, dst, segs) in [(A, B, &a), (A, C, &c)] {
+            let tcp: Vec<_> = of_flow(&writes, src, dst)
+                .into_iter()
+                .filter(|p| p[9] == PROTO_TCP)
+                .collect();
+            assert_eq!(tcp.len(), 1);
+            assert!(tcp4_checksum_ok(&tcp[0]));
+            let payloads: Vec<u8> = segs.iter().flat_map(|s| s[40..].to_vec()).collect();
+            assert_eq!(tcp[0][40..], payloads[..]);
+        }
+        let udp_out: Vec<_> = of_flow(&writes, A, C)
+            .into_iter()
+            .filter(|p| p[9] == 17)
+            .collect();
+        assert_eq!(udp_out, udp, "one flow's packets keep their order");
     }
 
     #[test]
@@ -928,8 +1053,8 @@ mod tests {
         let a = build_tcp4(A, B, 0, FLAG_ACK, &payload(100));
         let b = build_tcp4(A, B, 100, FLAG_ACK | FLAG_PSH, &payload(100));
         let c = build_tcp4(A, B, 200, FLAG_ACK, &payload(100));
-        let (mut buf, at) = gro_buffer(&[&a, &b, &c], 140);
-        let writes = tun_writes(&mut buf, &at);
+        let (buf, at) = gro_buffer(&[&a, &b, &c], 140);
+        let writes = tun_writes(&buf, &at);
         assert_eq!(writes.len(), 2);
         assert_eq!(writes[0].1[20 + TCP_FLAGS], FLAG_ACK | FLAG_PSH);
         assert!(tcp4_checksum_ok(&writes[0].1));

@@ -181,8 +181,13 @@ impl Cluster {
 
     /// Starts every host and waits until each has its subnet and pod.
     pub fn start_all(&mut self, extra: &[&str]) {
+        self.start_all_bin(std::path::Path::new(super::flanneld_bin()), extra);
+    }
+
+    /// As [`Cluster::start_all`], with the daemon binary `bin` (an older build, say).
+    pub fn start_all_bin(&mut self, bin: &std::path::Path, extra: &[&str]) {
         for i in 0..self.hosts.len() {
-            self.start(i, extra);
+            self.start_bin(i, bin, extra);
         }
         for i in 0..self.hosts.len() {
             self.wait_ready(i);

@@ -88,6 +88,8 @@ pub struct MmsgIo {
     headroom: usize,
     scratch: Box<[u8]>,
     delivered: Vec<(usize, usize)>,
+    /// The coalescer's scratch space (see `write_delivered`).
+    flows: Vec<(u64, u32)>,
     ready: [bool; 3],
     stats: Arc<WorkerStats>,
 }
@@ -132,6 +134,7 @@ impl MmsgIo {
             headroom,
             scratch: vec![0u8; if offload { SCRATCH_LEN } else { 0 }].into_boxed_slice(),
             delivered: Vec::with_capacity(if offload { batch * 64 } else { 0 }),
+            flows: Vec::with_capacity(if offload { batch * 64 } else { 0 }),
             ready: [false; 3],
             stats,
         })
@@ -251,10 +254,12 @@ impl MmsgIo {
             }
         }
         if !self.delivered.is_empty() {
+            let pool = &self.ingress;
             write_delivered(
                 &self.fds.tun,
-                &mut self.ingress,
+                |off, len| pool.get(off..off + len).unwrap_or_default(),
                 &mut self.delivered,
+                &mut self.flows,
                 &self.stats,
             );
         }

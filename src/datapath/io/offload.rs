@@ -95,21 +95,23 @@ where
     datagrams
 }
 
-/// Writes `delivered` (offsets into `pool`) to the TUN, runs of one TCP flow coalesced into
-/// super-packets, and empties the list.
-pub fn write_delivered(
+/// Writes `delivered` (each `(offset, len)`, found by `packet`) to the TUN, the segments of
+/// each TCP flow coalesced into super-packets (see [`write_coalesced`]), and empties the list.
+/// `order` is the coalescer's scratch space.
+pub fn write_delivered<'a>(
     tun: &TunQueue,
-    pool: &mut [u8],
+    packet: impl Fn(usize, usize) -> &'a [u8],
     delivered: &mut Vec<(usize, usize)>,
+    order: &mut Vec<(u64, u32)>,
     stats: &WorkerStats,
 ) {
-    write_coalesced(pool, delivered, |pieces, packets, bytes| {
-        match tun.send_vectored(pieces) {
-            Ok(_) => stats.ingress_n(packets, bytes),
-            Err(_) => {
-                for _ in 0..packets {
-                    stats.drop_packet(DropReason::TunError);
-                }
+    write_coalesced(delivered, packet, order, |pieces, packets, bytes| match tun
+        .send_vectored(pieces)
+    {
+        Ok(_) => stats.ingress_n(packets, bytes),
+        Err(_) => {
+            for _ in 0..packets {
+                stats.drop_packet(DropReason::TunError);
             }
         }
     });
