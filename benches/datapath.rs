@@ -277,9 +277,15 @@ fn gro_coalesce(c: &mut Criterion) {
         b.iter(|| {
             let mut written = 0;
             let packet = |o: usize, l: usize| segs.get(o..o + l).unwrap_or_default();
-            write_coalesced(black_box(&at), packet, &mut order, |pieces, _, bytes| {
-                written += pieces.len() + bytes;
-            });
+            write_coalesced(
+                black_box(&at),
+                packet,
+                false,
+                &mut order,
+                |pieces, _, bytes| {
+                    written += pieces.len() + bytes;
+                },
+            );
             written
         })
     });

@@ -485,6 +485,8 @@ impl Backend for Udp {
         };
         let queues = device::create(&spec).await?;
         let first = &queues[0];
+        // Whether UDP flows also cross the TUN as super-packets (Linux 6.2+).
+        let udp_offload = first.uso();
         if let Err(e) = first.set_persist(true) {
             tracing::warn!(device = %spec.name, "cannot make the TUN device persistent: {e}");
         }
@@ -509,6 +511,7 @@ impl Backend for Udp {
             workers = self.settings.workers,
             %io,
             offload,
+            udp_offload,
             strict_source = self.settings.strict_source,
             "udp backend running"
         );

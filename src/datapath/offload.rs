@@ -1,5 +1,6 @@
-//! Userspace TCP segmentation for the TUN offloads (issue 5): with `IFF_VNET_HDR` and
-//! `TUNSETOFFLOAD(TUN_F_TSO4)` the kernel hands over TCP/IPv4 "super-packets" of up to 64 KiB,
+//! Userspace segmentation for the TUN offloads (issue 5): with `IFF_VNET_HDR` and
+//! `TUNSETOFFLOAD(TUN_F_TSO4 | TUN_F_USO4)` the kernel hands over TCP/IPv4 (and UDP/IPv4)
+//! "super-packets" of up to 64 KiB,
 //! which must leave as ordinary packets of at most MTU bytes each, one per UDP datagram, so the
 //! wire format stays upstream's. [`segment_tcp4`] cuts one super-packet into MSS-sized segments
 //! laid out back to back in one buffer, every segment but the last exactly
@@ -17,10 +18,14 @@
 //! segment and coalesce by copying, while a `UDP_SEGMENT` send wants the segments back to back
 //! in one buffer and a TUN write can gather the payloads in place with `writev`.
 
-use super::packet::{fill_header_checksum, Ipv4View};
+use super::packet::{fill_header_checksum, Ipv4View, PROTO_UDP};
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
+/// The UDP header: its length, and where its length and checksum fields are.
+const UDP_HEADER: usize = 8;
+const UDP_LEN: usize = 4;
+const UDP_CHECKSUM: usize = 6;
 /// Smallest TCP header.
 const TCP_MIN_HEADER: usize = 20;
 /// Offsets in the TCP header.
@@ -36,8 +41,8 @@ const FLAG_CWR: u8 = 0x80;
 /// Why a packet cannot be segmented (it is then dropped and counted, never forwarded whole).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SegmentError {
-    #[error("not an unfragmented TCP/IPv4 packet")]
-    NotTcp4,
+    #[error("not an unfragmented IPv4 packet of the offload's protocol (TCP or UDP)")]
+    WrongProtocol,
     #[error("truncated or inconsistent IPv4/TCP header")]
     Malformed,
     #[error("segment size 0")]
@@ -82,7 +87,7 @@ pub struct Segments {
 /// # Errors
 /// See [`SegmentError`]; `out` is then unspecified.
 pub fn segment_tcp4(pkt: &[u8], mss: usize, out: &mut [u8]) -> Result<Segments, SegmentError> {
-    cut_tcp4(pkt, mss, out, Layout::Contiguous)
+    cut4(pkt, PROTO_TCP, mss, out, Layout::Contiguous)
 }
 
 /// As [`segment_tcp4`], but writes only the segments' headers to `out`
@@ -95,11 +100,16 @@ pub fn segment_tcp4_headers(
     mss: usize,
     out: &mut [u8],
 ) -> Result<Segments, SegmentError> {
-    cut_tcp4(pkt, mss, out, Layout::HeadersOnly)
+    cut4(pkt, PROTO_TCP, mss, out, Layout::HeadersOnly)
 }
 
-fn cut_tcp4(
+/// Cuts the `proto` (TCP or UDP) super-packet `pkt` into segments of at most `mss` payload
+/// bytes, laid out in `out` as `layout` says (see [`segment_tcp4`]). A UDP segment gets the
+/// original headers with its own IP total length, id and header checksum, and its own UDP
+/// length and full checksum: what the kernel's UDP GSO makes of a `UDP_SEGMENT` send.
+fn cut4(
     pkt: &[u8],
+    proto: u8,
     mss: usize,
     out: &mut [u8],
     layout: Layout,
@@ -110,17 +120,23 @@ fn cut_tcp4(
     let view = Ipv4View::new_checked(pkt).map_err(|_| SegmentError::Malformed)?;
     // Fragment offset or More Fragments: a fragment is never a super-packet.
     let frag = pkt.get(6..8).ok_or(SegmentError::Malformed)?;
-    if view.protocol() != PROTO_TCP || view.fragment_offset() != 0 || frag[0] & 0x20 != 0 {
-        return Err(SegmentError::NotTcp4);
+    if view.protocol() != proto || view.fragment_offset() != 0 || frag[0] & 0x20 != 0 {
+        return Err(SegmentError::WrongProtocol);
     }
     let ihl = view.header_len();
     let total = view.total_len();
-    let tcp = pkt.get(ihl..total).ok_or(SegmentError::Malformed)?;
-    let doff = usize::from(tcp.get(TCP_DATA_OFFSET).ok_or(SegmentError::Malformed)? >> 4) * 4;
-    if doff < TCP_MIN_HEADER || doff > tcp.len() {
+    let l4 = pkt.get(ihl..total).ok_or(SegmentError::Malformed)?;
+    let l4_hdr = match proto {
+        PROTO_TCP => {
+            let doff = usize::from(l4.get(TCP_DATA_OFFSET).ok_or(SegmentError::Malformed)? >> 4);
+            doff * 4
+        }
+        _ => UDP_HEADER,
+    };
+    if (proto == PROTO_TCP && l4_hdr < TCP_MIN_HEADER) || l4_hdr > l4.len() {
         return Err(SegmentError::Malformed);
     }
-    let hdr = ihl + doff;
+    let hdr = ihl + l4_hdr;
     let payload = pkt.get(hdr..total).ok_or(SegmentError::Malformed)?;
     let count = payload.len().div_ceil(mss).max(1);
     let segment_len = hdr + mss.min(payload.len());
@@ -139,14 +155,14 @@ fn cut_tcp4(
     let headers = pkt.get(..hdr).ok_or(SegmentError::Malformed)?;
     let id = u16::from_be_bytes([pkt[4], pkt[5]]);
     let seq = u32::from_be_bytes([
-        tcp[TCP_SEQ],
-        tcp[TCP_SEQ + 1],
-        tcp[TCP_SEQ + 2],
-        tcp[TCP_SEQ + 3],
+        l4[TCP_SEQ],
+        l4[TCP_SEQ + 1],
+        l4[TCP_SEQ + 2],
+        l4[TCP_SEQ + 3],
     ]);
-    let flags = tcp[TCP_FLAGS];
+    let flags = l4.get(TCP_FLAGS).copied().unwrap_or_default();
     // Pseudo-header words that every segment shares: source, destination, protocol.
-    let pseudo = sum_words(pkt.get(12..20).ok_or(SegmentError::Malformed)?) + u64::from(PROTO_TCP);
+    let pseudo = sum_words(pkt.get(12..20).ok_or(SegmentError::Malformed)?) + u64::from(proto);
 
     let mut chunks = payload.chunks(mss);
     for k in 0..count {
@@ -161,24 +177,36 @@ fn cut_tcp4(
         h[2..4].copy_from_slice(&seg_total.to_be_bytes());
         h[4..6].copy_from_slice(&id.wrapping_add(k as u16).to_be_bytes());
         fill_header_checksum(&mut h[..ihl]);
-        // TCP: sequence number, flags, checksum.
         let t = &mut h[ihl..];
-        let seg_seq = seq.wrapping_add((k * mss) as u32);
-        t[TCP_SEQ..TCP_SEQ + 4].copy_from_slice(&seg_seq.to_be_bytes());
-        let mut f = flags;
-        if k + 1 < count {
-            f &= !(FLAG_FIN | FLAG_PSH);
+        let l4_len = l4_hdr + chunk.len();
+        let at = if proto == PROTO_TCP {
+            // TCP: sequence number, flags, checksum.
+            let seg_seq = seq.wrapping_add((k * mss) as u32);
+            t[TCP_SEQ..TCP_SEQ + 4].copy_from_slice(&seg_seq.to_be_bytes());
+            let mut f = flags;
+            if k + 1 < count {
+                f &= !(FLAG_FIN | FLAG_PSH);
+            }
+            if k > 0 {
+                f &= !FLAG_CWR;
+            }
+            t[TCP_FLAGS] = f;
+            TCP_CHECKSUM
+        } else {
+            // UDP: length, checksum.
+            t[UDP_LEN..UDP_LEN + 2].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            UDP_CHECKSUM
+        };
+        t[at..at + 2].fill(0);
+        let sum = pseudo + l4_len as u64 + sum_words(t) + sum_words(chunk);
+        // `t` (the TCP or UDP header) has even length, so summing it apart from `chunk` is
+        // exact.
+        let mut csum = !fold(sum);
+        if csum == 0 && proto == PROTO_UDP {
+            // 0 means "no checksum" in UDP.
+            csum = 0xffff;
         }
-        if k > 0 {
-            f &= !FLAG_CWR;
-        }
-        t[TCP_FLAGS] = f;
-        t[TCP_CHECKSUM..TCP_CHECKSUM + 2].fill(0);
-        let tcp_len = doff + chunk.len();
-        let sum = pseudo + tcp_len as u64 + sum_words(t) + sum_words(chunk);
-        // `t` (the TCP header) has even length, so summing it apart from `chunk` is exact.
-        let csum = !fold(sum);
-        t[TCP_CHECKSUM..TCP_CHECKSUM + 2].copy_from_slice(&csum.to_be_bytes());
+        t[at..at + 2].copy_from_slice(&csum.to_be_bytes());
         if layout == Layout::Contiguous {
             out.get_mut(start + hdr..start + hdr + chunk.len())
                 .ok_or(SegmentError::NoRoom)?
@@ -194,8 +222,8 @@ fn cut_tcp4(
     })
 }
 
-/// A run of TCP/IPv4 segments of one flow that will reach the TUN as one super-packet: the
-/// receive-side counterpart of [`segment_tcp4`] (GRO). Only the headers are copied: the
+/// A run of TCP/IPv4 segments (or UDP/IPv4 datagrams) of one flow that will reach the TUN as
+/// one super-packet: the receive-side counterpart of [`segment_tcp4`] (GRO). Only the headers are copied: the
 /// merged packet's header is the first segment's, rewritten in a small buffer
 /// ([`coalesce_finish`]), and every segment's payload is gathered behind it where it lies, by
 /// one `writev` ([`write_coalesced`]).
@@ -207,8 +235,10 @@ pub struct Coalesced {
     pub segments: usize,
     /// Payload bytes of the first segment: the `gso_size` of the virtio-net header.
     pub gso_size: usize,
-    /// IPv4 plus TCP header length: the virtio-net header's `hdr_len`.
+    /// IPv4 plus TCP (or UDP) header length: the virtio-net header's `hdr_len`.
     pub hdr_len: usize,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    proto: u8,
     /// The last segment merged carried PSH; the merged packet carries it.
     psh: bool,
     /// A shorter segment or a PSH ended the run: nothing more may be appended.
@@ -219,43 +249,54 @@ pub struct Coalesced {
 /// SYN, FIN, RST, URG, ECN signals — is delivered on its own).
 const FLAG_ACK: u8 = 0x10;
 
-/// The IPv4 and TCP header lengths and IP total length of a coalescable segment, or `None`.
-/// `seg` must be exactly the packet (its length the IP total length, as the ingress verdict
-/// reports it), so the gathered pieces never carry trailing bytes.
-fn tcp4_headers(seg: &[u8]) -> Option<(usize, usize, usize)> {
+/// The IPv4 and TCP (or UDP) header lengths, IP total length and protocol of a coalescable
+/// packet, or `None`: a TCP data segment with only ACK (and PSH) set, or, with `udp`, a UDP
+/// datagram with payload. `seg` must be exactly the packet (its length the IP total length,
+/// as the ingress verdict reports it), so the gathered pieces never carry trailing bytes.
+fn l4_headers(seg: &[u8], udp: bool) -> Option<(usize, usize, usize, u8)> {
     let view = Ipv4View::new_checked(seg).ok()?;
     let frag = seg.get(6..8)?;
     let ihl = view.header_len();
-    if view.total_len() != seg.len()
-        || view.protocol() != PROTO_TCP
-        || view.fragment_offset() != 0
-        || frag[0] & 0x20 != 0
-        || ihl != 20
-    {
+    let total = view.total_len();
+    if total != seg.len() || view.fragment_offset() != 0 || frag[0] & 0x20 != 0 || ihl != 20 {
         return None;
     }
-    let tcp = seg.get(ihl..view.total_len())?;
-    let doff = usize::from(*tcp.get(TCP_DATA_OFFSET)? >> 4) * 4;
-    let flags = *tcp.get(TCP_FLAGS)?;
-    (doff >= TCP_MIN_HEADER
-        && doff < tcp.len()
-        && (flags == FLAG_ACK || flags == FLAG_ACK | FLAG_PSH))
-        .then_some((ihl, doff, view.total_len()))
+    let l4 = seg.get(ihl..total)?;
+    match view.protocol() {
+        PROTO_TCP => {
+            let doff = usize::from(*l4.get(TCP_DATA_OFFSET)? >> 4) * 4;
+            let flags = *l4.get(TCP_FLAGS)?;
+            (doff >= TCP_MIN_HEADER
+                && doff < l4.len()
+                && (flags == FLAG_ACK || flags == FLAG_ACK | FLAG_PSH))
+                .then_some((ihl, doff, total, PROTO_TCP))
+        }
+        PROTO_UDP if udp => {
+            // The UDP length must agree with the IP one: the merged header gets a new one.
+            let len = l4.get(UDP_LEN..UDP_LEN + 2)?;
+            (usize::from(u16::from_be_bytes([len[0], len[1]])) == l4.len() && l4.len() > UDP_HEADER)
+                .then_some((ihl, UDP_HEADER, total, PROTO_UDP))
+        }
+        _ => None,
+    }
 }
 
-/// Starts a run with the segment `first`. `None` when it is not a coalescable TCP/IPv4 data
-/// segment (then deliver it as it is).
-pub fn coalesce_start(first: &[u8]) -> Option<Coalesced> {
-    let (ihl, doff, total) = tcp4_headers(first)?;
-    let hdr_len = ihl + doff;
-    let psh = first
-        .get(ihl + TCP_FLAGS)
-        .is_some_and(|f| f & FLAG_PSH != 0);
+/// Starts a run with the packet `first`. `None` when it is not a coalescable TCP/IPv4 data
+/// segment or (with `udp`: the TUN takes UDP super-packets) UDP/IPv4 datagram; then deliver
+/// it as it is.
+pub fn coalesce_start(first: &[u8], udp: bool) -> Option<Coalesced> {
+    let (ihl, l4_hdr, total, proto) = l4_headers(first, udp)?;
+    let hdr_len = ihl + l4_hdr;
+    let psh = proto == PROTO_TCP
+        && first
+            .get(ihl + TCP_FLAGS)
+            .is_some_and(|f| f & FLAG_PSH != 0);
     Some(Coalesced {
         len: total,
         segments: 1,
         gso_size: total - hdr_len,
         hdr_len,
+        proto,
         psh,
         closed: psh,
     })
@@ -266,29 +307,46 @@ pub fn coalesce_start(first: &[u8]) -> Option<Coalesced> {
 /// `cur.gso_size` of payload, and the merged packet stays within 64 KiB. Returns whether it
 /// did; the caller then gathers `seg[cur.hdr_len..]` (up to its IP total length) behind the
 /// run. Rules as Linux's `tcp_gro_receive`: same ACK, window and options; a segment shorter
-/// than the first, or one with PSH, is the last.
+/// than the first, or one with PSH, is the last. UDP datagrams as Linux's
+/// `udp_gro_receive_segment`: same addresses and ports, and a datagram shorter than the first
+/// is the last; they have no sequence, so arrival order is their order.
 pub fn coalesce_push(first: &[u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
     if cur.closed {
         return false;
     }
-    let Some((ihl, doff, seg_total)) = tcp4_headers(seg) else {
+    let Some((ihl, l4_hdr, seg_total, proto)) = l4_headers(seg, cur.proto == PROTO_UDP) else {
         return false;
     };
-    let hdr = ihl + doff;
+    let hdr = ihl + l4_hdr;
     let plen = seg_total - hdr;
-    if hdr != cur.hdr_len || plen > cur.gso_size || cur.len + plen > usize::from(u16::MAX) {
+    if proto != cur.proto
+        || hdr != cur.hdr_len
+        || plen > cur.gso_size
+        || cur.len + plen > usize::from(u16::MAX)
+    {
         return false;
     }
     let (Some(f), Some(h)) = (first.get(..hdr), seg.get(..hdr)) else {
         return false;
     };
     let t = ihl;
-    // Version/IHL/TOS; flags and fragment offset, TTL, protocol; addresses; ports; ACK number
-    // and data offset; flags but PSH; window; urgent pointer and options.
-    let same = f[0..2] == h[0..2]
+    // Version/IHL/TOS; flags and fragment offset, TTL, protocol; addresses; ports.
+    let same_ip = f[0..2] == h[0..2]
         && f[6..10] == h[6..10]
         && f[12..20] == h[12..20]
-        && f[t..t + 4] == h[t..t + 4]
+        && f[t..t + 4] == h[t..t + 4];
+    if proto == PROTO_UDP {
+        if !same_ip {
+            return false;
+        }
+        cur.len += plen;
+        cur.segments += 1;
+        cur.closed = plen < cur.gso_size;
+        return true;
+    }
+    // And for TCP: ACK number and data offset; flags but PSH; window; urgent pointer and
+    // options.
+    let same = same_ip
         && f[t + 8..t + 13] == h[t + 8..t + 13]
         && f[t + 13] & !FLAG_PSH == h[t + 13] & !FLAG_PSH
         && f[t + 14..t + 16] == h[t + 14..t + 16]
@@ -314,8 +372,9 @@ pub fn coalesce_push(first: &[u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
 /// header of the merged packet and returns the virtio-net header to write it with.
 ///
 /// A run of one segment is left untouched and goes without offload (`GSO_NONE`). Otherwise:
-/// IP total length and header checksum of the merged packet, PSH if any segment had it, and
-/// in the TCP checksum field the pseudo-header sum with `NEEDS_CSUM`: the kernel treats the
+/// IP total length and header checksum of the merged packet, PSH if any segment had it (UDP:
+/// the merged UDP length), and in the TCP (UDP) checksum field the pseudo-header sum with
+/// `NEEDS_CSUM`: the kernel treats the
 /// packet as `CHECKSUM_PARTIAL` (as if a local socket had sent it), finishing the checksum
 /// only if the packet leaves through a device that needs one. Each segment was protected by
 /// the UDP checksum of the datagram that carried it.
@@ -329,20 +388,27 @@ pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
     let Some(h) = first.get_mut(..cur.hdr_len) else {
         return VnetHdr::default();
     };
+    let l4_len = cur.len - ihl;
     h[2..4].copy_from_slice(&(cur.len as u16).to_be_bytes());
     fill_header_checksum(&mut h[..ihl]);
-    if cur.psh {
-        h[ihl + TCP_FLAGS] |= FLAG_PSH;
-    }
-    let pseudo = sum_words(&h[12..20]) + u64::from(PROTO_TCP) + (cur.len - ihl) as u64;
-    h[ihl + TCP_CHECKSUM..ihl + TCP_CHECKSUM + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    let (gso_type, at) = if cur.proto == PROTO_UDP {
+        h[ihl + UDP_LEN..ihl + UDP_LEN + 2].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        (GSO_UDP_L4, UDP_CHECKSUM)
+    } else {
+        if cur.psh {
+            h[ihl + TCP_FLAGS] |= FLAG_PSH;
+        }
+        (GSO_TCPV4, TCP_CHECKSUM)
+    };
+    let pseudo = sum_words(&h[12..20]) + u64::from(cur.proto) + l4_len as u64;
+    h[ihl + at..ihl + at + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
     VnetHdr {
         flags: VNET_F_NEEDS_CSUM,
-        gso_type: GSO_TCPV4,
+        gso_type,
         hdr_len: cur.hdr_len as u16,
         gso_size: cur.gso_size as u16,
         csum_start: ihl as u16,
-        csum_offset: TCP_CHECKSUM as u16,
+        csum_offset: at as u16,
     }
 }
 
@@ -378,7 +444,8 @@ fn flow_key(pkt: &[u8]) -> u64 {
 /// verdict reports it; an empty slice if the driver lost it), in arrival order. The packets
 /// are grouped by flow first, arrival order kept within each flow, so that the segments of
 /// several TCP flows that arrived interleaved still merge: every run of consecutive segments
-/// of one TCP flow becomes one super-packet, everything else goes alone, each behind its
+/// of one TCP flow (and, with `udp`, of equal datagrams of one UDP flow: the TUN has
+/// `TUN_F_USO4`) becomes one super-packet, everything else goes alone, each behind its
 /// virtio-net header. `order` is scratch space (kept by the caller so nothing is allocated
 /// per call); `write` gets the pieces of one TUN write (to gather with `writev`), the packets
 /// it carries and their bytes.
@@ -388,6 +455,7 @@ fn flow_key(pkt: &[u8]) -> u64 {
 pub fn write_coalesced<'a, P, W>(
     packets: &[(usize, usize)],
     packet: P,
+    udp: bool,
     order: &mut Vec<(u64, u32)>,
     mut write: W,
 ) where
@@ -419,7 +487,7 @@ pub fn write_coalesced<'a, P, W>(
         let mut merged = [0u8; MAX_MERGED_HEADER];
         let mut head: &[u8] = &[];
         let mut vnet = VnetHdr::default();
-        if let Some(mut cur) = coalesce_start(first) {
+        if let Some(mut cur) = coalesce_start(first, udp) {
             while run_end - i < MAX_RUN {
                 match get(run_end) {
                     Some(seg) if coalesce_push(first, &mut cur, seg) => run_end += 1,
@@ -466,9 +534,10 @@ pub const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` holds only the
 /// pseudo-header sum; whoever sends the packet on must finish it.
 pub const VNET_F_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_NONE`, `_TCPV4` and the `_ECN` bit.
+/// `VIRTIO_NET_HDR_GSO_NONE`, `_TCPV4`, `_UDP_L4` and the `_ECN` bit.
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
+pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;
 
 /// `struct virtio_net_hdr` (`<linux/virtio_net.h>`). The TUN uses the host's byte order for
@@ -521,11 +590,12 @@ pub enum Wire {
 
 /// Readies `pkt[..len]`, read from a TUN with `IFF_VNET_HDR` behind header `vnet` (and already
 /// past the egress verdict), for the wire, where every datagram is one whole IPv4 packet with
-/// valid checksums: a TCP super-packet is cut into `gso_size` segments in `scratch` (laid out
+/// valid checksums: a TCP or UDP super-packet is cut into `gso_size` segments in `scratch` (laid out
 /// as `layout` says); a single packet with a partial checksum gets it finished in place.
 ///
 /// # Errors
-/// A GSO type we never enabled (only `TUN_F_TSO4` is), or headers that do not add up.
+/// A GSO type we never enabled (only `TUN_F_TSO4` and `TUN_F_USO4` are), or headers that do
+/// not add up.
 pub fn to_wire(
     vnet: &VnetHdr,
     pkt: &mut [u8],
@@ -534,16 +604,18 @@ pub fn to_wire(
     layout: Layout,
 ) -> Result<Wire, SegmentError> {
     let pkt = pkt.get_mut(..len).ok_or(SegmentError::Malformed)?;
-    match vnet.gso_type & !GSO_ECN {
+    let proto = match vnet.gso_type & !GSO_ECN {
         GSO_NONE => {
             if vnet.flags & VNET_F_NEEDS_CSUM != 0 {
                 finish_checksum(pkt, vnet.csum_start.into(), vnet.csum_offset.into())?;
             }
-            Ok(Wire::Whole { len })
+            return Ok(Wire::Whole { len });
         }
-        GSO_TCPV4 => cut_tcp4(pkt, vnet.gso_size.into(), scratch, layout).map(Wire::Segmented),
-        _ => Err(SegmentError::NotTcp4),
-    }
+        GSO_TCPV4 => PROTO_TCP,
+        GSO_UDP_L4 => PROTO_UDP,
+        _ => return Err(SegmentError::WrongProtocol),
+    };
+    cut4(pkt, proto, vnet.gso_size.into(), scratch, layout).map(Wire::Segmented)
 }
 
 /// Finishes a partial (`CHECKSUM_PARTIAL`) checksum: the one's complement sum of
@@ -873,20 +945,32 @@ mod tests {
     /// Runs [`write_coalesced`] and returns every TUN write: its virtio-net header and the
     /// gathered packet, with a partial checksum finished as the kernel would.
     fn tun_writes(buf: &[u8], packets: &[(usize, usize)]) -> Vec<(VnetHdr, Vec<u8>)> {
+        writes_of(buf, packets, false)
+    }
+
+    /// As `tun_writes`, for a TUN that takes UDP super-packets too if `udp`.
+    fn writes_of(buf: &[u8], packets: &[(usize, usize)], udp: bool) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut writes = Vec::new();
         let packet = |o: usize, l: usize| buf.get(o..o + l).unwrap_or_default();
-        write_coalesced(packets, packet, &mut Vec::new(), |pieces, count, bytes| {
-            let hdr = VnetHdr::parse(&pieces[0]).unwrap();
-            let mut pkt: Vec<u8> = pieces[1..].iter().flat_map(|p| p.to_vec()).collect();
-            assert_eq!(pkt.len(), bytes);
-            // Alone: header and packet; merged: header, merged header, every payload.
-            let want = if count > 1 { count + 2 } else { 2 };
-            assert_eq!(pieces.len(), want, "{count} packets");
-            if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
-                finish_checksum(&mut pkt, hdr.csum_start.into(), hdr.csum_offset.into()).unwrap();
-            }
-            writes.push((hdr, pkt));
-        });
+        write_coalesced(
+            packets,
+            packet,
+            udp,
+            &mut Vec::new(),
+            |pieces, count, bytes| {
+                let hdr = VnetHdr::parse(&pieces[0]).unwrap();
+                let mut pkt: Vec<u8> = pieces[1..].iter().flat_map(|p| p.to_vec()).collect();
+                assert_eq!(pkt.len(), bytes);
+                // Alone: header and packet; merged: header, merged header, every payload.
+                let want = if count > 1 { count + 2 } else { 2 };
+                assert_eq!(pieces.len(), want, "{count} packets");
+                if hdr.flags & VNET_F_NEEDS_CSUM != 0 {
+                    finish_checksum(&mut pkt, hdr.csum_start.into(), hdr.csum_offset.into())
+                        .unwrap();
+                }
+                writes.push((hdr, pkt));
+            },
+        );
         writes
     }
 
@@ -950,7 +1034,7 @@ mod tests {
     #[test]
     fn only_the_next_segment_of_the_same_flow_coalesces() {
         let first = build_tcp4(A, B, 1000, FLAG_ACK, &payload(1000));
-        let mut cur = coalesce_start(&first).unwrap();
+        let mut cur = coalesce_start(&first, false).unwrap();
         let gap = build_tcp4(A, B, 3000, FLAG_ACK, &payload(1000));
         assert!(!coalesce_push(&first, &mut cur, &gap), "sequence gap");
         let other = build_tcp4(A, C, 2000, FLAG_ACK, &payload(1000));
@@ -974,7 +1058,7 @@ mod tests {
         );
         assert_eq!((cur.len, cur.segments), (40 + 1500, 2));
         assert!(
-            coalesce_start(&build_tcp4(A, B, 1, 0x02, &[])).is_none(),
+            coalesce_start(&build_tcp4(A, B, 1, 0x02, &[]), false).is_none(),
             "SYN"
         );
 
@@ -1046,6 +1130,147 @@ mod tests {
             .filter(|p| p[9] == 17)
             .collect();
         assert_eq!(udp_out, udp, "one flow's packets keep their order");
+    }
+
+    /// A UDP/IPv4 datagram from `src`:4000 to `dst`:`dport` with a valid checksum.
+    fn udp4(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut udp = vec![0u8; UDP_HEADER + payload.len()];
+        udp[0..2].copy_from_slice(&4000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&dport.to_be_bytes());
+        let udp_len = udp.len() as u16;
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        udp[8..].copy_from_slice(payload);
+        let mut pkt = super::super::packet::build_ipv4(src, dst, PROTO_UDP, 64, &udp);
+        let sum = sum_words(&pkt[12..20]) + u64::from(PROTO_UDP) + udp.len() as u64;
+        pkt[26..28].copy_from_slice(&(!fold(sum + sum_words(&udp))).to_be_bytes());
+        pkt
+    }
+
+    /// Whether the UDP checksum of `pkt` (a whole UDP/IPv4 packet) verifies.
+    fn udp4_ok(pkt: &[u8]) -> bool {
+        let udp = &pkt[20..];
+        let sum = sum_words(&pkt[12..20]) + u64::from(PROTO_UDP) + udp.len() as u64;
+        fold(sum + sum_words(udp)) == 0xffff
+    }
+
+    /// What the kernel makes of a UDP super-packet written to the TUN (`GSO_UDP_L4`): the
+    /// datagrams, `gso_size` of payload each, with their own lengths and checksums.
+    fn kernel_udp_segments(hdr: &VnetHdr, merged: &[u8]) -> Vec<Vec<u8>> {
+        assert_eq!(
+            (hdr.gso_type, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
+            (GSO_UDP_L4, 28, 20, 6)
+        );
+        assert!(Ipv4View::new_verified(merged).is_ok());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([merged[24], merged[25]])),
+            merged.len() - 20
+        );
+        merged[28..]
+            .chunks(usize::from(hdr.gso_size))
+            .map(|chunk| {
+                let dport = u16::from_be_bytes([merged[22], merged[23]]);
+                let src = Ipv4Addr::new(merged[12], merged[13], merged[14], merged[15]);
+                let dst = Ipv4Addr::new(merged[16], merged[17], merged[18], merged[19]);
+                udp4(src, dst, dport, chunk)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn udp_datagrams_of_a_flow_merge_into_one_uso_write() {
+        let flow: Vec<_> = (0..5u8)
+            .map(|k| udp4(A, B, 53, &[k; 100]))
+            .chain([udp4(A, B, 53, &[9; 60])])
+            .collect();
+        let other = udp4(A, B, 54, &[7; 100]);
+        let mut all: Vec<&[u8]> = flow.iter().map(|p| &p[..]).collect();
+        all.insert(2, &other);
+        let (buf, at) = gro_buffer(&all, 200);
+
+        // A TUN without USO: every datagram alone, untouched.
+        let plain = writes_of(&buf, &at, false);
+        assert_eq!(plain.len(), 7);
+        assert!(plain.iter().all(|(h, _)| *h == VnetHdr::default()));
+
+        let writes = writes_of(&buf, &at, true);
+        assert_eq!(writes.len(), 2, "one super-packet per flow");
+        let (hdr, merged) = writes.iter().find(|(h, _)| h.gso_type != 0).unwrap();
+        assert_eq!((hdr.flags, hdr.gso_size), (VNET_F_NEEDS_CSUM, 100));
+        assert!(
+            udp4_ok(merged),
+            "the partial checksum finishes to a valid one"
+        );
+        assert_eq!(
+            kernel_udp_segments(hdr, merged),
+            flow,
+            "the same datagrams, in order"
+        );
+        assert!(writes.contains(&(VnetHdr::default(), other)));
+    }
+
+    #[test]
+    fn a_shorter_udp_datagram_ends_the_run_and_a_bare_one_is_not_merged() {
+        let a = udp4(A, B, 53, &[1; 100]);
+        let short = udp4(A, B, 53, &[2; 60]);
+        let b = udp4(A, B, 53, &[3; 100]);
+        let empty = udp4(A, B, 53, &[]);
+        let (buf, at) = gro_buffer(&[&a, &short, &b, &empty, &empty], 200);
+        let writes = writes_of(&buf, &at, true);
+        let sizes: Vec<(u8, usize)> = writes.iter().map(|(h, p)| (h.gso_type, p.len())).collect();
+        assert_eq!(sizes, [(GSO_UDP_L4, 28 + 160), (0, 128), (0, 28), (0, 28)]);
+    }
+
+    #[test]
+    fn a_udp_super_packet_leaves_as_datagrams_that_merge_back() {
+        let data = payload(2500);
+        let whole = udp4(A, B, 443, &data);
+        let mut pkt = whole.clone();
+        // What the kernel hands over with USO: the pseudo-header sum in the checksum field.
+        let partial =
+            fold(sum_words(&pkt[12..20]) + u64::from(PROTO_UDP) + (pkt.len() - 20) as u64);
+        pkt[26..28].copy_from_slice(&partial.to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 1000,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        let mut out = vec![0u8; 8000];
+        let len = pkt.len();
+        let Ok(Wire::Segmented(s)) = to_wire(&vnet, &mut pkt, len, &mut out, Layout::Contiguous)
+        else {
+            panic!("a UDP super-packet is segmented");
+        };
+        assert_eq!((s.count, s.segment_len, s.hdr_len), (3, 1028, 28));
+        let segs: Vec<Vec<u8>> = (0..s.count)
+            .map(|k| {
+                out[k * s.segment_len..(k * s.segment_len + s.segment_len).min(s.total)].to_vec()
+            })
+            .collect();
+        for (k, seg) in segs.iter().enumerate() {
+            let v = Ipv4View::new_verified(seg).expect("a valid IPv4 header");
+            assert_eq!(v.total_len(), seg.len());
+            assert_eq!(
+                u16::from_be_bytes([seg[4], seg[5]]),
+                k as u16,
+                "ids count up"
+            );
+            assert_eq!(
+                usize::from(u16::from_be_bytes([seg[24], seg[25]])),
+                seg.len() - 20
+            );
+            assert!(udp4_ok(seg), "segment {k}'s UDP checksum");
+            assert_eq!(seg[28..], data[k * 1000..(k * 1000 + 1000).min(2500)]);
+        }
+        // And back: the receiving side merges them into the super-packet again.
+        let refs: Vec<&[u8]> = segs.iter().map(|p| &p[..]).collect();
+        let (buf, at) = gro_buffer(&refs, 1100);
+        let writes = writes_of(&buf, &at, true);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].1[28..], data[..]);
+        assert_eq!(writes[0].1[..4], whole[..4]);
     }
 
     #[test]
@@ -1147,7 +1372,7 @@ mod tests {
         let udp = super::super::packet::build_ipv4(A, B, 17, 64, &payload(100));
         assert_eq!(
             segment_tcp4(&udp, 1000, &mut out),
-            Err(SegmentError::NotTcp4)
+            Err(SegmentError::WrongProtocol)
         );
         let mut bad_doff = tcp.clone();
         bad_doff[20 + TCP_DATA_OFFSET] = 2 << 4;
@@ -1164,7 +1389,7 @@ mod tests {
         fill_header_checksum(&mut frag[..20]);
         assert_eq!(
             segment_tcp4(&frag, 1000, &mut out),
-            Err(SegmentError::NotTcp4)
+            Err(SegmentError::WrongProtocol)
         );
     }
 }

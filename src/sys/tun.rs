@@ -4,11 +4,12 @@
 //! wire format is the bare IPv4 packet), one queue per worker. The device is not persistent: it
 //! disappears, with its address and routes, when the last queue is closed.
 //!
-//! With offloads, also `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4)`: every read
-//! and write then starts with a `virtio_net_hdr` (`datapath::offload::VnetHdr`), reads may be
-//! TCP super-packets of up to 64 KiB with partial checksums, and writes may be too. Only TSO4:
-//! the overlay is IPv4, and UDP segmentation offload (`TUN_F_USO4`) would hand over UDP
-//! super-packets that the datapath does not cut.
+//! With offloads, also `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_USO4 |
+//! TUN_F_USO6)`: every read and write then starts with a `virtio_net_hdr`
+//! (`datapath::offload::VnetHdr`), reads may be TCP or UDP super-packets of up to 64 KiB with
+//! partial checksums, and writes may be too. No TSO6: the overlay is IPv4. UDP segmentation
+//! offload arrived in Linux 6.2 (and the kernel takes USO4 only together with USO6); where the
+//! kernel refuses it, the queues fall back to TCP alone ([`TunQueue::uso`] says which).
 //!
 //! A queue is held as a plain file once opened: `tun-rs` creates the device, but it cannot
 //! adopt an fd with `IFF_VNET_HDR` (it refuses, having no way to learn the framing), and a
@@ -28,12 +29,17 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use tun_rs::DeviceBuilder;
 
 /// One queue (one fd) of a multi-queue TUN device.
-pub struct TunQueue(File);
+pub struct TunQueue {
+    file: File,
+    /// UDP segmentation offload is on (see the module docs).
+    uso: bool,
+}
 
 impl std::fmt::Debug for TunQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TunQueue")
-            .field(&self.0.as_raw_fd())
+        f.debug_struct("TunQueue")
+            .field("fd", &self.file.as_raw_fd())
+            .field("uso", &self.uso)
             .finish()
     }
 }
@@ -58,26 +64,43 @@ pub fn open_queues(name: &str, queues: usize, offload: bool) -> io::Result<Vec<T
         all.push(owned(first.try_clone()?));
     }
     all.insert(0, owned(first));
-    // tun-rs enables TSO6 and USO as well (on every clone too); the offload mask is
-    // device-wide, so narrowing it once after the last clone is what counts. Without offloads
-    // the mask is cleared: a persistent device (see `set_persist`) keeps the mask a previous
-    // daemon set, and no reader without virtio-net headers may be handed super-packets.
-    let mask = if offload {
-        libc::TUN_F_CSUM | libc::TUN_F_TSO4
+    // tun-rs enables TSO6 as well (on every clone too); the offload mask is device-wide, so
+    // setting it once after the last clone is what counts. Without offloads the mask is
+    // cleared: a persistent device (see `set_persist`) keeps the mask a previous daemon set,
+    // and no reader without virtio-net headers may be handed super-packets.
+    let uso = if offload {
+        set_offloads(&all[0])?
     } else {
-        0
+        set_offload(&all[0], 0)?;
+        false
     };
-    set_offload(&all[0], mask)?;
+    for q in &mut all {
+        q.uso = uso;
+    }
     Ok(all)
+}
+
+/// Sets the offload mask of a device with virtio-net headers: TCP and UDP segmentation where
+/// the kernel has both, else TCP alone. Returns whether UDP's is on.
+fn set_offloads(q: &TunQueue) -> io::Result<bool> {
+    let tcp = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+    match set_offload(q, tcp | libc::TUN_F_USO4 | libc::TUN_F_USO6) {
+        Ok(()) => Ok(true),
+        // Before 6.2 the kernel knows no USO bits and refuses the whole mask.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => set_offload(q, tcp).map(|()| false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Takes the fd out of a `tun-rs` device.
 fn owned(dev: tun_rs::SyncDevice) -> TunQueue {
     // SAFETY: `into_raw_fd` gives up the device's one fd without closing it; nothing else owns
     // it, so the `OwnedFd` becomes its only owner.
-    TunQueue(File::from(unsafe {
-        OwnedFd::from_raw_fd(dev.into_raw_fd())
-    }))
+    let fd = unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) };
+    TunQueue {
+        file: File::from(fd),
+        uso: false,
+    }
 }
 
 /// `TUNSETOFFLOAD`: which offloads the kernel may hand to this device's readers.
@@ -98,8 +121,11 @@ impl TunQueue {
     /// # Errors
     /// `fd` is no TUN queue, or one of another device.
     pub fn adopt(fd: OwnedFd, name: &str) -> io::Result<TunQueue> {
-        let q = TunQueue(File::from(fd));
-        let (attached, _) = q.getiff().map_err(|e| {
+        let mut q = TunQueue {
+            file: File::from(fd),
+            uso: false,
+        };
+        let (attached, flags) = q.getiff().map_err(|e| {
             io::Error::new(e.kind(), format!("fd {} is not a TUN queue: {e}", q.raw()))
         })?;
         if attached != name {
@@ -108,7 +134,18 @@ impl TunQueue {
                 format!("fd {} is a queue of {attached:?}, not of {name:?}", q.raw()),
             ));
         }
+        // The offload mask is the device's and survives its queues' owners; setting it again
+        // tells this image which one holds (the previous image may predate USO).
+        if flags & libc::IFF_VNET_HDR != 0 {
+            q.uso = set_offloads(&q)?;
+        }
         Ok(q)
+    }
+
+    /// Whether UDP segmentation offload is on: reads may be UDP super-packets
+    /// (`VIRTIO_NET_HDR_GSO_UDP_L4`), and writes may be.
+    pub fn uso(&self) -> bool {
+        self.uso
     }
 
     /// `TUNGETIFF`: the device's name and flags.
@@ -164,36 +201,36 @@ impl TunQueue {
     }
 
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        super::fd::set_nonblocking(self.0.as_fd(), nonblocking)
+        super::fd::set_nonblocking(self.file.as_fd(), nonblocking)
     }
 
     /// Reads one packet (blocking unless the queue was made non-blocking).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.0).read(buf)
+        (&self.file).read(buf)
     }
 
     /// Writes one packet.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        (&self.0).write(buf)
+        (&self.file).write(buf)
     }
 
     /// Writes one packet gathered from `pieces` (`writev`).
     pub fn send_vectored(&self, pieces: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        (&self.0).write_vectored(pieces)
+        (&self.file).write_vectored(pieces)
     }
 
     pub fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.file.as_raw_fd()
     }
 
     /// Gives up the fd (a hand-over).
     pub fn into_fd(self) -> OwnedFd {
-        self.0.into()
+        self.file.into()
     }
 }
 
 impl AsFd for TunQueue {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.file.as_fd()
     }
 }

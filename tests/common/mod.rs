@@ -33,6 +33,8 @@ pub enum Cap {
     Moto,
     /// Python's `prometheus_client` text-format parser, in the same venv.
     PromParser,
+    /// UDP segmentation offload on TUN devices (`TUN_F_USO4`, Linux 6.2).
+    TunUso,
 }
 
 /// `Ok(())` if this machine can run tests needing `cap`, else why not.
@@ -85,6 +87,21 @@ pub fn probe(cap: Cap) -> Result<(), String> {
         Cap::Nft => run_ok("nft", &["--version"]),
         Cap::Iperf3 => run_ok("iperf3", &["--version"]),
         Cap::IoUring => flannel_rs::sys::uring::probe(),
+        Cap::TunUso => {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let mut v = release
+                .split(['.', '-'])
+                .map(|x| x.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+            if (major, minor) >= (6, 2) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "kernel {} has no TUN_F_USO4 (6.2+)",
+                    release.trim()
+                ))
+            }
+        }
         Cap::Moto => moto_server().map(|_| ()),
         Cap::PromParser => venv_python().and_then(|py| {
             run_ok(

@@ -96,7 +96,8 @@ where
 }
 
 /// Writes `delivered` (each `(offset, len)`, found by `packet`) to the TUN, the segments of
-/// each TCP flow coalesced into super-packets (see [`write_coalesced`]), and empties the list.
+/// each TCP flow (and the datagrams of each UDP flow, where the TUN takes UDP super-packets)
+/// coalesced into super-packets (see [`write_coalesced`]), and empties the list.
 /// `order` is the coalescer's scratch space.
 pub fn write_delivered<'a>(
     tun: &TunQueue,
@@ -105,16 +106,20 @@ pub fn write_delivered<'a>(
     order: &mut Vec<(u64, u32)>,
     stats: &WorkerStats,
 ) {
-    write_coalesced(delivered, packet, order, |pieces, packets, bytes| match tun
-        .send_vectored(pieces)
-    {
-        Ok(_) => stats.ingress_n(packets, bytes),
-        Err(_) => {
-            for _ in 0..packets {
-                stats.drop_packet(DropReason::TunError);
+    write_coalesced(
+        delivered,
+        packet,
+        tun.uso(),
+        order,
+        |pieces, packets, bytes| match tun.send_vectored(pieces) {
+            Ok(_) => stats.ingress_n(packets, bytes),
+            Err(_) => {
+                for _ in 0..packets {
+                    stats.drop_packet(DropReason::TunError);
+                }
             }
-        }
-    });
+        },
+    );
     delivered.clear();
 }
 
