@@ -406,9 +406,15 @@ fn listen(
     port: u16,
     timeout_secs: u32,
 ) -> (Child, BufReader<std::process::ChildStdout>) {
+    let recv = tool("recv_udp.py").display().to_string();
+    let (port, timeout) = (port.to_string(), timeout_secs.to_string());
+    spawn_listening(netns, &[&recv, ip, &port, &timeout])
+}
+
+/// Runs the Python tool `args` (script first) in `netns` and waits for its `listening`.
+fn spawn_listening(netns: &str, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = in_netns(Some(netns), "python3")
-        .arg(tool("recv_udp.py"))
-        .args([ip, &port.to_string(), &timeout_secs.to_string()])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -607,15 +613,9 @@ fn udp_flows_cross_as_super_packets_and_arrive_whole() {
     let (count, size, per_send) = (600, 1000, 20);
     let pod1 = c.pod_ip(1);
     let burst = tool("udp_burst.py").display().to_string();
-    let mut rx = in_netns(Some(&c.hosts[1].pod_netns), "python3")
-        .args([&burst, "recv", &pod1, "9300", &count.to_string(), "5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(rx.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "listening");
+    let n = count.to_string();
+    let recv = [burst.as_str(), "recv", &pod1, "9300", &n, "5"];
+    let (mut rx, mut out) = spawn_listening(&c.hosts[1].pod_netns, &recv);
     sh(
         Some(&c.hosts[0].pod_netns),
         "python3",
@@ -629,7 +629,7 @@ fn udp_flows_cross_as_super_packets_and_arrive_whole() {
             &per_send.to_string(),
         ],
     );
-    line.clear();
+    let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(rx.wait().unwrap().success());
     assert_eq!(

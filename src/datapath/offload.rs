@@ -1176,6 +1176,28 @@ mod tests {
             .collect()
     }
 
+    /// `pkt` (a whole TCP or UDP/IPv4 packet with a 20-byte TCP header) as a TUN read with
+    /// offloads hands it over: the pseudo-header sum in its checksum field, behind a
+    /// virtio-net header asking for `gso_size` segments.
+    fn as_read_from_tun(pkt: &[u8], gso_size: u16) -> (Vec<u8>, VnetHdr) {
+        let (gso_type, l4_hdr, at) = match pkt[9] {
+            PROTO_TCP => (GSO_TCPV4, 20, TCP_CHECKSUM),
+            _ => (GSO_UDP_L4, UDP_HEADER, UDP_CHECKSUM),
+        };
+        let mut pkt = pkt.to_vec();
+        let pseudo = sum_words(&pkt[12..20]) + u64::from(pkt[9]) + (pkt.len() - 20) as u64;
+        pkt[20 + at..22 + at].copy_from_slice(&fold(pseudo).to_be_bytes());
+        let vnet = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: 20 + l4_hdr as u16,
+            gso_size,
+            csum_start: 20,
+            csum_offset: at as u16,
+        };
+        (pkt, vnet)
+    }
+
     #[test]
     fn udp_datagrams_of_a_flow_merge_into_one_uso_write() {
         let flow: Vec<_> = (0..5u8)
@@ -1224,19 +1246,7 @@ mod tests {
     fn a_udp_super_packet_leaves_as_datagrams_that_merge_back() {
         let data = payload(2500);
         let whole = udp4(A, B, 443, &data);
-        let mut pkt = whole.clone();
-        // What the kernel hands over with USO: the pseudo-header sum in the checksum field.
-        let partial =
-            fold(sum_words(&pkt[12..20]) + u64::from(PROTO_UDP) + (pkt.len() - 20) as u64);
-        pkt[26..28].copy_from_slice(&partial.to_be_bytes());
-        let vnet = VnetHdr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: GSO_UDP_L4,
-            hdr_len: 28,
-            gso_size: 1000,
-            csum_start: 20,
-            csum_offset: 6,
-        };
+        let (mut pkt, vnet) = as_read_from_tun(&whole, 1000);
         let mut out = vec![0u8; 8000];
         let len = pkt.len();
         let Ok(Wire::Segmented(s)) = to_wire(&vnet, &mut pkt, len, &mut out, Layout::Contiguous)
@@ -1289,18 +1299,8 @@ mod tests {
     #[test]
     fn super_packets_leave_as_whole_datagrams_in_bounded_gso_sends() {
         let data = payload(65_000);
-        let mut pkt = build_tcp4(A, B, 9, FLAG_ACK, &data);
-        // What the kernel hands over with TSO: the pseudo-header sum in the checksum field.
-        let partial = fold(pseudo_of(&pkt));
-        pkt[36..38].copy_from_slice(&partial.to_be_bytes());
-        let vnet = VnetHdr {
-            flags: VNET_F_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 40,
-            gso_size: 1400,
-            csum_start: 20,
-            csum_offset: 16,
-        };
+        let pkt = build_tcp4(A, B, 9, FLAG_ACK, &data);
+        let (mut pkt, vnet) = as_read_from_tun(&pkt, 1400);
         assert_eq!(VnetHdr::parse(&vnet.encode()), Some(vnet));
         let mut scratch = vec![0u8; 80_000];
         let len = pkt.len();
