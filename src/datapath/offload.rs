@@ -1,8 +1,7 @@
 //! Userspace segmentation for the TUN offloads (issue 5): with `IFF_VNET_HDR` and
 //! `TUNSETOFFLOAD(TUN_F_TSO4 | TUN_F_USO4)` the kernel hands over TCP/IPv4 (and UDP/IPv4)
-//! "super-packets" of up to 64 KiB,
-//! which must leave as ordinary packets of at most MTU bytes each, one per UDP datagram, so the
-//! wire format stays upstream's. [`segment_tcp4`] cuts one super-packet into MSS-sized segments
+//! "super-packets" of up to 64 KiB, which must leave as ordinary packets of at most MTU bytes
+//! each, one per UDP datagram, so the wire format stays upstream's. [`segment_tcp4`] cuts one super-packet into MSS-sized segments
 //! laid out back to back in one buffer, every segment but the last exactly
 //! [`Segments::segment_len`] bytes: the layout a single `UDP_SEGMENT` (GSO) send wants.
 //! [`to_wire`] decides, from the virtio-net header the TUN read came with, whether a packet
@@ -43,7 +42,7 @@ const FLAG_CWR: u8 = 0x80;
 pub enum SegmentError {
     #[error("not an unfragmented IPv4 packet of the offload's protocol (TCP or UDP)")]
     WrongProtocol,
-    #[error("truncated or inconsistent IPv4/TCP header")]
+    #[error("truncated or inconsistent IPv4/TCP/UDP header")]
     Malformed,
     #[error("segment size 0")]
     ZeroMss,
@@ -223,8 +222,8 @@ fn cut4(
 }
 
 /// A run of TCP/IPv4 segments (or UDP/IPv4 datagrams) of one flow that will reach the TUN as
-/// one super-packet: the receive-side counterpart of [`segment_tcp4`] (GRO). Only the headers are copied: the
-/// merged packet's header is the first segment's, rewritten in a small buffer
+/// one super-packet: the receive-side counterpart of [`segment_tcp4`] (GRO). Only the headers
+/// are copied: the merged packet's header is the first segment's, rewritten in a small buffer
 /// ([`coalesce_finish`]), and every segment's payload is gathered behind it where it lies, by
 /// one `writev` ([`write_coalesced`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,9 +373,8 @@ pub fn coalesce_push(first: &[u8], cur: &mut Coalesced, seg: &[u8]) -> bool {
 /// A run of one segment is left untouched and goes without offload (`GSO_NONE`). Otherwise:
 /// IP total length and header checksum of the merged packet, PSH if any segment had it (UDP:
 /// the merged UDP length), and in the TCP (UDP) checksum field the pseudo-header sum with
-/// `NEEDS_CSUM`: the kernel treats the
-/// packet as `CHECKSUM_PARTIAL` (as if a local socket had sent it), finishing the checksum
-/// only if the packet leaves through a device that needs one. Each segment was protected by
+/// `NEEDS_CSUM`: the kernel treats the packet as `CHECKSUM_PARTIAL` (as if a local socket had
+/// sent it), finishing the checksum only if the packet leaves through a device that needs one. Each segment was protected by
 /// the UDP checksum of the datagram that carried it.
 pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
     if cur.segments < 2 {
@@ -416,7 +414,7 @@ pub fn coalesce_finish(first: &mut [u8], cur: &Coalesced) -> VnetHdr {
 /// run rarely gets longer; a longer one is simply cut).
 pub const MAX_RUN: usize = 64;
 
-/// Longest header a merged packet can have: IPv4 (20 bytes, `tcp4_headers` wants no options)
+/// Longest header a merged packet can have: IPv4 (20 bytes, `l4_headers` wants no options)
 /// plus the longest TCP header.
 const MAX_MERGED_HEADER: usize = 20 + 60;
 
@@ -518,7 +516,7 @@ pub fn write_coalesced<'a, P, W>(
         pieces[1] = std::io::IoSlice::new(head);
         let mut bytes = head.len();
         for (k, piece) in (i..run_end).zip(pieces[2..].iter_mut()) {
-            // A merged segment is exactly its IP total length long (`tcp4_headers` checked).
+            // A merged segment is exactly its IP total length long (`l4_headers` checked).
             let payload = get(k).and_then(|s| s.get(head.len()..)).unwrap_or_default();
             bytes += payload.len();
             *piece = std::io::IoSlice::new(payload);
@@ -590,8 +588,9 @@ pub enum Wire {
 
 /// Readies `pkt[..len]`, read from a TUN with `IFF_VNET_HDR` behind header `vnet` (and already
 /// past the egress verdict), for the wire, where every datagram is one whole IPv4 packet with
-/// valid checksums: a TCP or UDP super-packet is cut into `gso_size` segments in `scratch` (laid out
-/// as `layout` says); a single packet with a partial checksum gets it finished in place.
+/// valid checksums: a TCP or UDP super-packet is cut into `gso_size` segments in `scratch`
+/// (laid out as `layout` says); a single packet with a partial checksum gets it finished in
+/// place.
 ///
 /// # Errors
 /// A GSO type we never enabled (only `TUN_F_TSO4` and `TUN_F_USO4` are), or headers that do

@@ -104,15 +104,21 @@ impl UringIo {
             recv_control: offload,
         };
         let ring = Ring::new(fds.tun.as_fd(), fds.rx.as_fd(), fds.stop.as_fd(), layout)?;
+        let ingress = ring.slots() - ring.egress_slots();
         tracing::debug!(
             multishot_reads = ring.multishot_reads(),
             multishot_receives = ring.multishot_receives(),
             fixed_buffers = ring.fixed_buffers(),
             egress = ring.egress_slots(),
-            ingress = ring.slots() - ring.egress_slots(),
+            ingress,
             "io_uring worker ready"
         );
-        let ingress = ring.slots() - ring.egress_slots();
+        // Deliveries of one batch: at most a GRO receive's datagrams per ingress slot.
+        let deliveries = if offload {
+            ingress * GRO_MAX_SEGMENTS
+        } else {
+            0
+        };
         Ok(UringIo {
             tun_writes: vec![(0, TunWrite::Deliver); ring.slots()].into_boxed_slice(),
             pending: Vec::with_capacity(ring.egress_slots()),
@@ -121,17 +127,9 @@ impl UringIo {
             busy_poll: cfg.busy_poll,
             read_len,
             headroom,
-            delivered: Vec::with_capacity(if offload {
-                ingress * GRO_MAX_SEGMENTS
-            } else {
-                0
-            }),
+            delivered: Vec::with_capacity(deliveries),
             held: Vec::with_capacity(if offload { ingress } else { 0 }),
-            flows: Vec::with_capacity(if offload {
-                ingress * GRO_MAX_SEGMENTS
-            } else {
-                0
-            }),
+            flows: Vec::with_capacity(deliveries),
             gso: GsoSender::default(),
             stats,
             fds,
@@ -363,8 +361,9 @@ impl UringIo {
         Ok(())
     }
 
-    /// Writes the packets this batch's receives delivered to the TUN, every TCP flow's
-    /// segments coalesced (one `writev` per super-packet), then sends their slots home.
+    /// Writes the packets this batch's receives delivered to the TUN, each flow's segments
+    /// coalesced (one `writev` per super-packet, see `write_delivered`), then sends their
+    /// slots home.
     ///
     /// Why at the end of the batch: a GRO receive holds one sender's GSO send, about half a
     /// 64 KiB super-packet, so merging within a receive gave TUN writes of 16 segments where
