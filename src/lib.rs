@@ -1,31 +1,39 @@
 //! flannel-rs: a drop-in `flanneld` in Rust.
 //!
-//! The map (see `DESIGN.md` for the picture), top to bottom. A module names only those
-//! below it; `tests/layering.rs` keeps it so (and no file over 800 lines before its tests):
+//! The map is `docs/design.md`: the parts, how a lease, a packet and a config flow, the
+//! layers, and which module owns each kernel object. The layers, top to bottom: a module
+//! names only modules on a lower floor, as the table in `docs/design.md` lists them, and
+//! `tests/layering.rs` checks exactly that table (and that no file is over 800 lines before
+//! its tests):
 //!
 //! ```text
-//! bin ─► daemon, ctl ─► (subnet, backend) ─► exec ─► datapath ─► sys
-//!          cli; config, compat, cancel and the subnet types are the shared ground
+//! floor 4   daemon, ctl
+//! floor 3   backend, cli, fuzzing
+//! floor 2   exec, datapath, config, cni        (exec and datapath are siblings under backend)
+//! floor 1   subnet                             (named by datapath, exec, config, cni, ...)
+//! floor 0   sys, cancel, compat, status        (name nothing of the crate)
 //! ```
-//! - [`daemon`]: start-up order, signals, subnet.env, the main loop, health server.
-//! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
-//! - [`ctl`]: `flannelctl`, the operator's tool (beside `daemon` at the top: names `cli`,
-//!   never `daemon`): leases, reservations and config in etcd, the local node's `/status`.
-//! - [`cni`]: the `flannel` CNI meta-plugin (its own binary; names only the ground).
+//! - [`daemon`]: start-up order, signals, subnet.env, the main loop, the health server, the
+//!   daemon's side of the `SIGUSR2` hand-over.
+//! - [`ctl`]: `flannelctl`, the operator's tool (names `cli`, never `daemon`): leases,
+//!   reservations and config in etcd, the local node's `/status`.
 //! - [`backend`]: the [`backend::Backend`] trait and one module per backend: what to do
-//!   (plans, reconciliation against a `Host` seam), not the doing.
+//!   (plans, reconciliation against a `Host` seam), with the doing in `exec` and, for udp,
+//!   the datapath.
+//! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
+//! - [`cni`]: the `flannel` CNI meta-plugin (its own binary).
+//! - [`exec`]: control-plane code with side effects: the one netlink client, interface
+//!   discovery, the TUN device's address and route, hooks, masquerade rules.
+//! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the route table,
+//!   the worker threads, and the drivers that carry out its decisions ([`datapath::io`]).
+//! - [`config`]: the network config, validated.
 //! - [`subnet`]: the lease model, subnet math, subnet.env, the etcd registry, the watch
-//!   reducer that turns etcd events into [`subnet::lease::LeaseEvent`]s, and the two
-//!   lease loops: the watcher and the keeper.
-//! - [`exec`]: control-plane code with side effects: the one netlink client,
-//!   interface discovery, the TUN device set-up, hooks, masquerade rules.
-//! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the worker
-//!   loop, and the drivers that carry its decisions out ([`datapath::io`]).
+//!   reducer that turns etcd events into [`subnet::lease::LeaseEvent`]s, and the two lease
+//!   loops: the watcher and the keeper.
 //! - [`sys`]: the ground floor: safe wrappers over the kernel (TUN, sockets, io_uring,
-//!   eventfd, netns); it imports nothing else of the crate.
-//! - [`config`], [`compat`], [`cancel`]: the network config, the names upstream fixes,
-//!   the cancellation token every long-running task takes.
-//! - [`status`]: a running node's state as JSON (`GET /status`, `flannelctl status`).
+//!   eventfd, fds across `execve`, netns).
+//! - [`status`], [`cancel`], [`compat`]: the `/status` JSON document, the cancellation token
+//!   every long-running task takes, the names upstream fixes.
 //!
 //! `unsafe` is denied everywhere except in `sys/` (also by `[lints]` in Cargo.toml), and
 //! every block there has a `// SAFETY:` line.
