@@ -19,15 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use flannel_rs::datapath::offload::{
-    build_tcp4, segment_tcp4, segment_tcp4_headers, write_coalesced,
-};
-use flannel_rs::datapath::packet::{build_ipv4, PROTO_UDP};
+use flannel_rs::datapath::gro::write_coalesced;
+use flannel_rs::datapath::gso::{segment_tcp4, segment_tcp4_headers};
 use flannel_rs::datapath::pipeline::{
     egress_verdict, ingress_verdict, IcmpResponder, MemIo, Origin, Pipeline, Verdict,
 };
 use flannel_rs::datapath::route::{Route, RouteTable, Routes};
 use flannel_rs::datapath::stats::WorkerStats;
+use flannel_rs::datapath::wire::ipv4::{build_ipv4, PROTO_UDP};
+use flannel_rs::datapath::wire::tcp::build_tcp4;
 
 /// A table of `n` /`len` subnets in `network`, peer i at 192.0.2.x / 198.51.x.y.
 fn table(network: &str, len: u8, n: u32) -> RouteTable {

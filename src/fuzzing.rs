@@ -56,11 +56,11 @@ pub fn subnet_env(data: &[u8]) {
 pub fn packet(data: &[u8]) {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use crate::datapath::packet::Ipv4View;
     use crate::datapath::pipeline::{
         egress_verdict, ingress_verdict, IcmpResponder, Verdict, MIN_BUFFER,
     };
     use crate::datapath::route::{Route, RouteTable};
+    use crate::datapath::wire::ipv4::Ipv4View;
 
     let Some((&mode, pkt)) = data.split_first() else {
         return;
@@ -106,10 +106,10 @@ pub fn packet(data: &[u8]) {
 /// segment size) split and written back coalesced: every TUN write is a virtio-net header
 /// plus one IPv4 packet exactly as long as its total length says.
 pub fn offload(data: &[u8]) {
-    use crate::datapath::offload::{
-        to_wire, write_coalesced, Layout, VnetHdr, Wire, VNET_F_NEEDS_CSUM, VNET_HDR_LEN,
-    };
-    use crate::datapath::packet::Ipv4View;
+    use crate::datapath::gro::write_coalesced;
+    use crate::datapath::gso::{to_wire, Layout, Wire, GSO_MAX_BYTES};
+    use crate::datapath::wire::ipv4::Ipv4View;
+    use crate::datapath::wire::vnet::{VnetHdr, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
 
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -130,7 +130,7 @@ pub fn offload(data: &[u8]) {
                     assert_eq!(v.total_len(), seg.len(), "segment length");
                 }
                 for r in s.sends(64) {
-                    assert!(r.len() <= crate::datapath::offload::GSO_MAX_BYTES);
+                    assert!(r.len() <= GSO_MAX_BYTES);
                 }
                 // Gathering headers and payloads in place sends the very same bytes.
                 let mut hdrs = vec![0u8; 2 * 65_536];

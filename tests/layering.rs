@@ -1,28 +1,20 @@
-//! The layer rules of DESIGN.md, checked on the source: who may name whom.
+//! The layer graph of `docs/design.md`, checked on the source: who may name whom.
 //!
-//! ```text
-//! bin ─► daemon ─► (subnet, backend) ─► exec ─► datapath ─► sys
-//!          config, compat, cancel and the subnet types are the shared ground
-//! ```
-//! - `sys/` is the ground floor: it names no other module of the crate.
-//! - Nothing below `daemon/` names `crate::daemon` or `crate::cli`; `ctl/` (flannelctl, beside
-//!   `daemon` at the top) may name `cli` but never `daemon`.
-//! - Along the chain daemon → backend → exec → datapath → sys nothing names a module above it.
-//! - No two top-level modules import each other, directly or round a longer circle.
-//! - No source file holds more than 800 lines before its `#[cfg(test)]` module: past that
-//!   it is two files (DESIGN.md: split along pure and effect).
+//! `docs/design.md` ("Layers") holds a table, one row per top-level module: its floor and the
+//! modules it may name. This test reads that table and holds the code and the document to
+//! each other:
+//! - every `crate::x` a module names is an arrow the table draws;
+//! - every arrow the table draws is one the code has (the document draws the real graph);
+//! - every arrow goes down at least one floor, so there is no circle, and `sys` (floor 0)
+//!   names nothing;
+//! - no source file holds more than 800 lines before its `#[cfg(test)]` module: past that
+//!   it is two files (split along pure and effect).
 //!
 //! A reference is any `crate::name` in a file (a `use`, a path in code, a doc link), so the
 //! check agrees with `grep -rn 'crate::datapath' src/sys`. Pure file reading: no root needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// The chain, highest first: a module may name only modules after it in this list.
-const CHAIN: [&str; 5] = ["daemon", "backend", "exec", "datapath", "sys"];
-
-/// Top-level modules that may name `cli` or `daemon` (the program's top).
-const TOP: [&str; 3] = ["daemon", "ctl", "fuzzing"];
 
 /// The top-level module a source file belongs to (`src/exec/masq/rules.rs` → `exec`), or
 /// `None` for the crate root and the binaries, which may name anything.
@@ -117,95 +109,98 @@ fn edges(src: &Path) -> Vec<Edge> {
     out
 }
 
-/// The broken rules in `src`, one line each (empty when the layering holds).
-fn violations(src: &Path) -> Vec<String> {
+/// The layer table of `docs/design.md`: each module's floor and the modules it may name.
+#[derive(Debug, Default)]
+struct Layers {
+    floor: BTreeMap<String, u32>,
+    may_name: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The backticked names in a table cell (`"`a`, `b`"` → a, b; "nothing" → none).
+fn names_in(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads the rows `| `module`[, `module`] | floor | `name`, ... |` of the table under the
+/// "## Layers" heading of `design` (the text of docs/design.md).
+fn parse_layers(design: &str) -> Layers {
+    let mut layers = Layers::default();
+    let section = design
+        .split("\n## ")
+        .find(|s| s.starts_with("Layers"))
+        .expect("docs/design.md has a \"## Layers\" section");
+    for line in section.lines() {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').collect();
+        let [modules, floor, names] = cells[..] else {
+            continue;
+        };
+        let Ok(floor) = floor.trim().parse::<u32>() else {
+            continue; // the header and its rule
+        };
+        for module in names_in(modules) {
+            layers.floor.insert(module.clone(), floor);
+            layers
+                .may_name
+                .entry(module)
+                .or_default()
+                .extend(names_in(names));
+        }
+    }
+    layers
+}
+
+/// The broken rules in `src` against `layers`, one line each (empty when code and table
+/// agree).
+fn violations(src: &Path, layers: &Layers) -> Vec<String> {
     let edges = edges(src);
     let mut bad = Vec::new();
-    let rank = |m: &str| CHAIN.iter().position(|c| *c == m);
     for e in &edges {
         let at = e.file.strip_prefix(src).unwrap().display();
-        if e.from == "sys" {
+        let drawn = layers.may_name.get(&e.from);
+        if drawn.is_none() {
             bad.push(format!(
-                "src/{at}: sys/ is the ground floor but names crate::{}",
-                e.to
+                "src/{at}: module {} has no row in docs/design.md's layer table",
+                e.from
             ));
-        }
-        if (e.to == "daemon" || e.to == "cli") && !TOP.contains(&e.from.as_str()) {
+        } else if !drawn.is_some_and(|names| names.contains(&e.to)) {
             bad.push(format!(
-                "src/{at}: {} is below daemon but names crate::{}",
+                "src/{at}: {} names crate::{}, an arrow docs/design.md does not draw",
                 e.from, e.to
             ));
         }
-        // flannelctl shares flanneld's flags, never its running parts.
-        if e.from == "ctl" && e.to == "daemon" {
-            bad.push(format!(
-                "src/{at}: ctl is the operator's tool beside daemon but names crate::daemon"
-            ));
-        }
-        if let (Some(f), Some(t)) = (rank(&e.from), rank(&e.to)) {
-            if t < f && e.from != "sys" {
+    }
+    let in_code: BTreeSet<(&str, &str)> = edges
+        .iter()
+        .map(|e| (e.from.as_str(), e.to.as_str()))
+        .collect();
+    for (from, names) in &layers.may_name {
+        let floor = layers.floor[from];
+        for to in names {
+            match layers.floor.get(to) {
+                None => bad.push(format!(
+                    "docs/design.md: {from} may name {to}, which has no row"
+                )),
+                Some(&f) if f >= floor => bad.push(format!(
+                    "docs/design.md: {from} (floor {floor}) may name {to} (floor {f}): \
+                     arrows go down"
+                )),
+                Some(_) => {}
+            }
+            if !in_code.contains(&(from.as_str(), to.as_str())) {
                 bad.push(format!(
-                    "src/{at}: {} names crate::{}, which is above it",
-                    e.from, e.to
+                    "docs/design.md draws {from} → {to}, which the code does not have"
                 ));
             }
         }
     }
-    // Circles between top-level modules.
-    let mut graph: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for e in &edges {
-        graph.entry(&e.from).or_default().insert(&e.to);
-    }
-    for circle in circles(&graph) {
-        let files: BTreeSet<String> = circle
-            .windows(2)
-            .flat_map(|w| {
-                edges
-                    .iter()
-                    .filter(move |e| e.from == w[0] && e.to == w[1])
-                    .map(|e| e.file.strip_prefix(src).unwrap().display().to_string())
-                    .take(1)
-            })
-            .collect();
-        bad.push(format!(
-            "module circle {} (via {})",
-            circle.join(" → "),
-            files.into_iter().collect::<Vec<_>>().join(", ")
-        ));
+    if layers.floor.get("sys") != Some(&0) {
+        bad.push("docs/design.md: sys must be the ground floor (floor 0)".to_owned());
     }
     bad
-}
-
-/// One circle per strongly connected part of the graph, as a closed path `a → b → a`.
-fn circles<'a>(graph: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> Vec<Vec<&'a str>> {
-    let mut found = Vec::new();
-    let mut seen_in_circle = BTreeSet::new();
-    for &start in graph.keys() {
-        if seen_in_circle.contains(start) {
-            continue;
-        }
-        // Depth-first search for a path back to `start`.
-        let mut stack = vec![(start, vec![start])];
-        let mut visited = BTreeSet::new();
-        while let Some((node, path)) = stack.pop() {
-            for &next in graph.get(node).into_iter().flatten() {
-                if next == start {
-                    let mut circle = path.clone();
-                    circle.push(start);
-                    seen_in_circle.extend(circle.iter().copied());
-                    found.push(circle);
-                    stack.clear();
-                    break;
-                }
-                if visited.insert(next) {
-                    let mut p = path.clone();
-                    p.push(next);
-                    stack.push((next, p));
-                }
-            }
-        }
-    }
-    found
 }
 
 /// Most lines a source file may hold before its `#[cfg(test)]` module.
@@ -246,18 +241,24 @@ fn no_file_is_two_files() {
 }
 
 #[test]
-fn the_layers_point_one_way() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let bad = violations(&src);
+fn the_code_has_the_layers_docs_design_draws() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let design = std::fs::read_to_string(root.join("docs/design.md")).unwrap();
+    let layers = parse_layers(&design);
+    assert!(
+        layers.floor.len() >= 10,
+        "the layer table of docs/design.md was not found or is cut short: {layers:?}"
+    );
+    let bad = violations(&root.join("src"), &layers);
     assert!(
         bad.is_empty(),
-        "layer rules broken (DESIGN.md, \"Layers\"):\n  {}",
+        "code and docs/design.md (\"Layers\") disagree:\n  {}",
         bad.join("\n  ")
     );
 }
 
-/// The check itself catches what it must: a copy of the tree with one forbidden import in
-/// each rule's place.
+/// The check itself catches what it must: a small tree and table, then one broken rule of
+/// each kind.
 #[test]
 fn the_check_catches_forbidden_imports() {
     let tmp = tempfile::tempdir().unwrap();
@@ -267,6 +268,11 @@ fn the_check_catches_forbidden_imports() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     };
+    let table = "# Design\n\n## Layers\n\n| module | floor | may name |\n| --- | --- | --- |\n\
+        | `exec` | 2 | `datapath`, `sys` |\n| `datapath` | 1 | `sys` |\n\
+        | `sys`, `compat` | 0 | nothing |\n\n## Next\n| `x` | 9 | `y` |\n";
+    let layers = parse_layers(table);
+    assert_eq!(layers.floor.len(), 4, "{layers:?}");
     write("lib.rs", "pub mod sys; pub mod datapath; pub mod exec;");
     write("sys/mod.rs", "pub fn ring() {}");
     write("datapath/mod.rs", "use crate::sys::ring;");
@@ -275,32 +281,41 @@ fn the_check_catches_forbidden_imports() {
         "bin/flanneld.rs",
         "use flannel_rs::daemon; use crate::anything;",
     );
-    assert_eq!(violations(src), Vec::<String>::new());
+    assert_eq!(violations(src, &layers), Vec::<String>::new());
 
     write("sys/uring.rs", "use crate::datapath::pipeline::Action;");
-    write("exec/masq.rs", "use crate::{cli::Cli, config};");
     write("datapath/worker.rs", "fn f() { crate::exec::run(); }");
-    write("ctl/run.rs", "use crate::{cli::EtcdFlags, daemon::run};");
-    let bad = violations(src);
+    write("ctl/run.rs", "use crate::sys;");
+    let bad = violations(src, &layers);
     let has = |needle: &str| bad.iter().any(|b| b.contains(needle));
     assert!(
-        has("sys/uring.rs: sys/ is the ground floor but names crate::datapath"),
+        has("sys/uring.rs: sys names crate::datapath, an arrow docs/design.md does not draw"),
         "{bad:#?}"
     );
     assert!(
-        has("exec/masq.rs: exec is below daemon but names crate::cli"),
+        has("datapath/worker.rs: datapath names crate::exec, an arrow"),
         "{bad:#?}"
     );
+    assert!(has("ctl/run.rs: module ctl has no row"), "{bad:#?}");
+
+    // A table that draws an arrow upward, or one the code lacks, is wrong too.
+    let upward = table.replace(
+        "| `datapath` | 1 | `sys` |",
+        "| `datapath` | 1 | `sys`, `exec` |",
+    );
+    let bad = violations(src, &parse_layers(&upward));
     assert!(
-        has("datapath/worker.rs: datapath names crate::exec, which is above it"),
+        bad.iter()
+            .any(|b| b.contains("datapath (floor 1) may name exec (floor 2): arrows go down")),
         "{bad:#?}"
     );
+    let stale = table.replace("`datapath`, `sys` |", "`datapath`, `sys`, `compat` |");
+    let bad = violations(src, &parse_layers(&stale));
     assert!(
-        has("ctl/run.rs: ctl is the operator's tool beside daemon but names crate::daemon"),
+        bad.iter()
+            .any(|b| b.contains("draws exec → compat, which the code does not have")),
         "{bad:#?}"
     );
-    assert!(!has("ctl/run.rs: ctl is below daemon"), "{bad:#?}");
-    assert!(has("module circle"), "{bad:#?}");
 }
 
 #[test]

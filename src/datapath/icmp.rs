@@ -17,8 +17,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::packet::{
-    checksum, fill_header_checksum, Ipv4View, IPV4_MAX_HEADER, IPV4_MIN_HEADER, PROTO_ICMP,
+use super::wire::checksum::checksum;
+use super::wire::ipv4::{
+    fill_header_checksum, Ipv4View, IPV4_MAX_HEADER, IPV4_MIN_HEADER, PROTO_ICMP,
 };
 
 /// ICMP type "destination unreachable".
@@ -151,7 +152,7 @@ impl Default for RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::packet::{build_ipv4, PROTO_UDP};
+    use crate::datapath::wire::ipv4::{build_ipv4, PROTO_UDP};
 
     const TUN: Ipv4Addr = Ipv4Addr::new(10, 5, 1, 0);
 

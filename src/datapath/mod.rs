@@ -1,10 +1,13 @@
 //! The udp backend's userspace datapath: TUN ⇄ UDP, wire-compatible with upstream flannel
 //! (the UDP payload is the bare inner IPv4 packet).
 //!
-//! - [`packet`], [`icmp`], [`route`]: pure parsing, ICMP building and route lookup (fuzzed,
-//!   benched, tested without root).
-//! - [`offload`]: userspace TCP segmentation and GRO coalescing for the TUN offloads (pure).
-//! - [`pipeline`]: the per-packet verdicts and the worker loop, generic over the driver.
+//! - [`wire`]: the headers (IPv4, TCP, UDP, the virtio-net header) and the one Internet
+//!   checksum; [`icmp`], [`route`]: ICMP replies and route lookup. Pure: fuzzed, benched,
+//!   tested without root.
+//! - [`gso`] and [`gro`]: cutting super-packets for the wire and coalescing received segments
+//!   back into super-packets, for the TUN offloads (pure).
+//! - [`pipeline`]: one decision per packet (the stages: classify, route, shape the send) and
+//!   the worker loop, generic over the driver.
 //! - [`io`]: the drivers (io_uring, recvmmsg fallback): what to read, write and send, carried
 //!   out through the safe kernel wrappers in `crate::sys`; [`select_io`] picks one at start-up.
 //! - [`stats`]: per-worker counters.
@@ -14,13 +17,14 @@
 //! Nothing here is `unsafe`: buffers lent to the kernel are guarded by `sys::uring::Ring`.
 
 pub mod device;
+pub mod gro;
+pub mod gso;
 pub mod icmp;
 pub mod io;
-pub mod offload;
-pub mod packet;
 pub mod pipeline;
 pub mod route;
 pub mod stats;
+pub mod wire;
 pub mod worker;
 
 use std::fmt;

@@ -1,25 +1,41 @@
-//! What happens to each packet, independent of how it was read or will be written.
+//! What happens to each packet, independent of how it was read or will be written: the
+//! datapath's one decision per packet.
 //!
-//! [`egress_verdict`] (TUN → UDP) and [`ingress_verdict`] (UDP → TUN) are pure functions of
-//! the packet bytes, the route table and a little per-worker state: they are what the unit
-//! tests, benches and fuzz targets call. [`Pipeline::run`] is the worker loop, generic over
-//! [`PacketIo`] so io_uring (`io::uring`), recvmmsg/sendmsg (`io::mmsg`) and the in-memory
-//! [`MemIo`] run the same logic.
+//! A packet read from the TUN goes through a chain of pure stages that ends in one instruction
+//! for the driver, as quinn-udp's `Transmit` and boringtun's `TunnResult` do:
 //!
-//! Per batch the loop does one `wait` (which also submits the previous batch's output), one
-//! route-table load, and then hands every ready packet to the verdict functions. Buffers belong
-//! to the I/O layer and are rewritten in place (TTL, ICMP replies), so nothing is allocated or
-//! copied per packet.
+//! ```text
+//! TUN read ─► classify + route (egress_verdict) ─► shape the send (gso::to_wire) ─► Action::Send(Transmit)
+//!                    └─ no route: ICMP reply ─► Action::WriteTun        └─ drop: counted by reason
+//! UDP datagram ─► verify + check the sender (ingress_verdict) ─► Action::WriteTun (or, with
+//!                 offloads, a delivery the driver writes coalesced at the end of its batch)
+//! ```
+//!
+//! [`Stages`] holds one batch's state (the route table loaded once, the ICMP limiter, the
+//! counters) and is what a driver calls: [`Stages::egress`] for a TUN read, [`Stages::ingress`]
+//! and [`Stages::ingress_gro`] for a receive. The driver ([`PacketIo`]: io_uring in
+//! `io::uring`, recvmmsg/sendmsg in `io::mmsg`, [`MemIo`] in memory) only carries the
+//! [`Action`] out: it never looks inside a packet. A further stage (encryption, for a
+//! WireGuard backend) goes between the route decision and the shaping, and changes no driver.
+//!
+//! [`egress_verdict`] and [`ingress_verdict`] are pure functions of the packet bytes, the route
+//! table and a little per-worker state: what the unit tests, benches and fuzz targets call.
+//! [`Pipeline::run`] is the worker loop: per batch one `wait` (which also submits the previous
+//! batch's output), one route-table load, and then [`PacketIo::process`]. Buffers belong to
+//! the driver and are rewritten in place (TTL, checksums, ICMP replies), so nothing is
+//! allocated or copied per packet.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::gso::{to_wire, Layout, Segments, Wire};
 use super::icmp::{net_unreachable, RateLimiter, MAX_REPLY};
-use super::packet::{decrement_ttl, Ipv4View, Malformed};
 use super::route::{RouteTable, Routes};
-use super::stats::{DropReason, PeerTally, PeerTraffic, WorkerStats};
+use super::stats::{Batch, DropReason, PeerTally, PeerTraffic, WorkerStats};
+use super::wire::ipv4::{decrement_ttl, Ipv4View, Malformed};
+use super::wire::vnet::{VnetHdr, VNET_HDR_LEN};
 
 /// Where a packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,18 +65,41 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// What the I/O layer must do with a packet's buffer.
+/// The whole send of one packet read from the TUN: where it goes and which datagrams leave.
+/// The driver makes exactly these sends and decides nothing (but how many of a batch's sends
+/// share one `sendmsg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub peer: SocketAddrV4,
+    pub datagrams: Datagrams,
+}
+
+/// The datagrams of a [`Transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagrams {
+    /// One datagram: the packet where it was read (behind the virtio-net header, with
+    /// offloads), `len` bytes, its checksums complete. Consecutive ones to one peer may share
+    /// a UDP GSO send ([`super::gso::GsoRun`]).
+    One { len: usize },
+    /// A super-packet cut into segments in the read's cut area, laid out as the driver asked
+    /// ([`Layout`]): one datagram per segment, in [`Segments::sends`] GSO sends of
+    /// [`Segments::segment_len`] bytes each.
+    Cut(Segments),
+}
+
+/// What the driver must do with a packet's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Send `buf[..len]` in one UDP datagram to `peer`.
-    SendUdp { peer: SocketAddrV4, len: usize },
-    /// Write `buf[..len]` to the TUN device.
+    /// Send it to a peer.
+    Send(Transmit),
+    /// Write the frame `buf[..len]` to the TUN device (behind a plain virtio-net header that
+    /// the stage filled in, with offloads).
     WriteTun { len: usize, kind: TunWrite },
     /// Nothing: the buffer is free again.
     Drop,
 }
 
-/// Why a packet is written to TUN, so the I/O layer can count it once it is written.
+/// Why a packet is written to TUN, so the driver can count it once it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunWrite {
     /// An inbound packet from a peer.
@@ -76,6 +115,20 @@ pub enum Flow {
     Stop,
 }
 
+/// One read from the TUN, as a driver hands it to [`Stages::egress`].
+#[derive(Debug)]
+pub struct TunRead<'a> {
+    /// The read (at least [`MIN_BUFFER`] bytes past the virtio-net header, room for an ICMP
+    /// reply): with offloads the virtio-net header first, then the packet.
+    pub buf: &'a mut [u8],
+    /// Bytes the read returned.
+    pub len: usize,
+    /// With offloads (the TUN opened with `IFF_VNET_HDR`): where a super-packet's segments
+    /// go, and how the driver wants them laid out (it gathers with `iovec`s, or sends one
+    /// contiguous buffer). `None`: plain reads, no virtio-net header.
+    pub cut: Option<(&'a mut [u8], Layout)>,
+}
+
 /// The I/O side of a worker: where packets come from and go to.
 ///
 /// Implementations own the buffers. They count what only they can know in the worker's
@@ -86,15 +139,13 @@ pub trait PacketIo {
     /// least one packet (or the stop signal) is ready.
     fn wait(&mut self) -> io::Result<()>;
 
-    /// Hands every ready packet to `handle` in arrival order, with its buffer (the whole
-    /// buffer, at least [`MIN_BUFFER`] bytes) and length, and queues the returned action.
-    /// Returns [`Flow::Stop`] once the stop signal has been seen.
-    fn process<H>(&mut self, handle: H) -> io::Result<Flow>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action;
+    /// Hands every ready packet to `stages` in arrival order and carries out the [`Action`]
+    /// it returns. Returns [`Flow::Stop`] once the stop signal has been seen.
+    fn process(&mut self, stages: &mut Stages<'_>) -> io::Result<Flow>;
 }
 
-/// The smallest buffer an I/O layer may hand to `handle`: room for any ICMP reply.
+/// The smallest buffer a driver may hand to a stage past the virtio-net header: room for any
+/// ICMP reply.
 pub const MIN_BUFFER: usize = MAX_REPLY;
 
 /// Answers unroutable packets with ICMP, rate-limited, from `tun_addr` (the address
@@ -197,6 +248,154 @@ pub fn ingress_verdict(
     Verdict::Deliver { len: total }
 }
 
+/// The stages of one batch: the route table loaded for it, and the worker's decision state.
+/// Made by [`Pipeline::run_batch`]; drivers call its methods once per packet.
+#[derive(Debug)]
+pub struct Stages<'a> {
+    table: &'a RouteTable,
+    strict_source: bool,
+    icmp: &'a mut IcmpResponder,
+    stats: &'a WorkerStats,
+    tally: Option<&'a mut PeerTally>,
+    /// Packets handed to the stages this batch (the wake-up's batch size).
+    handled: usize,
+}
+
+impl Stages<'_> {
+    /// Decides the fate of one TUN read: classify and route ([`egress_verdict`]), then shape
+    /// the send ([`to_wire`]: a super-packet is cut, a partial checksum finished).
+    pub fn egress(&mut self, read: TunRead<'_>) -> Action {
+        self.handled += 1;
+        let TunRead { buf, len, cut } = read;
+        if cut.is_none() {
+            // One packet per plain read; a read with offloads is counted once it is shaped.
+            self.stats.tun_read(1);
+        }
+        let headroom = if cut.is_some() { VNET_HDR_LEN } else { 0 };
+        let vnet = match cut {
+            Some(_) => VnetHdr::parse(buf),
+            None => Some(VnetHdr::default()),
+        };
+        let (Some(vnet), Some(pkt), Some(len)) = (
+            vnet,
+            buf.get_mut(headroom..),
+            len.checked_sub(headroom).filter(|&n| n > 0),
+        ) else {
+            // Shorter than the virtio-net header.
+            self.stats.drop_packet(DropReason::BadHeader);
+            return Action::Drop;
+        };
+        match egress_verdict(pkt, len, self.table, self.icmp) {
+            Verdict::Forward { peer, len } => {
+                if let Some(tally) = self.tally.as_deref_mut() {
+                    tally.tx(*peer.ip(), len);
+                }
+                let Some((scratch, layout)) = cut else {
+                    return send(peer, Datagrams::One { len });
+                };
+                match to_wire(&vnet, pkt, len, scratch, layout) {
+                    Ok(Wire::Whole { len }) => {
+                        self.stats.tun_read(1);
+                        send(peer, Datagrams::One { len })
+                    }
+                    Ok(Wire::Segmented(segs)) => {
+                        self.stats.tun_read(segs.count);
+                        send(peer, Datagrams::Cut(segs))
+                    }
+                    Err(e) => {
+                        tracing::trace!(error = %e, ?vnet, "dropping an offloaded packet");
+                        self.stats.drop_packet(DropReason::BadHeader);
+                        Action::Drop
+                    }
+                }
+            }
+            Verdict::Reply { len } => {
+                self.stats.drop_packet(DropReason::NoRoute);
+                // The reply goes behind a plain virtio-net header (the read's may be a GSO one).
+                if let Some(header) = buf.get_mut(..headroom) {
+                    header.fill(0);
+                }
+                Action::WriteTun {
+                    len: headroom + len,
+                    kind: TunWrite::Icmp,
+                }
+            }
+            Verdict::Drop(reason) => {
+                self.stats.drop_packet(reason);
+                Action::Drop
+            }
+            // The egress verdict never delivers.
+            Verdict::Deliver { .. } => Action::Drop,
+        }
+    }
+
+    /// Decides the fate of one datagram from `src`: verify it and its sender
+    /// ([`ingress_verdict`]); delivered, it is written to the TUN as it is.
+    pub fn ingress(&mut self, src: SocketAddrV4, buf: &mut [u8], len: usize) -> Action {
+        self.handled += 1;
+        match ingress_verdict(buf, len, src, self.table, self.strict_source) {
+            Verdict::Deliver { len } => {
+                if let Some(tally) = self.tally.as_deref_mut() {
+                    tally.rx(*src.ip(), len);
+                }
+                Action::WriteTun {
+                    len,
+                    kind: TunWrite::Deliver,
+                }
+            }
+            Verdict::Drop(reason) => {
+                self.stats.drop_packet(reason);
+                Action::Drop
+            }
+            // The ingress verdict only ever delivers or drops.
+            Verdict::Forward { .. } | Verdict::Reply { .. } => Action::Drop,
+        }
+    }
+
+    /// Decides the fate of each datagram of a UDP GRO receive: `buf[..len]` holds datagrams of
+    /// `stride` bytes (the last may be shorter) when the kernel coalesced several, else one.
+    /// The delivered ones are recorded in `delivered` as `(base + offset, len)`, for the
+    /// driver to write coalesced at the end of its batch ([`super::gro::write_coalesced`]).
+    pub fn ingress_gro(
+        &mut self,
+        src: SocketAddrV4,
+        (buf, len, stride): (&mut [u8], usize, usize),
+        base: usize,
+        delivered: &mut Vec<(usize, usize)>,
+    ) {
+        let mut datagrams = 0;
+        if len == 0 {
+            // A zero-length datagram is one packet too: the verdict counts its drop (unknown
+            // peer, or a bad header from a peer), so every drop has a reason.
+            let _ = self.ingress(src, buf, 0);
+            datagrams = 1;
+        }
+        let stride = if stride == 0 { len } else { stride };
+        let mut off = 0;
+        while off < len {
+            let n = stride.min(len - off);
+            let Some(datagram) = buf.get_mut(off..) else {
+                break;
+            };
+            if let Action::WriteTun { len, .. } = self.ingress(src, datagram, n) {
+                delivered.push((base + off, len));
+            }
+            off += n;
+            datagrams += 1;
+        }
+        self.stats.batch_size(Batch::UdpReceive, datagrams);
+    }
+
+    /// The worker's counters, for what only the driver can count.
+    pub fn stats(&self) -> &WorkerStats {
+        self.stats
+    }
+}
+
+fn send(peer: SocketAddrV4, datagrams: Datagrams) -> Action {
+    Action::Send(Transmit { peer, datagrams })
+}
+
 /// The per-worker decision state and the loop that drives a [`PacketIo`].
 #[derive(Debug)]
 pub struct Pipeline {
@@ -247,50 +446,19 @@ impl Pipeline {
     /// Processes whatever `io` has ready (one batch), with one route-table load.
     pub fn run_batch<I: PacketIo>(&mut self, io: &mut I) -> io::Result<Flow> {
         let table = self.routes.load();
-        let Pipeline {
-            strict_source,
-            icmp,
-            stats,
-            peers,
-            ..
-        } = self;
-        let mut handled = 0usize;
-        let flow = io.process(|origin, buf, len| {
-            handled += 1;
-            let verdict = match origin {
-                Origin::Tun => egress_verdict(buf, len, &table, icmp),
-                Origin::Udp(src) => ingress_verdict(buf, len, src, &table, *strict_source),
-            };
-            if let Some((_, tally)) = peers {
-                match (origin, &verdict) {
-                    (_, Verdict::Forward { peer, len }) => tally.tx(*peer.ip(), *len),
-                    (Origin::Udp(src), Verdict::Deliver { len }) => tally.rx(*src.ip(), *len),
-                    _ => {}
-                }
-            }
-            match verdict {
-                Verdict::Forward { peer, len } => Action::SendUdp { peer, len },
-                Verdict::Deliver { len } => Action::WriteTun {
-                    len,
-                    kind: TunWrite::Deliver,
-                },
-                Verdict::Reply { len } => {
-                    stats.drop_packet(DropReason::NoRoute);
-                    Action::WriteTun {
-                        len,
-                        kind: TunWrite::Icmp,
-                    }
-                }
-                Verdict::Drop(reason) => {
-                    stats.drop_packet(reason);
-                    Action::Drop
-                }
-            }
-        })?;
-        if handled > 0 {
-            stats.wakeup(handled);
+        let mut stages = Stages {
+            table: &table,
+            strict_source: self.strict_source,
+            icmp: &mut self.icmp,
+            stats: &self.stats,
+            tally: self.peers.as_mut().map(|(_, tally)| tally),
+            handled: 0,
+        };
+        let flow = io.process(&mut stages)?;
+        if stages.handled > 0 {
+            self.stats.wakeup(stages.handled);
         }
-        if let Some((traffic, tally)) = peers {
+        if let Some((traffic, tally)) = &mut self.peers {
             tally.flush(traffic);
         }
         Ok(flow)
@@ -359,10 +527,7 @@ impl PacketIo for MemIo {
         Ok(())
     }
 
-    fn process<H>(&mut self, mut handle: H) -> io::Result<Flow>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn process(&mut self, stages: &mut Stages<'_>) -> io::Result<Flow> {
         for _ in 0..self.batch {
             let Some((origin, pkt)) = self.packets.get(self.cursor) else {
                 break;
@@ -370,8 +535,19 @@ impl PacketIo for MemIo {
             self.cursor += 1;
             let len = pkt.len().min(self.buf.len());
             self.buf[..len].copy_from_slice(&pkt[..len]);
-            match handle(*origin, &mut self.buf, len) {
-                Action::SendUdp { peer, len } => {
+            let action = match *origin {
+                Origin::Tun => stages.egress(TunRead {
+                    buf: &mut self.buf,
+                    len,
+                    cut: None,
+                }),
+                Origin::Udp(src) => stages.ingress(src, &mut self.buf, len),
+            };
+            match action {
+                Action::Send(Transmit {
+                    peer,
+                    datagrams: Datagrams::One { len },
+                }) => {
                     self.stats.egress(len);
                     if self.record {
                         self.sent.push((peer, self.buf[..len].to_vec()));
@@ -386,7 +562,12 @@ impl PacketIo for MemIo {
                         self.written.push((kind, self.buf[..len].to_vec()));
                     }
                 }
-                Action::Drop => {}
+                // Without a cut area (no offloads) nothing is cut.
+                Action::Send(Transmit {
+                    datagrams: Datagrams::Cut(_),
+                    ..
+                })
+                | Action::Drop => {}
             }
         }
         Ok(if self.exhausted() {
@@ -401,9 +582,11 @@ impl PacketIo for MemIo {
 mod tests {
     use super::*;
     use crate::datapath::icmp::{ICMP_DEST_UNREACH, ICMP_NET_UNREACH};
-    use crate::datapath::packet::{build_ipv4, checksum, PROTO_ICMP, PROTO_UDP};
     use crate::datapath::route::Route;
     use crate::datapath::stats::StatsSnapshot;
+    use crate::datapath::wire::checksum::checksum;
+    use crate::datapath::wire::ipv4::{build_ipv4, PROTO_ICMP, PROTO_UDP};
+    use crate::datapath::wire::vnet::VnetHdr;
 
     const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 5, 1, 0);
     const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -726,6 +909,137 @@ mod tests {
             io.written.len(),
             1,
             "…and the sender hears ICMP unreachable"
+        );
+    }
+
+    /// Runs `f` with the stages of one batch over [`table`], counting into `stats`.
+    fn with_stages<R>(stats: &WorkerStats, f: impl FnOnce(&mut Stages<'_>) -> R) -> R {
+        let table = table();
+        let mut icmp = responder();
+        let mut stages = Stages {
+            table: &table,
+            strict_source: true,
+            icmp: &mut icmp,
+            stats,
+            tally: None,
+            handled: 0,
+        };
+        f(&mut stages)
+    }
+
+    /// `pkt` behind a virtio-net header asking for `gso_size` segments (TCP), as a TUN read with
+    /// offloads hands it over, in a buffer with room for a reply.
+    fn read_with_vnet(pkt: &[u8], gso_size: u16) -> Vec<u8> {
+        let vnet = VnetHdr {
+            gso_type: crate::datapath::wire::vnet::GSO_TCPV4,
+            hdr_len: 40,
+            gso_size,
+            ..VnetHdr::default()
+        };
+        let mut buf = vnet.encode().to_vec();
+        buf.extend_from_slice(pkt);
+        buf.resize(buf.len().max(VNET_HDR_LEN + MIN_BUFFER), 0);
+        buf
+    }
+
+    #[test]
+    fn a_super_packet_read_is_one_transmit_of_its_segments() {
+        use crate::datapath::wire::tcp::{build_tcp4, FLAG_ACK};
+        let stats = WorkerStats::default();
+        let pkt = build_tcp4(ip("10.5.1.7"), ip("10.5.2.9"), 1, FLAG_ACK, &[7u8; 4000]);
+        let mut buf = read_with_vnet(&pkt, 1000);
+        let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
+        let action = with_stages(&stats, |stages| {
+            stages.egress(TunRead {
+                len: VNET_HDR_LEN + pkt.len(),
+                buf: &mut buf,
+                cut: Some((&mut scratch, Layout::Contiguous)),
+            })
+        });
+        let Action::Send(Transmit {
+            peer,
+            datagrams: Datagrams::Cut(segs),
+        }) = action
+        else {
+            panic!("expected the segments' send, got {action:?}");
+        };
+        assert_eq!(peer, SocketAddrV4::new(PEER, 8285));
+        assert_eq!((segs.count, segs.segment_len), (4, 1040));
+        for seg in scratch[..segs.total].chunks(segs.segment_len) {
+            let v = Ipv4View::new_verified(seg).unwrap();
+            assert_eq!(v.ttl(), 63, "every segment carries the decremented TTL");
+        }
+        assert_eq!(stats.snapshot().batch_sizes(Batch::TunRead).sum(), 4);
+    }
+
+    #[test]
+    fn an_icmp_reply_to_an_offloaded_read_goes_behind_a_plain_vnet_header() {
+        let stats = WorkerStats::default();
+        let pkt = build_ipv4(ip("10.5.1.7"), ip("10.5.99.1"), PROTO_UDP, 64, b"lost");
+        let mut buf = read_with_vnet(&pkt, 1000);
+        let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
+        let action = with_stages(&stats, |stages| {
+            stages.egress(TunRead {
+                len: VNET_HDR_LEN + pkt.len(),
+                buf: &mut buf,
+                cut: Some((&mut scratch, Layout::HeadersOnly)),
+            })
+        });
+        let Action::WriteTun {
+            len,
+            kind: TunWrite::Icmp,
+        } = action
+        else {
+            panic!("expected an ICMP reply, got {action:?}");
+        };
+        assert_eq!(VnetHdr::parse(&buf), Some(VnetHdr::default()));
+        let reply = Ipv4View::new_verified(&buf[VNET_HDR_LEN..len]).unwrap();
+        assert_eq!(reply.protocol(), PROTO_ICMP);
+        // A read shorter than the virtio-net header is a bad header, not a panic.
+        let action = with_stages(&stats, |stages| {
+            stages.egress(TunRead {
+                len: 4,
+                buf: &mut buf,
+                cut: Some((&mut scratch, Layout::HeadersOnly)),
+            })
+        });
+        assert_eq!(action, Action::Drop);
+        assert_eq!(stats.snapshot().drops(DropReason::BadHeader), 1);
+    }
+
+    /// Each datagram of a GRO receive reaches the verdict once, an empty one included, and
+    /// only the delivered ones are recorded (at their offset from `base`).
+    #[test]
+    fn every_datagram_of_a_receive_reaches_the_verdict_even_an_empty_one() {
+        let stranger = SocketAddrV4::new(ip("198.51.100.1"), 8285);
+        for (len, stride, datagrams) in [(0, 0, 1), (10, 0, 1), (25, 10, 3)] {
+            let stats = WorkerStats::default();
+            let mut buf = [0u8; 64];
+            let mut delivered = Vec::new();
+            with_stages(&stats, |stages| {
+                stages.ingress_gro(stranger, (&mut buf, len, stride), 0, &mut delivered)
+            });
+            assert!(delivered.is_empty());
+            assert_eq!(
+                stats.snapshot().drops(DropReason::UnknownPeer),
+                datagrams,
+                "len {len}, stride {stride}"
+            );
+        }
+        let from = SocketAddrV4::new(PEER, 8285);
+        let pkt = build_ipv4(ip("10.5.2.9"), ip("10.5.1.7"), PROTO_UDP, 63, &[1; 80]);
+        let mut buf = [pkt.clone(), pkt.clone(), pkt[..60].to_vec()].concat();
+        let stats = WorkerStats::default();
+        let mut delivered = Vec::new();
+        let len = buf.len();
+        with_stages(&stats, |stages| {
+            stages.ingress_gro(from, (&mut buf, len, 100), 1000, &mut delivered)
+        });
+        assert_eq!(delivered, [(1000, 100), (1100, 100)]);
+        assert_eq!(
+            stats.snapshot().drops(DropReason::BadHeader),
+            1,
+            "the cut one"
         );
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! With offloads, also `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_USO4 |
 //! TUN_F_USO6)`: every read and write then starts with a `virtio_net_hdr`
-//! (`datapath::offload::VnetHdr`), reads may be TCP or UDP super-packets of up to 64 KiB with
+//! (`datapath::wire::vnet::VnetHdr`), reads may be TCP or UDP super-packets of up to 64 KiB with
 //! partial checksums, and writes may be too. No TSO6: the overlay is IPv4. UDP segmentation
 //! offload arrived in Linux 6.2 (and the kernel takes USO4 only together with USO6); where the
 //! kernel refuses it, the queues fall back to TCP alone ([`TunQueue::uso`] says which).

@@ -1,15 +1,18 @@
 //! The fallback driver for hosts where io_uring is unusable (`kernel.io_uring_disabled`,
 //! seccomp in a container, old kernels): `poll` on the TUN queue, the socket and the stop
 //! signal; then up to [`BATCH`] non-blocking TUN reads and one `recvmmsg` (quinn-udp) per
-//! round; then the queued sends (quinn-udp `sendmsg`) and TUN writes.
+//! round, each packet's [`Action`] carried out as soon as the stages return it (quinn-udp
+//! `sendmsg`, TUN writes); consecutive datagrams to one peer are copied into one GSO send that
+//! leaves when the run ends or the round does.
 //!
 //! Buffers are two fixed pools (egress, ingress) of [`BATCH`] slots allocated once; packets are
 //! rewritten in place. The same [`PacketIo`] contract as the io_uring path, so the same
 //! pipeline runs on both.
 //!
-//! With offloads ([`super::offload`]), TUN reads start with a virtio-net header and may be TCP
-//! super-packets, which leave as GSO sends of their segments; the socket receives with UDP GRO
-//! and the delivered packets of a round are written back to the TUN coalesced.
+//! With offloads (`IFF_VNET_HDR`), TUN reads start with a virtio-net header and may be TCP or
+//! UDP super-packets, which the egress stage cuts into one contiguous buffer
+//! ([`Layout::Contiguous`]) that leaves in GSO sends; the socket receives with UDP GRO and the
+//! delivered packets of a round are written back to the TUN coalesced.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -18,25 +21,21 @@ use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
-use super::offload::{
-    egress_wire, split_datagrams, write_delivered, GSO_MAX_SEGMENTS, SCRATCH_LEN,
+use super::{write_delivered, WorkerFds};
+use crate::datapath::gso::{
+    GsoRun, Layout, Segments, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
-use super::WorkerFds;
-use crate::datapath::offload::{GsoRun, Layout, Segments, Wire, GSO_MAX_BYTES, VNET_HDR_LEN};
-use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
+use crate::datapath::pipeline::{
+    Action, Datagrams, Flow, PacketIo, Stages, Transmit as Send, TunRead, TunWrite, MIN_BUFFER,
+};
 use crate::datapath::stats::{Batch, DropReason, WorkerStats};
+use crate::datapath::wire::vnet::VNET_HDR_LEN;
 pub use crate::sys::mmsg::BATCH;
 use crate::sys::mmsg::{poll_many, poll_writable};
 use crate::sys::{is_transient, sockopt};
 
 /// How long a send waits for socket buffer space before the datagram is dropped.
 const SEND_WAIT_MS: i32 = 50;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Egress,
-    Ingress,
-}
 
 /// A run of datagrams to one peer (see [`GsoRun`]) copied together for one GSO send.
 struct GsoBuffer {
@@ -80,8 +79,6 @@ pub struct MmsgIo {
     /// With UDP GSO (`UDP_SEGMENT`): consecutive equal-sized datagrams to one peer are copied
     /// here and leave in one send (the kernel builds one skb for the whole run). `None`: off.
     gso: Option<GsoBuffer>,
-    /// Decisions waiting to be carried out at the end of the round (capacity reserved once).
-    pending: Vec<(Side, usize, Action)>,
     /// Offloads on: the virtio-net header's length in front of every TUN read and write
     /// (else 0), the buffer super-packets are cut into, and the round's delivered packets
     /// (offsets into `ingress`) waiting to be written coalesced.
@@ -130,7 +127,6 @@ impl MmsgIo {
             ingress: vec![0u8; BATCH * buf_size].into_boxed_slice(),
             metas: [RecvMeta::default(); BATCH],
             gso: gso.then(GsoBuffer::new),
-            pending: Vec::with_capacity(2 * BATCH),
             headroom,
             scratch: vec![0u8; if offload { SCRATCH_LEN } else { 0 }].into_boxed_slice(),
             delivered: Vec::with_capacity(if offload { batch * 64 } else { 0 }),
@@ -150,27 +146,21 @@ impl MmsgIo {
         self.fds
     }
 
-    fn read_tun<H>(&mut self, handle: &mut H) -> io::Result<()>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
-        for (k, buf) in self
-            .egress
-            .chunks_exact_mut(self.buf_size)
-            .take(self.batch)
-            .enumerate()
-        {
+    fn read_tun(&mut self, stages: &mut Stages<'_>) -> io::Result<()> {
+        for k in 0..self.batch {
+            let Some(buf) = self
+                .egress
+                .get_mut(k * self.buf_size..(k + 1) * self.buf_size)
+            else {
+                break;
+            };
             match self.fds.tun.recv(buf) {
                 Ok(0) => break,
-                Ok(n) if n <= self.headroom => self.stats.drop_packet(DropReason::BadHeader),
                 Ok(n) => {
-                    let h = self.headroom;
-                    if h == 0 {
-                        // One packet per read without offloads (`egress_wire` counts the others).
-                        self.stats.tun_read(1);
-                    }
-                    let action = handle(Origin::Tun, &mut buf[h..], n - h);
-                    self.pending.push((Side::Egress, k, action));
+                    let cut =
+                        (self.headroom > 0).then_some((&mut self.scratch[..], Layout::Contiguous));
+                    let action = stages.egress(TunRead { buf, len: n, cut });
+                    self.carry_out(Pool::Egress(k), action);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
@@ -186,10 +176,7 @@ impl MmsgIo {
         Ok(())
     }
 
-    fn recv_udp<H>(&mut self, handle: &mut H) -> io::Result<()>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn recv_udp(&mut self, stages: &mut Stages<'_>) -> io::Result<()> {
         let received = {
             let mut chunks = self.ingress.chunks_exact_mut(self.buf_size);
             let mut iovs: [IoSliceMut<'_>; BATCH] =
@@ -218,13 +205,8 @@ impl MmsgIo {
                 };
             }
         };
-        for (k, (buf, meta)) in self
-            .ingress
-            .chunks_exact_mut(self.buf_size)
-            .zip(&self.metas)
-            .take(n)
-            .enumerate()
-        {
+        for k in 0..n.min(BATCH) {
+            let meta = self.metas[k];
             let src = match meta.addr {
                 SocketAddr::V4(a) => Some(a),
                 SocketAddr::V6(a) => a
@@ -232,23 +214,19 @@ impl MmsgIo {
                     .to_ipv4_mapped()
                     .map(|ip| SocketAddrV4::new(ip, a.port())),
             };
+            let base = k * self.buf_size;
+            let Some(buf) = self.ingress.get_mut(base..base + self.buf_size) else {
+                break;
+            };
             match src {
                 Some(src) if meta.len <= buf.len() && self.headroom > 0 => {
-                    let datagrams = split_datagrams(
-                        buf,
-                        meta.len,
-                        meta.stride,
-                        src,
-                        k * self.buf_size,
-                        handle,
-                        &mut self.delivered,
-                    );
-                    self.stats.batch_size(Batch::UdpReceive, datagrams);
+                    let datagrams = (buf, meta.len, meta.stride);
+                    stages.ingress_gro(src, datagrams, base, &mut self.delivered);
                 }
                 Some(src) if meta.len <= buf.len() => {
                     self.stats.batch_size(Batch::UdpReceive, 1);
-                    self.pending
-                        .push((Side::Ingress, k, handle(Origin::Udp(src), buf, meta.len)));
+                    let action = stages.ingress(src, buf, meta.len);
+                    self.carry_out(Pool::Ingress(k), action);
                 }
                 _ => self.stats.drop_packet(DropReason::BadHeader),
             }
@@ -266,88 +244,90 @@ impl MmsgIo {
         Ok(())
     }
 
-    /// Carries out the round's decisions in order.
-    fn flush(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending);
-        let h = self.headroom;
-        let (sock, state) = match (&self.fds.tx, &self.tx_state) {
-            (Some(tx), Some(state)) => (tx, state),
-            _ => (&self.fds.rx, &self.rx_state),
+    /// Carries out the stages' decision for the packet in slot `slot`.
+    fn carry_out(&mut self, slot: Pool, action: Action) {
+        let (pool, k) = match slot {
+            Pool::Egress(k) => (&self.egress, k),
+            Pool::Ingress(k) => (&self.ingress, k),
         };
-        for &(side, k, action) in &pending {
-            let pool = match side {
-                Side::Egress => &mut self.egress,
-                Side::Ingress => &mut self.ingress,
-            };
-            let Some(slot) = pool.get_mut(k * self.buf_size..(k + 1) * self.buf_size) else {
-                continue;
-            };
-            match action {
-                Action::Drop => {}
-                Action::SendUdp { peer, len } => {
-                    let len = if h == 0 {
-                        len
-                    } else {
-                        match egress_wire(
-                            slot,
-                            len,
-                            &mut self.scratch,
-                            Layout::Contiguous,
-                            &self.stats,
-                        ) {
-                            None => continue,
-                            Some(Wire::Whole { len }) => len,
-                            Some(Wire::Segmented(segs)) => {
-                                // Whatever was gathered goes first, to keep the order.
-                                if let Some(run) = self.gso.as_mut() {
-                                    send_run(sock, state, run, &self.stats);
-                                }
-                                send_segments(sock, state, peer, &self.scratch, segs, &self.stats);
-                                continue;
-                            }
+        let Some(buf) = pool.get(k * self.buf_size..(k + 1) * self.buf_size) else {
+            return;
+        };
+        let (sock, state) = sender(&self.fds, &self.rx_state, &self.tx_state);
+        match action {
+            Action::Drop => {}
+            Action::Send(Send {
+                peer,
+                datagrams: Datagrams::One { len },
+            }) => {
+                let h = self.headroom;
+                let Some(contents) = buf.get(h..h + len) else {
+                    return;
+                };
+                if let Some(run) = self.gso.as_mut() {
+                    let max = state.max_gso_segments();
+                    if max > 1 {
+                        if !run.push(peer, contents, max) {
+                            send_run(sock, state, run, &self.stats);
+                            run.push(peer, contents, max);
                         }
-                    };
-                    let Some(contents) = slot.get(h..h + len) else {
-                        continue;
-                    };
-                    if let Some(run) = self.gso.as_mut() {
-                        let max = state.max_gso_segments();
-                        if max > 1 {
-                            if !run.push(peer, contents, max) {
-                                send_run(sock, state, run, &self.stats);
-                                run.push(peer, contents, max);
-                            }
-                            continue;
-                        }
+                        return;
                     }
-                    self.stats
-                        .sent(send(sock, state, peer, contents, None), 1, len);
                 }
-                Action::WriteTun { len, kind } => {
-                    // With offloads the packet goes behind a plain virtio-net header (the
-                    // slot's first bytes may still hold the header of a TUN read).
-                    if let Some(vnet) = slot.get_mut(..h) {
-                        vnet.fill(0);
-                    }
-                    let Some(packet) = slot.get(..h + len) else {
-                        continue;
-                    };
-                    match self.fds.tun.send(packet) {
-                        Ok(_) => match kind {
-                            TunWrite::Deliver => self.stats.ingress(len),
-                            TunWrite::Icmp => self.stats.icmp_sent(),
-                        },
-                        Err(_) => self.stats.drop_packet(DropReason::TunError),
-                    }
+                self.stats
+                    .sent(send(sock, state, peer, contents, None), 1, len);
+            }
+            Action::Send(Send {
+                peer,
+                datagrams: Datagrams::Cut(segs),
+            }) => {
+                // Whatever was gathered goes first, to keep the order.
+                if let Some(run) = self.gso.as_mut() {
+                    send_run(sock, state, run, &self.stats);
+                }
+                send_segments(sock, state, peer, &self.scratch, segs, &self.stats);
+            }
+            Action::WriteTun { len, kind } => {
+                let Some(frame) = buf.get(..len) else {
+                    return;
+                };
+                match self.fds.tun.send(frame) {
+                    Ok(_) => match kind {
+                        TunWrite::Deliver => self.stats.ingress(len),
+                        TunWrite::Icmp => self.stats.icmp_sent(),
+                    },
+                    Err(_) => self.stats.drop_packet(DropReason::TunError),
                 }
             }
         }
+    }
+
+    /// Sends the round's last GSO run.
+    fn flush(&mut self) {
+        let (sock, state) = sender(&self.fds, &self.rx_state, &self.tx_state);
         if let Some(run) = self.gso.as_mut() {
             send_run(sock, state, run, &self.stats);
         }
-        pending.clear();
-        self.pending = pending;
     }
+}
+
+/// The socket sends leave from, and its quinn-udp state.
+fn sender<'a>(
+    fds: &'a WorkerFds,
+    rx_state: &'a UdpSocketState,
+    tx_state: &'a Option<UdpSocketState>,
+) -> (&'a UdpSocket, &'a UdpSocketState) {
+    match (&fds.tx, tx_state) {
+        (Some(tx), Some(state)) => (tx, state),
+        _ => (&fds.rx, rx_state),
+    }
+}
+
+/// A slot of one of the two buffer pools.
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    Egress(usize),
+    Ingress(usize),
 }
 
 /// Sends the segments of one super-packet from `scratch`, in as few GSO sends as the limits
@@ -428,20 +408,17 @@ impl PacketIo for MmsgIo {
         Ok(())
     }
 
-    fn process<H>(&mut self, mut handle: H) -> io::Result<Flow>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn process(&mut self, stages: &mut Stages<'_>) -> io::Result<Flow> {
         let [tun, udp, stop] = std::mem::take(&mut self.ready);
         if stop {
             return Ok(Flow::Stop);
         }
         let mut result = Ok(());
         if tun {
-            result = self.read_tun(&mut handle);
+            result = self.read_tun(stages);
         }
         if udp && result.is_ok() {
-            result = self.recv_udp(&mut handle);
+            result = self.recv_udp(stages);
         }
         self.flush();
         result.map(|()| Flow::Continue)

@@ -21,11 +21,11 @@
 //! receive. A packet therefore never moves between buffers.
 //!
 //! # Offloads
-//! With the TUN opened with offloads ([`super::offload`]), an egress slot is twice as long:
-//! the TUN read lands in the first part (virtio-net header, then the packet); a TCP
-//! super-packet is cut into segments whose headers go to the second part, and the segments
-//! leave in UDP GSO sends that gather each header and its payload (still in the read) with
-//! `iovec`s — nothing but headers is copied. Receives ask for UDP GRO; the datagrams of a slot
+//! With the TUN opened with offloads (`IFF_VNET_HDR`), an egress slot is twice as long: the
+//! TUN read lands in the first part (virtio-net header, then the packet); the egress stage
+//! cuts a TCP or UDP super-packet into segments whose headers go to the second part
+//! ([`Layout::HeadersOnly`]), and the segments leave in UDP GSO sends that gather each header
+//! and its payload (still in the read) with `iovec`s — nothing but headers is copied. Receives ask for UDP GRO; the datagrams of a slot
 //! are handed to the pipeline one by one and, at the end of the batch, the delivered ones of
 //! all its receives are written to the TUN coalesced per flow, with a plain `writev` (one per
 //! super-packet); only then do their slots go home.
@@ -36,14 +36,15 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::gso::GsoSender;
-use super::offload::{
-    egress_wire, split_datagrams, write_delivered, GRO_MAX_SEGMENTS, GSO_MAX_SEGMENTS, SCRATCH_LEN,
+use super::udp_send::GsoSender;
+use super::{write_delivered, WorkerFds};
+use crate::datapath::gro::GRO_MAX_SEGMENTS;
+use crate::datapath::gso::{GsoRun, Layout, Segments, GSO_MAX_SEGMENTS, SCRATCH_LEN};
+use crate::datapath::pipeline::{
+    Action, Datagrams, Flow, PacketIo, Stages, Transmit, TunRead, TunWrite, MIN_BUFFER,
 };
-use super::WorkerFds;
-use crate::datapath::offload::{GsoRun, Layout as WireLayout, Segments, Wire, VNET_HDR_LEN};
-use crate::datapath::pipeline::{Action, Flow, Origin, PacketIo, TunWrite, MIN_BUFFER};
 use crate::datapath::stats::{Batch, DropReason, WorkerStats};
+use crate::datapath::wire::vnet::VNET_HDR_LEN;
 use crate::sys::uring::{Completion, Cqe, Received, Ring, RingLayout, UringConfig, REAP_CHUNK};
 use crate::sys::{errno_error, is_transient, sockopt};
 
@@ -171,10 +172,7 @@ impl UringIo {
     /// [`FINISH_DEADLINE`]). So a stop loses no packet the kernel handed us: each one that
     /// was read is sent or written, each one that was not stays queued in the TUN queue or
     /// the socket for the next reader (the new image after a re-exec).
-    fn finish<H>(&mut self, handle: &mut H) -> io::Result<()>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn finish(&mut self, stages: &mut Stages<'_>) -> io::Result<()> {
         self.ring.cancel_reads()?;
         let deadline = Instant::now() + FINISH_DEADLINE;
         let mut chunk = [Cqe::default(); REAP_CHUNK];
@@ -183,7 +181,7 @@ impl UringIo {
             loop {
                 let n = self.ring.reap(&mut chunk);
                 for &cqe in &chunk[..n] {
-                    self.complete(cqe, handle)?;
+                    self.complete(cqe, stages)?;
                 }
                 if n < REAP_CHUNK {
                     break;
@@ -200,64 +198,43 @@ impl UringIo {
         fds.tx.as_ref().unwrap_or(&fds.rx)
     }
 
-    /// Carries out the pipeline's decision for slot `i` (just handed back by the kernel).
-    fn dispatch(&mut self, i: usize, action: Action) -> io::Result<()> {
-        let h = self.headroom;
+    /// Carries out the stages' decision for slot `i` (just handed back by the kernel).
+    fn carry_out(&mut self, i: usize, action: Action) -> io::Result<()> {
         match action {
             Action::Drop => self.ring.lend_home(i),
-            Action::SendUdp { peer, len } => {
-                let wire = if h == 0 {
-                    Wire::Whole { len }
-                } else {
-                    let Some(buf) = self.ring.buf_mut(i) else {
-                        return self.ring.lend_home(i);
-                    };
-                    let Some((read, scratch)) = buf.split_at_mut_checked(self.read_len) else {
-                        return self.ring.lend_home(i);
-                    };
-                    match egress_wire(read, len, scratch, WireLayout::HeadersOnly, &self.stats) {
-                        Some(wire) => wire,
-                        None => return self.ring.lend_home(i),
-                    }
-                };
-                match wire {
-                    Wire::Whole { len } => {
-                        // Sent with the rest of the batch (the slot stays ours till then).
-                        self.pending.push((i, peer, len.min(self.read_len - h)));
-                        Ok(())
-                    }
-                    Wire::Segmented(segs) => {
-                        // Whatever this batch read before goes first: order within a flow.
-                        self.flush_sends()?;
-                        self.send_segments(i, peer, segs);
-                        self.ring.lend_home(i)
-                    }
-                }
+            Action::Send(Transmit {
+                peer,
+                datagrams: Datagrams::One { len },
+            }) => {
+                // Sent with the rest of the batch (the slot stays ours till then).
+                self.pending
+                    .push((i, peer, len.min(self.read_len - self.headroom)));
+                Ok(())
+            }
+            Action::Send(Transmit {
+                peer,
+                datagrams: Datagrams::Cut(segs),
+            }) => {
+                // Whatever this batch read before goes first: order within a flow.
+                self.flush_sends()?;
+                self.send_segments(i, peer, segs);
+                self.ring.lend_home(i)
             }
             Action::WriteTun { len, kind } => {
-                // An egress slot holds the packet behind the virtio-net header the read left;
-                // an ingress slot only ever writes without offloads (with them, deliveries go
-                // out coalesced in `on_receive`), from where the receive put the datagram.
-                let (start, h) = if i < self.ring.egress_slots() {
-                    (0, h)
+                // An egress slot's frame starts where the read put it (an ICMP reply); an
+                // ingress slot's where the receive put the datagram (only without offloads:
+                // with them, deliveries go out coalesced in `flush_deliveries`).
+                let start = if i < self.ring.egress_slots() {
+                    0
                 } else {
-                    (self.ring.recv_offset(), 0)
+                    self.ring.recv_offset()
                 };
-                let len = len.min(self.read_len - h);
-                if h > 0 {
-                    // The packet goes behind a plain virtio-net header.
-                    if let Some(vnet) = self
-                        .ring
-                        .buf_mut(i)
-                        .and_then(|b| b.get_mut(start..start + h))
-                    {
-                        vnet.fill(0);
-                    }
-                }
+                let len = len.min(self.read_len);
                 if let Some(w) = self.tun_writes.get_mut(i) {
+                    // A delivered frame is the bare packet (no offloads, no virtio-net header).
                     *w = (len, kind);
                 }
-                self.ring.write_tun(i, start..start + h + len)
+                self.ring.write_tun(i, start..start + len)
             }
         }
     }
@@ -327,10 +304,7 @@ impl UringIo {
     /// Hands the datagram(s) a receive put into slot `i` to the pipeline: with offloads split
     /// by the GRO stride and written back to the TUN coalesced (the slot then goes home),
     /// else one packet whose verdict `dispatch` carries out.
-    fn on_receive<H>(&mut self, i: usize, r: Received, handle: &mut H) -> io::Result<()>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn on_receive(&mut self, i: usize, r: Received, stages: &mut Stages<'_>) -> io::Result<()> {
         let Some(src) = r.src.filter(|_| !r.truncated) else {
             self.stats.drop_packet(DropReason::BadHeader);
             return self.ring.lend_home(i);
@@ -342,16 +316,15 @@ impl UringIo {
         };
         if !offload {
             self.stats.batch_size(Batch::UdpReceive, 1);
-            let action = handle(Origin::Udp(src), buf, r.len.min(read_len));
-            return self.dispatch(i, action);
+            let action = stages.ingress(src, buf, r.len.min(read_len));
+            return self.carry_out(i, action);
         }
         let Some(buf) = buf.get_mut(..read_len) else {
             return self.ring.lend_home(i);
         };
         let len = r.len.min(buf.len());
         let before = self.delivered.len();
-        let datagrams = split_datagrams(buf, len, r.stride, src, base, handle, &mut self.delivered);
-        self.stats.batch_size(Batch::UdpReceive, datagrams);
+        stages.ingress_gro(src, (buf, len, r.stride), base, &mut self.delivered);
         if self.delivered.len() == before {
             return self.ring.lend_home(i);
         }
@@ -413,10 +386,7 @@ impl UringIo {
         }
     }
 
-    fn complete<H>(&mut self, cqe: Cqe, handle: &mut H) -> io::Result<()>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn complete(&mut self, cqe: Cqe, stages: &mut Stages<'_>) -> io::Result<()> {
         match self.ring.complete(cqe) {
             Completion::Nothing => Ok(()),
             // A multishot request that failed outright (no buffer taken).
@@ -428,22 +398,21 @@ impl UringIo {
                 self.failed(DropReason::SocketError, res);
                 Ok(())
             }
-            Completion::TunRead { slot, res } if res > 0 && res as usize > self.headroom => {
-                let (h, read_len) = (self.headroom, self.read_len);
-                let Some(buf) = self.ring.buf_mut(slot).and_then(|b| b.get_mut(h..read_len)) else {
+            Completion::TunRead { slot, res } if res > 0 => {
+                let (read_len, offload) = (self.read_len, self.headroom > 0);
+                let Some((read, cut)) = self
+                    .ring
+                    .buf_mut(slot)
+                    .and_then(|b| b.split_at_mut_checked(read_len))
+                else {
                     return self.ring.lend_home(slot);
                 };
-                if h == 0 {
-                    // One packet per read without offloads (`egress_wire` counts the others).
-                    self.stats.tun_read(1);
-                }
-                let action = handle(Origin::Tun, buf, res as usize - h);
-                self.dispatch(slot, action)
-            }
-            Completion::TunRead { slot, res } if res > 0 => {
-                // Shorter than the virtio-net header.
-                self.stats.drop_packet(DropReason::BadHeader);
-                self.ring.lend_home(slot)
+                let action = stages.egress(TunRead {
+                    buf: read,
+                    len: res as usize,
+                    cut: offload.then_some((cut, Layout::HeadersOnly)),
+                });
+                self.carry_out(slot, action)
             }
             Completion::TunRead { slot, res } => {
                 self.failed(DropReason::TunError, res);
@@ -452,7 +421,7 @@ impl UringIo {
             Completion::UdpRecv {
                 slot,
                 result: Ok(r),
-            } => self.on_receive(slot, r, handle),
+            } => self.on_receive(slot, r, stages),
             Completion::UdpRecv {
                 slot,
                 result: Err(res),
@@ -488,15 +457,12 @@ impl PacketIo for UringIo {
         self.ring.wait(self.busy_poll)
     }
 
-    fn process<H>(&mut self, mut handle: H) -> io::Result<Flow>
-    where
-        H: FnMut(Origin, &mut [u8], usize) -> Action,
-    {
+    fn process(&mut self, stages: &mut Stages<'_>) -> io::Result<Flow> {
         let mut chunk = [Cqe::default(); REAP_CHUNK];
         loop {
             let n = self.ring.reap(&mut chunk);
             for &cqe in &chunk[..n] {
-                self.complete(cqe, &mut handle)?;
+                self.complete(cqe, stages)?;
             }
             if n < REAP_CHUNK {
                 break;
@@ -511,7 +477,7 @@ impl PacketIo for UringIo {
         if !self.ring.stopping() {
             return Ok(Flow::Continue);
         }
-        self.finish(&mut handle)?;
+        self.finish(stages)?;
         match self.fatal.take() {
             Some(e) => Err(e),
             None => Ok(Flow::Stop),

@@ -1,4 +1,5 @@
-//! IPv4 header views and checksum arithmetic for the udp datapath.
+//! The IPv4 header (RFC 791 §3.1): a validated view, the TTL step both ends of the tunnel
+//! take, and the header checksum.
 //!
 //! Everything here is pure (no I/O, no allocation) and total: no input makes it panic, which is
 //! what the fuzz targets check. [`Ipv4View::new_checked`] validates once; its accessors cannot
@@ -8,23 +9,30 @@
 
 use std::net::Ipv4Addr;
 
+use super::checksum::{checksum, fold};
+
 /// Length of an IPv4 header without options.
 pub const IPV4_MIN_HEADER: usize = 20;
 /// Longest IPv4 header (IHL = 15).
 pub const IPV4_MAX_HEADER: usize = 60;
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
 
 // Offsets into the fixed part of the header.
 const VER_IHL: usize = 0;
 const TOTAL_LEN: usize = 2;
+const ID: usize = 4;
 const FRAG: usize = 6;
 const TTL: usize = 8;
 const PROTO: usize = 9;
 const CHECKSUM: usize = 10;
-const SRC: usize = 12;
+/// Where the source and destination addresses start: the 8 bytes a pseudo-header sums.
+pub const ADDRS: usize = 12;
+const SRC: usize = ADDRS;
 const DST: usize = 16;
 
 /// Why bytes are not a usable IPv4 packet.
@@ -148,38 +156,20 @@ impl<'a> Ipv4View<'a> {
         )
     }
 
+    /// Whether this is a fragment: a fragment offset, or More Fragments set.
+    pub fn is_fragment(&self) -> bool {
+        self.fragment_offset() != 0 || self.fixed[FRAG] & 0x20 != 0
+    }
+
+    /// The identification field.
+    pub fn id(&self) -> u16 {
+        u16::from_be_bytes([self.fixed[ID], self.fixed[ID + 1]])
+    }
+
     /// The fragment offset in 8-byte units (flags masked off).
     pub fn fragment_offset(&self) -> u16 {
         u16::from_be_bytes([self.fixed[FRAG], self.fixed[FRAG + 1]]) & 0x1fff
     }
-}
-
-/// The Internet checksum (RFC 1071) of `data`: the one's complement of the one's-complement
-/// sum of its 16-bit big-endian words, an odd last byte padded with zero. Over a header whose
-/// checksum field is filled in, the result is 0 when the checksum verifies.
-pub fn checksum(data: &[u8]) -> u16 {
-    !fold(sum_words(data))
-}
-
-/// Sum of the 16-bit big-endian words of `data`, unfolded.
-fn sum_words(data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    let mut sum: u64 = chunks
-        .by_ref()
-        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    if let [last] = chunks.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds carries back into 16 bits (end-around carry).
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Decrements the TTL of the IPv4 header at the start of `packet` and patches the header
@@ -340,17 +330,6 @@ mod tests {
             Ipv4View::new_verified(&p).unwrap_err(),
             Malformed::BadChecksum
         );
-    }
-
-    #[test]
-    fn checksum_matches_rfc1071_example() {
-        // RFC 1071 §3: words 0001 f203 f4f5 f6f7 sum to ddf2 (one's complement: 220d).
-        assert_eq!(
-            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
-        // Odd length pads with a zero byte.
-        assert_eq!(checksum(&[0x01]), !0x0100);
     }
 
     /// Full recompute of the header checksum, the reference for the incremental update.

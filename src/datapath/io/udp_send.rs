@@ -7,7 +7,7 @@
 use std::io::{self, IoSlice};
 use std::net::{SocketAddrV4, UdpSocket};
 
-use super::offload::GSO_MAX_SEGMENTS;
+use crate::datapath::gso::GSO_MAX_SEGMENTS;
 use crate::datapath::stats::WorkerStats;
 use crate::sys::udp::send_gso;
 
