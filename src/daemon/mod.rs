@@ -6,9 +6,9 @@
 //! `READY=1` to systemd) → watch. etcd going away later never stops the
 //! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
 
+pub mod handover;
 pub mod health;
 pub mod metrics;
-pub mod restart;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +23,7 @@ use tokio::time::sleep;
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
+use crate::backend::udp::handover::TakenOver;
 use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
@@ -44,9 +45,9 @@ use metrics::Telemetry;
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("CLI flags config: {}", cli.summary());
-    // A re-executed image runs the handed-over datapath first, before anything else.
-    let adopted = restart::adopt(&cli);
-    let reload = restart::ReloadSignal::new();
+    // A new image takes over the handed-over datapath first, before anything else.
+    let taken_over = take_over(&cli);
+    let reload = handover::ReloadSignal::new();
     let (stop_src, stop) = cancel_pair();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -112,11 +113,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         netlink: netlink.clone(),
         reload,
     };
-    let adopted = adopted.and_then(|a| a.claim(&ctx));
+    let taken_over = taken_over.and_then(|t| t.claim(&ctx));
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
         BackendKind::Udp => {
-            let udp = match adopted {
+            let udp = match taken_over {
                 Some(udp) => udp,
                 None => Udp::new(&ctx, udp_options(&cli))?,
             };
@@ -145,7 +146,7 @@ struct Daemon<'a> {
     telemetry: Arc<Telemetry>,
     stop: CancelToken,
     netlink: Netlink,
-    reload: restart::ReloadSignal,
+    reload: handover::ReloadSignal,
 }
 
 impl Daemon<'_> {
@@ -258,15 +259,7 @@ impl Daemon<'_> {
                     }
                 }
                 _ = self.reload.recv() => {
-                    let now = restart::Running {
-                        config: &ctx.config,
-                        iface: &ctx.iface,
-                        lease: &keeper.held().lease,
-                    };
-                    match backend.as_udp() {
-                        Some(udp) => restart::reexec(udp, now),
-                        None => tracing::warn!("SIGUSR2: the re-exec hand-over is for the udp backend only; ignored"),
-                    }
+                    handover::hand_over(&mut backend, &keeper.held().lease);
                     false
                 }
                 _ = keeper.renewal_due() => {
@@ -324,8 +317,17 @@ impl Daemon<'_> {
     }
 }
 
-/// The udp backend's host options from the flags (a fresh start and a re-exec hand-over
-/// build the backend from the same ones).
+/// In a new image: runs the datapath the previous one handed over, if any. Only the udp
+/// backend hands over, so what was handed over is the udp backend's.
+fn take_over(cli: &Cli) -> Option<TakenOver> {
+    let handed = handover::handed_over()?;
+    TakenOver::start(handed, udp_options(cli), &handover::version())
+        .map_err(|e| handover::refused(&e))
+        .ok()
+}
+
+/// The udp backend's host options from the flags (a fresh start and a take-over build the
+/// backend from the same ones).
 fn udp_options(cli: &Cli) -> UdpOptions {
     UdpOptions {
         workers: cli.udp_workers,
