@@ -250,7 +250,7 @@ fn exec(exe: &std::path::Path, handing: &HandOver<'_>) -> anyhow::Result<std::co
         Ok(())
     };
     // Another SIGUSR2 while the next image starts stays pending (the mask survives execve)
-    // until that image listens ([`ReloadSignal::new`]), rather than killing it.
+    // until that image listens ([`HandOverSignal::new`]), rather than killing it.
     if let Err(e) = block_signal(libc::SIGUSR2, true) {
         tracing::warn!("blocking SIGUSR2 across the exec: {e}");
     }
@@ -282,9 +282,9 @@ fn notify(states: &[sd_notify::NotifyState], monotonic: bool) {
 
 /// The `SIGUSR2` stream, registered at start-up so that the signal never falls to its
 /// default action (terminate) once the daemon runs.
-pub struct ReloadSignal(Option<tokio::signal::unix::Signal>);
+pub struct HandOverSignal(Option<tokio::signal::unix::Signal>);
 
-impl ReloadSignal {
+impl HandOverSignal {
     /// Registers the handler, then unblocks `SIGUSR2` on the calling thread (the one that
     /// runs the daemon's main future, the first after an exec): a previous image blocked it
     /// across the `execve`, and one sent meanwhile is delivered now.
@@ -295,11 +295,11 @@ impl ReloadSignal {
                 if let Err(e) = block_signal(libc::SIGUSR2, false) {
                     tracing::warn!("unblocking SIGUSR2: {e}");
                 }
-                ReloadSignal(Some(s))
+                HandOverSignal(Some(s))
             }
             Err(e) => {
-                tracing::warn!("cannot listen for SIGUSR2 (no re-exec): {e}");
-                ReloadSignal(None)
+                tracing::warn!("cannot listen for SIGUSR2 (no hand-over): {e}");
+                HandOverSignal(None)
             }
         }
     }
@@ -317,13 +317,13 @@ impl ReloadSignal {
     }
 }
 
-impl std::fmt::Debug for ReloadSignal {
+impl std::fmt::Debug for HandOverSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReloadSignal")
+        f.write_str("HandOverSignal")
     }
 }
 
-impl Default for ReloadSignal {
+impl Default for HandOverSignal {
     fn default() -> Self {
         Self::new()
     }

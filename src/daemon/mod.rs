@@ -47,7 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("CLI flags config: {}", cli.summary());
     // A new image takes over the handed-over datapath first, before anything else.
     let taken_over = take_over(&cli);
-    let reload = handover::ReloadSignal::new();
+    let hand_over_signal = handover::HandOverSignal::new();
     let (stop_src, stop) = cancel_pair();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -111,7 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         telemetry,
         stop,
         netlink: netlink.clone(),
-        reload,
+        hand_over_signal,
     };
     let taken_over = taken_over.and_then(|t| t.claim(&ctx));
     match config.backend.kind {
@@ -146,7 +146,7 @@ struct Daemon<'a> {
     telemetry: Arc<Telemetry>,
     stop: CancelToken,
     netlink: Netlink,
-    reload: handover::ReloadSignal,
+    hand_over_signal: handover::HandOverSignal,
 }
 
 impl Daemon<'_> {
@@ -258,7 +258,7 @@ impl Daemon<'_> {
                         None => false,
                     }
                 }
-                _ = self.reload.recv() => {
+                _ = self.hand_over_signal.recv() => {
                     handover::hand_over(&mut backend, &keeper.held().lease);
                     false
                 }

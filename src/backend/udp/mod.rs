@@ -358,7 +358,7 @@ impl Backend for Udp {
             .context("udp backend: no netlink handle to configure the TUN device with")?;
         let own_subnet = own.subnet().trunc();
         if let Some(running) = self.running.as_mut() {
-            // Adopted from the previous image: the device is configured already; re-ensure
+            // Taken over from the previous image: the device is configured already; re-ensure
             // it (each step is idempotent) and follow the lease should it have moved.
             let was = running.link.addr;
             running.link.addr = own_subnet.network();
