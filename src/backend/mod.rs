@@ -41,7 +41,7 @@ pub struct BackendAttrs {
 
 /// The counters a backend owns, for the daemon's `/metrics` and `/status`.
 #[derive(Debug, Clone, Default)]
-pub struct BackendTelemetry {
+pub struct BackendCounters {
     /// Kernel-programming backends (vxlan, host-gw): their reconciliation.
     pub reconcile: Option<Arc<ReconcileStats>>,
     /// The udp backend: its workers' counters.
@@ -105,8 +105,8 @@ pub trait Backend: Send {
     }
 
     /// The counters this backend keeps. Default: none.
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry::default()
+    fn counters(&self) -> BackendCounters {
+        BackendCounters::default()
     }
 
     /// Whether this backend hands its running datapath over to a new image of the daemon

@@ -40,7 +40,7 @@ use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
 use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
-use metrics::Telemetry;
+use metrics::Counters;
 
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,10 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stop_src.cancel();
     });
 
-    let telemetry = Arc::new(Telemetry::default());
+    let counters = Arc::new(Counters::default());
     if cli.healthz.healthz_port > 0 {
         let addr = SocketAddr::new(cli.healthz.healthz_ip, cli.healthz.healthz_port);
-        health::serve(addr, telemetry.clone(), stop.clone())
+        health::serve(addr, counters.clone(), stop.clone())
             .await
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
     }
@@ -68,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(read_config_file(path)?),
         None => None,
     };
-    let Some(registry) = until_stopped(&stop, connect(&cli, &telemetry)).await else {
+    let Some(registry) = until_stopped(&stop, connect(&cli, &counters)).await else {
         return Ok(());
     };
     let config = match file_config {
@@ -78,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             None => return Ok(()),
         },
     };
-    telemetry.set_backend(config.backend.kind.name());
+    counters.set_backend(config.backend.kind.name());
     if config.ipv4.is_none() {
         bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
     }
@@ -108,7 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = Daemon {
         cli: &cli,
         registry,
-        telemetry,
+        counters,
         stop,
         netlink: netlink.clone(),
         hand_over_signal,
@@ -143,7 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 struct Daemon<'a> {
     cli: &'a Cli,
     registry: Registry,
-    telemetry: Arc<Telemetry>,
+    counters: Arc<Counters>,
     stop: CancelToken,
     netlink: Netlink,
     hand_over_signal: handover::HandOverSignal,
@@ -217,12 +217,12 @@ impl Daemon<'_> {
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
         let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
-        self.telemetry.set_backend_telemetry(backend.telemetry());
-        self.telemetry
+        self.counters.set_backend_counters(backend.counters());
+        self.counters
             .set_rules(rules.as_ref().map(|r| r.stats().clone()));
         self.blackhole(&held.lease.key, None).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
-        self.telemetry.ready.set_ready();
+        self.counters.ready.set_ready();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("could not notify systemd: {e}");
         }
@@ -239,7 +239,7 @@ impl Daemon<'_> {
 
         let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
         let mut keeper = Keeper::new(self.registry.clone(), TokioClock, held, acquire, margin)
-            .with_telemetry(self.telemetry.control.clone());
+            .with_counters(self.counters.control.clone());
         loop {
             let lost = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -247,11 +247,11 @@ impl Daemon<'_> {
                     let Some(msg) = msg else { break };
                     if !msg.events.is_empty() {
                         backend.apply(&msg.events).await;
-                        self.telemetry.control.apply(&msg.events);
+                        self.counters.control.apply(&msg.events);
                     }
                     if msg.resync {
                         backend.resynced().await;
-                        self.telemetry.control.resynced();
+                        self.counters.control.resynced();
                     }
                     match msg.own {
                         Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
@@ -386,9 +386,9 @@ async fn until_stopped<T>(
 
 /// Connects to etcd, retrying with backoff until it answers (the registry's `EtcdHealth`
 /// logs when the failures start and end).
-async fn connect(cli: &Cli, telemetry: &Telemetry) -> Registry {
+async fn connect(cli: &Cli, counters: &Counters) -> Registry {
     let opts = EtcdOptions {
-        health: telemetry.etcd.clone(),
+        health: counters.etcd.clone(),
         ..cli.etcd.options()
     };
     if opts.certfile.is_none() {

@@ -39,7 +39,7 @@ use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry, HandOver};
+use super::{Backend, BackendAttrs, BackendContext, BackendCounters, HandOver};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
 use crate::datapath::device::{self, TunSpec};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
@@ -150,7 +150,7 @@ pub struct Udp {
     running: Option<Running>,
     /// The daemon's netlink handle, for the device set-up ([`Udp::with_netlink`]).
     netlink: Option<Netlink>,
-    /// Where the workers' counters are read (`/metrics`, through [`Backend::telemetry`]).
+    /// Where the workers' counters are read (`/metrics`, through [`Backend::counters`]).
     hub: StatsHub,
     /// The stopped datapath while a hand-over is under way.
     handing_over: Option<handover::HandingOver>,
@@ -339,8 +339,8 @@ impl Backend for Udp {
         self.settings.mtu
     }
 
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry {
+    fn counters(&self) -> BackendCounters {
+        BackendCounters {
             reconcile: None,
             datapath: Some(self.hub.clone()),
         }
