@@ -34,7 +34,7 @@ use ipnet::IpNet;
 use super::kernel::{
     Desired, DirectPeers, Engine, EngineState, Host, Ownership, Planner, Reconciler, RouteSpec,
 };
-use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry};
+use super::{Backend, BackendAttrs, BackendContext, BackendCounters};
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 /// Upstream's refusal when the public IP is not the interface's own.
@@ -265,8 +265,8 @@ impl<H: Host> Backend for HostGw<H> {
         self.mtu
     }
 
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry {
+    fn counters(&self) -> BackendCounters {
+        BackendCounters {
             reconcile: Some(self.reconciler.stats().clone()),
             datapath: None,
         }

@@ -5,6 +5,9 @@
 //! [`Backend::start`] (with the lease: create devices, start forwarding), then
 //! [`Backend::apply`] for every batch of lease events about *other* hosts, and
 //! [`Backend::moved`] when a lost lease came back with a different subnet.
+//! On `SIGUSR2` a backend that [`Backend::hands_over`] its datapath stops it without
+//! closing anything ([`Backend::hand_over`]); the daemon passes the state and fds to a new
+//! image of itself, which takes them over (for udp: `udp::handover::TakenOver`).
 //! Backends that program the kernel keep planning (pure) apart from doing
 //! (`crate::exec`), so the planning is testable without root.
 
@@ -17,6 +20,7 @@ pub mod udp;
 pub mod vxlan;
 
 use std::future::Future;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 pub use crate::config::BackendKind;
@@ -37,11 +41,29 @@ pub struct BackendAttrs {
 
 /// The counters a backend owns, for the daemon's `/metrics` and `/status`.
 #[derive(Debug, Clone, Default)]
-pub struct BackendTelemetry {
+pub struct BackendCounters {
     /// Kernel-programming backends (vxlan, host-gw): their reconciliation.
     pub reconcile: Option<Arc<ReconcileStats>>,
     /// The udp backend: its workers' counters.
     pub datapath: Option<StatsHub>,
+}
+
+/// What a backend hands over to the next image of the daemon (`SIGUSR2`).
+#[derive(Debug)]
+pub struct HandOver<'a> {
+    /// The backend's state, serialised; the daemon passes it on unread.
+    pub state: Vec<u8>,
+    /// The fds the next image inherits (the state names them by number). The backend keeps
+    /// owning them: should the hand-over fall through, [`Backend::take_back`] runs on them.
+    pub fds: Vec<BorrowedFd<'a>>,
+}
+
+/// What the next image finds: the state as it was handed over, and the fds it inherited,
+/// owned, each with its number.
+#[derive(Debug)]
+pub struct HandedOver {
+    pub state: Vec<u8>,
+    pub fds: Vec<(RawFd, OwnedFd)>,
 }
 
 /// What every backend implements.
@@ -83,14 +105,29 @@ pub trait Backend: Send {
     }
 
     /// The counters this backend keeps. Default: none.
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry::default()
+    fn counters(&self) -> BackendCounters {
+        BackendCounters::default()
     }
 
-    /// The udp backend itself, for the re-exec hand-over of its datapath (`SIGUSR2`,
-    /// `daemon::restart`); `None` for every other backend. Default: `None`.
-    fn as_udp(&mut self) -> Option<&mut udp::Udp> {
-        None
+    /// Whether this backend hands its running datapath over to a new image of the daemon
+    /// on `SIGUSR2`. Default: no (the signal is then ignored).
+    fn hands_over(&self) -> bool {
+        false
+    }
+
+    /// `SIGUSR2`: stops forwarding without closing anything, and returns the state and fds
+    /// the next image takes over; `own` is our lease, `version` this binary's version (the
+    /// state records it). Whether this fails or the `execve` after it, the daemon then
+    /// calls [`Backend::take_back`]. Default: an error (see [`Backend::hands_over`]).
+    fn hand_over(&mut self, own: &Lease, version: &str) -> anyhow::Result<HandOver<'_>> {
+        let _ = (own, version);
+        anyhow::bail!("this backend does not hand over its datapath")
+    }
+
+    /// The hand-over fell through: forward again on what was to be handed over. Default:
+    /// nothing.
+    fn take_back(&mut self) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 

@@ -9,9 +9,9 @@ use flannel_rs::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // Before any thread exists: the binary's path (for a SIGUSR2 re-exec) and the hand-over
-    // variable a previous image may have left (see daemon::restart).
-    flannel_rs::daemon::restart::init_process();
+    // Before any thread exists: the binary's path (for a SIGUSR2 hand-over) and the hand-over
+    // variable a previous image may have left (see daemon::handover).
+    flannel_rs::daemon::handover::init_process();
     let cli = match Cli::parse_go(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {

@@ -14,8 +14,8 @@ use crate::config::NetworkConfig;
 use crate::status::NodeStatus;
 use crate::subnet::lease::SubnetKey;
 use crate::subnet::net::SubnetRange;
+use crate::subnet::reduce::parse_kv;
 use crate::subnet::registry::StoredKey;
-use crate::subnet::watch::parse_kv;
 
 /// One lease or reservation, as `leases` and `lease` show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

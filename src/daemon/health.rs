@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::metrics::{self, Telemetry};
+use super::metrics::{self, Counters};
 use crate::compat;
 use crate::status::STATUS_PATH;
 
@@ -48,16 +48,16 @@ pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'stati
     }
 }
 
-/// One response: `/metrics` and `/status` from `telemetry`, the rest as [`respond`] says.
-fn response(req: &Request<Incoming>, telemetry: &Arc<Telemetry>) -> Response<Full<Bytes>> {
+/// One response: `/metrics` and `/status` from `counters`, the rest as [`respond`] says.
+fn response(req: &Request<Incoming>, counters: &Arc<Counters>) -> Response<Full<Bytes>> {
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let (code, content_type, body) = match req.uri().path() {
         "/metrics" if get => (
             StatusCode::OK,
             metrics::CONTENT_TYPE,
-            telemetry.metrics_text(),
+            counters.metrics_text(),
         ),
-        STATUS_PATH if get => match serde_json::to_string_pretty(&telemetry.status()) {
+        STATUS_PATH if get => match serde_json::to_string_pretty(&counters.status()) {
             Ok(json) => (StatusCode::OK, "application/json", json),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,7 +66,7 @@ fn response(req: &Request<Incoming>, telemetry: &Arc<Telemetry>) -> Response<Ful
             ),
         },
         path => {
-            let (code, body) = respond(req.method(), path, telemetry.ready.is_ready());
+            let (code, body) = respond(req.method(), path, counters.ready.is_ready());
             (code, "text/plain; charset=utf-8", body.to_owned())
         }
     };
@@ -82,7 +82,7 @@ fn response(req: &Request<Incoming>, telemetry: &Arc<Telemetry>) -> Response<Ful
 /// Binds the listener (so a busy port fails start-up) and serves until `stop`.
 pub async fn serve(
     addr: SocketAddr,
-    telemetry: Arc<Telemetry>,
+    counters: Arc<Counters>,
     stop: CancelToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -94,10 +94,10 @@ pub async fn serve(
                 _ = stop.cancelled() => return,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let telemetry = telemetry.clone();
+            let counters = counters.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let resp = response(&req, &telemetry);
+                    let resp = response(&req, &counters);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = http1::Builder::new()

@@ -3,7 +3,7 @@
 //! `flannelctl status`).
 //!
 //! Nothing is counted here. Every layer keeps its own counters where the work happens (the
-//! udp workers per worker, the lease loops in `subnet::telemetry`, the reconciler in
+//! udp workers per worker, the lease loops in `subnet::counters`, the reconciler in
 //! `backend::kernel`, the rule checks in `exec::masq`); on each scrape a collector reads
 //! them all once and encodes them, so a scrape costs the workers nothing.
 //!
@@ -24,21 +24,21 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::health::Readiness;
 use crate::backend::kernel::ReconcileStats;
-use crate::backend::BackendTelemetry;
+use crate::backend::BackendCounters;
 use crate::datapath::stats::{Batch, DropReason, StatsSnapshot};
 use crate::exec::masq::RulesStats;
 use crate::status::{
     DatapathStatus, EtcdStatus, LeaseStatus, NodeStatus, PeerStatus, ReconcileStatus,
 };
+use crate::subnet::counters::{ControlPlane, ControlSnapshot, EtcdHealth, EtcdSnapshot};
 use crate::subnet::lease::Lease;
-use crate::subnet::telemetry::{ControlPlane, ControlSnapshot, EtcdHealth, EtcdSnapshot};
 
 /// `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Everything `/metrics` and `/status` read. The daemon fills it in as it starts.
 #[derive(Debug, Default)]
-pub struct Telemetry {
+pub struct Counters {
     pub etcd: Arc<EtcdHealth>,
     pub control: ControlPlane,
     pub ready: Readiness,
@@ -50,7 +50,7 @@ pub struct Telemetry {
 struct Parts {
     /// The network config's backend type.
     backend: String,
-    backend_telemetry: BackendTelemetry,
+    backend_counters: BackendCounters,
     rules: Option<Arc<RulesStats>>,
 }
 
@@ -67,15 +67,15 @@ struct Reading {
     peer_traffic: Option<Vec<(Ipv4Addr, [u64; 4])>>,
 }
 
-impl Telemetry {
+impl Counters {
     /// The backend type, once the network config is read.
     pub fn set_backend(&self, name: &str) {
         self.parts().backend = name.to_owned();
     }
 
     /// The running backend's counters.
-    pub fn set_backend_telemetry(&self, t: BackendTelemetry) {
-        self.parts().backend_telemetry = t;
+    pub fn set_backend_counters(&self, t: BackendCounters) {
+        self.parts().backend_counters = t;
     }
 
     /// The masquerade/forward rules' counters, when rules are managed.
@@ -89,7 +89,7 @@ impl Telemetry {
 
     fn read(&self) -> Reading {
         let parts = self.parts().clone();
-        let hub = parts.backend_telemetry.datapath.clone();
+        let hub = parts.backend_counters.datapath.clone();
         Reading {
             ready: self.ready.is_ready(),
             etcd: self.etcd.snapshot(),
@@ -159,7 +159,7 @@ impl Telemetry {
                 .collect(),
             icmp_unreachable_sent: s.icmp_sent,
         });
-        let reconcile = r.parts.backend_telemetry.reconcile.as_ref().map(|rs| {
+        let reconcile = r.parts.backend_counters.reconcile.as_ref().map(|rs| {
             let s = rs.snapshot();
             ReconcileStatus {
                 runs: s.runs,
@@ -228,9 +228,9 @@ fn label_op(op: &str) -> String {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The collector `metrics_text` registers: reads [`Telemetry`] once per scrape.
+/// The collector `metrics_text` registers: reads [`Counters`] once per scrape.
 #[derive(Debug)]
-struct Scrape(Arc<Telemetry>);
+struct Scrape(Arc<Counters>);
 
 impl Collector for Scrape {
     fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
@@ -241,7 +241,7 @@ impl Collector for Scrape {
         if let Some((s, features)) = &r.datapath {
             encode_datapath(&mut out, s, features, &r)?;
         }
-        if let Some(rs) = &r.parts.backend_telemetry.reconcile {
+        if let Some(rs) = &r.parts.backend_counters.reconcile {
             encode_reconcile(&mut out, rs)?;
         }
         if let Some(rules) = &r.parts.rules {
@@ -601,14 +601,14 @@ mod tests {
 
     #[test]
     fn a_scrape_names_every_family_once_and_counts_what_the_workers_did() {
-        let t = Arc::new(Telemetry::default());
+        let t = Arc::new(Counters::default());
         t.set_backend("udp");
         let hub = StatsHub::new(false);
         let w = hub.add_worker();
         w.egress(100);
         w.sent(true, 4, 4000);
         w.drop_packet(DropReason::UnknownPeer);
-        t.set_backend_telemetry(BackendTelemetry {
+        t.set_backend_counters(BackendCounters {
             reconcile: None,
             datapath: Some(hub),
         });
@@ -639,11 +639,11 @@ mod tests {
 
     #[test]
     fn status_carries_the_same_numbers() {
-        let t = Telemetry::default();
+        let t = Counters::default();
         t.set_backend("udp");
         let hub = StatsHub::new(false);
         hub.add_worker().drop_packet(DropReason::NoRoute);
-        t.set_backend_telemetry(BackendTelemetry {
+        t.set_backend_counters(BackendCounters {
             reconcile: None,
             datapath: Some(hub),
         });

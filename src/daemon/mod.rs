@@ -6,9 +6,9 @@
 //! `READY=1` to systemd) → watch. etcd going away later never stops the
 //! daemon: the keeper retries renewals and the watcher re-lists on reconnect.
 
+pub mod handover;
 pub mod health;
 pub mod metrics;
-pub mod restart;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +23,7 @@ use tokio::time::sleep;
 use crate::backend::aws_vpc::AwsVpc;
 use crate::backend::extension::{self, ExecHooks, Extension};
 use crate::backend::host_gw::HostGw;
+use crate::backend::udp::handover::TakenOver;
 use crate::backend::udp::{Udp, UdpOptions};
 use crate::backend::vxlan::Vxlan;
 use crate::backend::{alloc::Alloc, Backend, BackendContext, BackendKind};
@@ -39,14 +40,14 @@ use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
 use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
-use metrics::Telemetry;
+use metrics::Counters;
 
 /// Runs the daemon until a signal; `Ok` means a clean exit (status 0).
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!("CLI flags config: {}", cli.summary());
-    // A re-executed image runs the handed-over datapath first, before anything else.
-    let adopted = restart::adopt(&cli);
-    let reload = restart::ReloadSignal::new();
+    // A new image takes over the handed-over datapath first, before anything else.
+    let taken_over = take_over(&cli);
+    let hand_over_signal = handover::HandOverSignal::new();
     let (stop_src, stop) = cancel_pair();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -54,10 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         stop_src.cancel();
     });
 
-    let telemetry = Arc::new(Telemetry::default());
+    let counters = Arc::new(Counters::default());
     if cli.healthz.healthz_port > 0 {
         let addr = SocketAddr::new(cli.healthz.healthz_ip, cli.healthz.healthz_port);
-        health::serve(addr, telemetry.clone(), stop.clone())
+        health::serve(addr, counters.clone(), stop.clone())
             .await
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
     }
@@ -67,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(read_config_file(path)?),
         None => None,
     };
-    let Some(registry) = until_stopped(&stop, connect(&cli, &telemetry)).await else {
+    let Some(registry) = until_stopped(&stop, connect(&cli, &counters)).await else {
         return Ok(());
     };
     let config = match file_config {
@@ -77,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             None => return Ok(()),
         },
     };
-    telemetry.set_backend(config.backend.kind.name());
+    counters.set_backend(config.backend.kind.name());
     if config.ipv4.is_none() {
         bail!("invalid network config: EnableIPv4: IPv6-only networks are not supported by flannel-rs yet");
     }
@@ -107,16 +108,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let daemon = Daemon {
         cli: &cli,
         registry,
-        telemetry,
+        counters,
         stop,
         netlink: netlink.clone(),
-        reload,
+        hand_over_signal,
     };
-    let adopted = adopted.and_then(|a| a.claim(&ctx));
+    let taken_over = taken_over.and_then(|t| t.claim(&ctx));
     match config.backend.kind {
         BackendKind::Alloc => daemon.run_backend(Alloc::new(&ctx), &ctx).await,
         BackendKind::Udp => {
-            let udp = match adopted {
+            let udp = match taken_over {
                 Some(udp) => udp,
                 None => Udp::new(&ctx, udp_options(&cli))?,
             };
@@ -142,10 +143,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 struct Daemon<'a> {
     cli: &'a Cli,
     registry: Registry,
-    telemetry: Arc<Telemetry>,
+    counters: Arc<Counters>,
     stop: CancelToken,
     netlink: Netlink,
-    reload: restart::ReloadSignal,
+    hand_over_signal: handover::HandOverSignal,
 }
 
 impl Daemon<'_> {
@@ -216,12 +217,12 @@ impl Daemon<'_> {
         // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
         let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
         let rules = masq::start(rules_cfg, self.stop.clone()).await;
-        self.telemetry.set_backend_telemetry(backend.telemetry());
-        self.telemetry
+        self.counters.set_backend_counters(backend.counters());
+        self.counters
             .set_rules(rules.as_ref().map(|r| r.stats().clone()));
         self.blackhole(&held.lease.key, None).await;
         self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
-        self.telemetry.ready.set_ready();
+        self.counters.ready.set_ready();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!("could not notify systemd: {e}");
         }
@@ -238,7 +239,7 @@ impl Daemon<'_> {
 
         let margin = Duration::from_secs(u64::from(self.cli.subnet_lease_renew_margin) * 60);
         let mut keeper = Keeper::new(self.registry.clone(), TokioClock, held, acquire, margin)
-            .with_telemetry(self.telemetry.control.clone());
+            .with_counters(self.counters.control.clone());
         loop {
             let lost = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -246,27 +247,19 @@ impl Daemon<'_> {
                     let Some(msg) = msg else { break };
                     if !msg.events.is_empty() {
                         backend.apply(&msg.events).await;
-                        self.telemetry.control.apply(&msg.events);
+                        self.counters.control.apply(&msg.events);
                     }
                     if msg.resync {
                         backend.resynced().await;
-                        self.telemetry.control.resynced();
+                        self.counters.control.resynced();
                     }
                     match msg.own {
                         Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
                         None => false,
                     }
                 }
-                _ = self.reload.recv() => {
-                    let now = restart::Running {
-                        config: &ctx.config,
-                        iface: &ctx.iface,
-                        lease: &keeper.held().lease,
-                    };
-                    match backend.as_udp() {
-                        Some(udp) => restart::reexec(udp, now),
-                        None => tracing::warn!("SIGUSR2: the re-exec hand-over is for the udp backend only; ignored"),
-                    }
+                _ = self.hand_over_signal.recv() => {
+                    handover::hand_over(&mut backend, &keeper.held().lease);
                     false
                 }
                 _ = keeper.renewal_due() => {
@@ -324,8 +317,17 @@ impl Daemon<'_> {
     }
 }
 
-/// The udp backend's host options from the flags (a fresh start and a re-exec hand-over
-/// build the backend from the same ones).
+/// In a new image: runs the datapath the previous one handed over, if any. Only the udp
+/// backend hands over, so what was handed over is the udp backend's.
+fn take_over(cli: &Cli) -> Option<TakenOver> {
+    let handed = handover::handed_over()?;
+    TakenOver::start(handed, udp_options(cli), &handover::version())
+        .map_err(|e| handover::refused(&e))
+        .ok()
+}
+
+/// The udp backend's host options from the flags (a fresh start and a take-over build the
+/// backend from the same ones).
 fn udp_options(cli: &Cli) -> UdpOptions {
     UdpOptions {
         workers: cli.udp_workers,
@@ -384,9 +386,9 @@ async fn until_stopped<T>(
 
 /// Connects to etcd, retrying with backoff until it answers (the registry's `EtcdHealth`
 /// logs when the failures start and end).
-async fn connect(cli: &Cli, telemetry: &Telemetry) -> Registry {
+async fn connect(cli: &Cli, counters: &Counters) -> Registry {
     let opts = EtcdOptions {
-        health: telemetry.etcd.clone(),
+        health: counters.etcd.clone(),
         ..cli.etcd.options()
     };
     if opts.certfile.is_none() {

@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clock::{Backoff, Clock};
+use super::counters::ControlPlane;
 use super::lease::SubnetKey;
+use super::reduce::OwnChange;
 use super::registry::{AcquireRequest, HeldLease, Registry, RegistryError, Renewal};
-use super::telemetry::ControlPlane;
-use super::watch::OwnChange;
 
 /// How long after a grant of `ttl` to renew, given the renew margin.
 ///
@@ -211,7 +211,7 @@ pub struct Keeper<S: LeaseStore, C: Clock> {
     renew_at: Option<Instant>,
     /// Since when renewals fail (the first failure is logged, the recovery too).
     failing_since: Option<Instant>,
-    telemetry: ControlPlane,
+    counters: ControlPlane,
 }
 
 impl<S: LeaseStore, C: Clock> Keeper<S, C> {
@@ -225,23 +225,23 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
             margin,
             renew_at: None,
             failing_since: None,
-            telemetry: ControlPlane::default(),
+            counters: ControlPlane::default(),
         };
         k.schedule_renewal();
         k
     }
 
-    /// Records renewals, re-acquisitions and the lease held in `telemetry`.
+    /// Records renewals, re-acquisitions and the lease held in `counters`.
     #[must_use]
-    pub fn with_telemetry(mut self, telemetry: ControlPlane) -> Self {
-        telemetry.set_lease(&self.held);
-        self.telemetry = telemetry;
+    pub fn with_counters(mut self, counters: ControlPlane) -> Self {
+        counters.set_lease(&self.held);
+        self.counters = counters;
         self
     }
 
     /// We hold `held` from now on.
     fn hold(&mut self, held: HeldLease) {
-        self.telemetry.set_lease(&held);
+        self.counters.set_lease(&held);
         self.held = held;
         self.schedule_renewal();
     }
@@ -275,7 +275,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
     pub async fn renew(&mut self) -> bool {
         match self.store.renew(&self.held).await {
             Ok(Renewal::Renewed(h)) => {
-                self.telemetry.renewed();
+                self.counters.renewed();
                 match self.failing_since.take() {
                     Some(since) => tracing::info!(
                         subnet = %h.lease.key.cidr(),
@@ -293,7 +293,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
                 true
             }
             Err(e) => {
-                self.telemetry.renewal_failed();
+                self.counters.renewal_failed();
                 let retry = renew_retry(self.held.ttl.unwrap_or(Duration::from_secs(600)));
                 // Logged when renewals start failing and when they work again, not per retry.
                 if self.failing_since.is_none() {
@@ -359,7 +359,7 @@ impl<S: LeaseStore, C: Clock> Keeper<S, C> {
         self.req.preferred = Some(old);
         let again = acquire(&self.store, &self.clock, &self.req).await?;
         let new = again.lease.key;
-        self.telemetry.reacquired();
+        self.counters.reacquired();
         self.hold(again);
         Ok(if new == old {
             tracing::info!(subnet = %new.cidr(), "re-acquired our subnet");

@@ -17,10 +17,10 @@ use etcd_client::{
 use ipnet::IpNet;
 use rand::seq::IndexedRandom;
 
+use super::counters::EtcdHealth;
 use super::lease::{Lease, LeaseAttrs, SubnetKey};
 use super::net::{SubnetRange, MAX_CANDIDATES};
-use super::telemetry::EtcdHealth;
-use super::watch::{parse_kv, RawEvent};
+use super::reduce::{parse_kv, RawEvent};
 use crate::compat;
 
 /// How to reach etcd (from the `--etcd-*` flags).

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::clock::{Backoff, Clock};
 use super::lease::{LeaseEvent, SubnetKey};
+use super::reduce::{LeaseSet, OwnChange, RawEvent};
 use super::registry::{raw_events, Registry, RegistryError};
-use super::watch::{LeaseSet, OwnChange, RawEvent};
 use crate::cancel::CancelToken;
 
 /// A message from the watcher task.
@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::cancel::cancel_pair;
     use crate::subnet::clock::FakeClock;
-    use crate::subnet::watch::fixtures::{del as delete, put};
+    use crate::subnet::reduce::fixtures::{del as delete, put};
 
     /// A scripted etcd: each `list` answers with the next listing, each
     /// `watch_from` opens the next stream script; a stream whose script is

@@ -1,8 +1,8 @@
 //! File descriptors across `execve`: the flags that decide whether an fd survives it
 //! (`FD_CLOEXEC`), blocking mode, anonymous memory files (`memfd_create`) to carry a byte
-//! string into the next image, adopting an inherited fd by number, and `execve` itself.
-//! Also the signal mask, which `execve` keeps too. `daemon::restart` builds the re-exec
-//! hand-over from these; nothing here knows what the fds are for.
+//! string into the next image, taking an inherited fd by number, and `execve` itself.
+//! Also the signal mask, which `execve` keeps too. `daemon::handover` builds the hand-over
+//! from these; nothing here knows what the fds are for.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -51,7 +51,7 @@ fn toggle(
 ///
 /// # Errors
 /// `raw` is negative or not an open fd (`EBADF`).
-pub fn adopt_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+pub fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -147,20 +147,20 @@ mod tests {
     use std::os::fd::{AsFd, IntoRawFd};
 
     #[test]
-    fn cloexec_and_adoption() {
+    fn cloexec_and_taking_inherited() {
         let mut f = memfd("test").unwrap();
         f.write_all(b"state").unwrap();
         set_cloexec(f.as_fd(), false).unwrap();
-        // SAFETY-free check through fcntl via adoption: the flag comes back on.
+        // SAFETY-free check through fcntl via taking it: the flag comes back on.
         let raw = f.into_raw_fd();
-        let owned = adopt_inherited(raw).unwrap();
+        let owned = take_inherited(raw).unwrap();
         let mut f = File::from(owned);
         f.rewind().unwrap();
         let mut s = String::new();
         f.read_to_string(&mut s).unwrap();
         assert_eq!(s, "state");
-        assert!(adopt_inherited(-1).is_err());
-        assert!(adopt_inherited(1_000_000).is_err(), "not open");
+        assert!(take_inherited(-1).is_err());
+        assert!(take_inherited(1_000_000).is_err(), "not open");
     }
 
     #[test]

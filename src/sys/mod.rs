@@ -15,8 +15,8 @@
 //! - [`uring`]: one worker's io_uring ([`uring::Ring`]): the ring, the slot pool with its
 //!   lent/idle bookkeeping (a lent slot cannot be borrowed), provided-buffer rings, the probe.
 //! - [`mmsg`]: `poll` waits and the batch size for the recvmmsg/sendmsg fallback.
-//! - [`fd`]: close-on-exec and blocking flags, memfds, adopting inherited fds, `execve` (the
-//!   re-exec hand-over of `daemon::restart`).
+//! - [`fd`]: close-on-exec and blocking flags, memfds, taking inherited fds, `execve` (the
+//!   hand-over of `daemon::handover`).
 //! - [`netns`]: moving the calling thread into a fresh network namespace (tests).
 #![deny(clippy::undocumented_unsafe_blocks)]
 

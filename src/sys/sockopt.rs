@@ -50,19 +50,19 @@ fn enlarge_buffers(sock: &Socket, bytes: usize) {
 }
 
 /// Grows the receive buffer to `bytes` (forced past `net.core.rmem_max` where we may): the
-/// datagrams that arrive while no worker reads (a re-exec) wait there.
+/// datagrams that arrive while no worker reads (a hand-over) wait there.
 pub fn grow_recv_buffer(sock: &UdpSocket, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     set_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
         .or_else(|_| socket2::SockRef::from(sock).set_recv_buffer_size(bytes))
 }
 
-/// Adopts an inherited fd as a UDP socket, checking that it is one: an IPv4 datagram socket,
+/// Takes an inherited fd as a UDP socket, checking that it is one: an IPv4 datagram socket,
 /// bound; returns it with its local address.
 ///
 /// # Errors
 /// The fd is no socket, not UDP over IPv4, or not bound.
-pub fn adopt_udp(fd: std::os::fd::OwnedFd) -> io::Result<(UdpSocket, SocketAddrV4)> {
+pub fn take_inherited_udp(fd: std::os::fd::OwnedFd) -> io::Result<(UdpSocket, SocketAddrV4)> {
     let raw = fd.as_raw_fd();
     let sock = Socket::from(fd);
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("fd {raw}: {why}"));

@@ -12,8 +12,8 @@
 //! kernel refuses it, the queues fall back to TCP alone ([`TunQueue::uso`] says which).
 //!
 //! A queue is held as a plain file once opened: `tun-rs` creates the device, but it cannot
-//! adopt an fd with `IFF_VNET_HDR` (it refuses, having no way to learn the framing), and a
-//! queue handed over across a re-exec (`daemon::restart`) has to be adopted. Reads and writes
+//! wrap an fd with `IFF_VNET_HDR` (it refuses, having no way to learn the framing), and a
+//! queue handed over to a new image (`daemon::handover`) has to be taken from its fd. Reads and writes
 //! are plain `read`/`write`/`writev` either way.
 //!
 //! # Kernel state owned by this module
@@ -115,12 +115,12 @@ fn set_offload(q: &TunQueue, flags: libc::c_uint) -> io::Result<()> {
 }
 
 impl TunQueue {
-    /// Adopts `fd`, which must be a queue of TUN device `name` (`TUNGETIFF` says which device
+    /// Takes inherited `fd`, which must be a queue of TUN device `name` (`TUNGETIFF` says which device
     /// an fd is attached to); a handed-over queue is checked before it is trusted.
     ///
     /// # Errors
     /// `fd` is no TUN queue, or one of another device.
-    pub fn adopt(fd: OwnedFd, name: &str) -> io::Result<TunQueue> {
+    pub fn take_inherited(fd: OwnedFd, name: &str) -> io::Result<TunQueue> {
         let mut q = TunQueue {
             file: File::from(fd),
             uso: false,

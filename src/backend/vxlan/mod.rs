@@ -43,7 +43,7 @@ use ipnet::IpNet;
 use super::kernel::{
     Engine, EngineState, Host, LinkChange, Mac, Reconciler, RepairKind, VxlanAttrs, VxlanSpec,
 };
-use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry, ExternalInterface};
+use super::{Backend, BackendAttrs, BackendContext, BackendCounters, ExternalInterface};
 use crate::subnet::lease::{Lease, LeaseEvent, SubnetKey};
 
 mod plan;
@@ -413,8 +413,8 @@ impl<H: Host> Backend for Vxlan<H> {
         self.mtu
     }
 
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry {
+    fn counters(&self) -> BackendCounters {
+        BackendCounters {
             reconcile: Some(self.reconciler.stats().clone()),
             datapath: None,
         }

@@ -21,13 +21,15 @@
 //!   SIGTERM) clears the flag before closing the last queue, so the device disappears as
 //!   upstream's does when flanneld exits. When a lost lease comes back with a different
 //!   subnet the /32 moves in place, with the workers running.
-//! - across a re-exec (`daemon::restart`) the queues and sockets pass to the next image
-//!   ([`Udp::suspend`], then [`Udp::adopt`] there), so the device never loses its readers.
+//! - across a hand-over (`SIGUSR2`, [`handover`]) the queues and sockets pass to the next
+//!   image, so the device never loses its readers.
 //! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
 //! # Limitations
 //! IPv4 only, as upstream.
+
+pub mod handover;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -37,7 +39,7 @@ use anyhow::Context as _;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::{Backend, BackendAttrs, BackendContext, BackendTelemetry};
+use super::{Backend, BackendAttrs, BackendContext, BackendCounters, HandOver};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
 use crate::datapath::device::{self, TunSpec};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
@@ -139,6 +141,8 @@ struct Settings {
 /// `apply`. [`Udp::stop`] (or dropping it) stops the workers, which removes `flannel0`.
 #[derive(Debug)]
 pub struct Udp {
+    /// The config and interface it was built for (a hand-over records them).
+    ctx: BackendContext,
     settings: Settings,
     opts: UdpOptions,
     set: RouteSet,
@@ -146,8 +150,10 @@ pub struct Udp {
     running: Option<Running>,
     /// The daemon's netlink handle, for the device set-up ([`Udp::with_netlink`]).
     netlink: Option<Netlink>,
-    /// Where the workers' counters are read (`/metrics`, through [`Backend::telemetry`]).
+    /// Where the workers' counters are read (`/metrics`, through [`Backend::counters`]).
     hub: StatsHub,
+    /// The stopped datapath while a hand-over is under way.
+    handing_over: Option<handover::HandingOver>,
 }
 
 #[derive(Debug)]
@@ -156,27 +162,6 @@ struct Running {
     /// The TUN device as configured (its address follows our subnet).
     link: TunLink,
     cfg: WorkerConfig,
-}
-
-/// A stopped datapath whose fds are still open: what [`Udp::suspend`] returns, for a re-exec
-/// to pass on, or for [`Udp::resume`] when the re-exec fails.
-#[derive(Debug)]
-pub struct Suspended {
-    /// Every worker's fds, in worker order (a worker that had failed is missing).
-    pub queues: Vec<QueueFds>,
-    pub link: TunLink,
-    cfg: WorkerConfig,
-}
-
-/// What [`Udp::adopt`] needs to run a datapath on fds another image opened.
-#[derive(Debug)]
-pub struct Inherited {
-    /// Our subnet, never routed.
-    pub own: Ipv4Net,
-    /// The peers' subnets and public addresses, routed at once.
-    pub peers: Vec<(Ipv4Net, Ipv4Addr)>,
-    pub link: TunLink,
-    pub queues: Vec<QueueFds>,
 }
 
 impl Udp {
@@ -190,6 +175,7 @@ impl Udp {
         let set = RouteSet::new(settings.network, settings.subnet_len, settings.port);
         let routes = Routes::new(RouteTable::empty(settings.network, settings.subnet_len));
         Ok(Udp {
+            ctx: ctx.clone(),
             settings,
             opts,
             set,
@@ -197,6 +183,7 @@ impl Udp {
             running: None,
             netlink: None,
             hub,
+            handing_over: None,
         })
     }
 
@@ -266,101 +253,6 @@ impl Udp {
         self.set.peers().collect()
     }
 
-    /// Stops the workers without closing anything (see [`Workers::suspend`]): every packet
-    /// they had read is carried out, and what arrives from now on waits in the kernel's
-    /// queues. The TUN device stays persistent.
-    ///
-    /// # Errors
-    /// The datapath is not running.
-    pub fn suspend(&mut self) -> anyhow::Result<Suspended> {
-        let mut running = self
-            .running
-            .take()
-            .context("the udp datapath is not running")?;
-        let queues = running.workers.suspend().into_iter().flatten().collect();
-        Ok(Suspended {
-            queues,
-            link: running.link,
-            cfg: running.cfg,
-        })
-    }
-
-    /// Starts workers again on the fds of a suspended datapath (a re-exec failed).
-    ///
-    /// # Errors
-    /// The workers cannot be spawned (their fds are closed then).
-    pub fn resume(&mut self, s: Suspended) -> anyhow::Result<()> {
-        anyhow::ensure!(self.running.is_none(), "udp backend already running");
-        self.run_workers(s.queues, s.cfg, s.link)
-            .context("restarting the udp workers")
-    }
-
-    /// Runs the datapath on queues and sockets another image of this daemon opened (a
-    /// re-exec), routing `inherited.peers` at once: no device is created, no socket bound,
-    /// nothing configured. [`Backend::start`] later finds it running and only re-ensures the
-    /// device's configuration.
-    ///
-    /// # Errors
-    /// The fds do not fit this backend's settings (queue count, virtio-net headers, bound
-    /// address), or the workers cannot be spawned; the fds are closed then.
-    pub fn adopt(&mut self, inherited: Inherited) -> anyhow::Result<()> {
-        anyhow::ensure!(self.running.is_none(), "udp backend already started");
-        let Inherited {
-            own,
-            peers,
-            link,
-            queues,
-        } = inherited;
-        anyhow::ensure!(
-            queues.len() == self.settings.workers,
-            "{} queues handed over, {} workers configured",
-            queues.len(),
-            self.settings.workers
-        );
-        let local = SocketAddrV4::new(self.settings.bind, self.settings.port);
-        let mut vnet = None;
-        for (i, q) in queues.iter().enumerate() {
-            let bound = q.rx.local_addr().context("reading a socket's address")?;
-            anyhow::ensure!(
-                bound == std::net::SocketAddr::V4(local),
-                "worker {i}'s socket is bound to {bound}, not {local}"
-            );
-            let has = q.tun.vnet_hdr().context("reading the TUN queue's flags")?;
-            anyhow::ensure!(
-                *vnet.get_or_insert(has) == has,
-                "TUN queues differ in virtio-net headers"
-            );
-            for fd in [Some(&q.rx), q.tx.as_ref()].into_iter().flatten() {
-                fd.set_nonblocking(false)?;
-            }
-            q.tun.set_nonblocking(false)?;
-        }
-        let offload = vnet.unwrap_or(false);
-        anyhow::ensure!(
-            offload == (self.opts.offload && self.opts.batch != Some(1)),
-            "the TUN queues have virtio-net headers {}, this daemon wants them {}",
-            if offload { "on" } else { "off" },
-            if offload { "off" } else { "on" }
-        );
-        self.set.set_own(own);
-        for (subnet, ip) in peers {
-            self.set.insert_peer(subnet, ip);
-        }
-        self.publish();
-        let io = select_io(self.io_choice())?;
-        let cfg = self.worker_config(io, offload);
-        tracing::info!(
-            device = %link.name,
-            address = %link.addr,
-            workers = self.settings.workers,
-            routes = self.set.len(),
-            %io,
-            offload,
-            "udp backend running on the handed-over queues and sockets"
-        );
-        self.run_workers(queues, cfg, link)
-    }
-
     /// Spawns the workers on `queues`; the datapath is running from then on.
     fn run_workers(
         &mut self,
@@ -372,6 +264,12 @@ impl Udp {
             Workers::spawn(queues, cfg, &self.routes, &self.hub).context("spawning udp workers")?;
         self.running = Some(Running { workers, link, cfg });
         Ok(())
+    }
+
+    /// Whether the TUN queues carry virtio-net headers (offloads): not with one packet per
+    /// syscall, upstream's design.
+    fn tun_offload(&self) -> bool {
+        self.opts.offload && self.opts.batch != Some(1)
     }
 
     /// One packet per syscall exists only on the mmsg path (io_uring batches by design).
@@ -441,8 +339,8 @@ impl Backend for Udp {
         self.settings.mtu
     }
 
-    fn telemetry(&self) -> BackendTelemetry {
-        BackendTelemetry {
+    fn counters(&self) -> BackendCounters {
+        BackendCounters {
             reconcile: None,
             datapath: Some(self.hub.clone()),
         }
@@ -460,7 +358,7 @@ impl Backend for Udp {
             .context("udp backend: no netlink handle to configure the TUN device with")?;
         let own_subnet = own.subnet().trunc();
         if let Some(running) = self.running.as_mut() {
-            // Adopted from the previous image: the device is configured already; re-ensure
+            // Taken over from the previous image: the device is configured already; re-ensure
             // it (each step is idempotent) and follow the lease should it have moved.
             let was = running.link.addr;
             running.link.addr = own_subnet.network();
@@ -477,7 +375,7 @@ impl Backend for Udp {
         self.publish();
 
         let io = select_io(self.io_choice())?;
-        let offload = self.opts.offload && self.opts.batch != Some(1);
+        let offload = self.tun_offload();
         let spec = TunSpec {
             name: self.opts.tun_name.clone(),
             queues: self.settings.workers,
@@ -558,8 +456,16 @@ impl Backend for Udp {
         }
     }
 
-    fn as_udp(&mut self) -> Option<&mut Udp> {
-        Some(self)
+    fn hands_over(&self) -> bool {
+        true
+    }
+
+    fn hand_over(&mut self, own: &Lease, version: &str) -> anyhow::Result<HandOver<'_>> {
+        self.hand_over_datapath(own, version)
+    }
+
+    fn take_back(&mut self) -> anyhow::Result<()> {
+        self.take_back_datapath()
     }
 }
 

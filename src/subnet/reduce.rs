@@ -1,4 +1,4 @@
-//! The lease watch reducer: etcd listings and watch events in, [`LeaseEvent`]s
+//! The lease reducer: etcd listings and watch events in, [`LeaseEvent`]s
 //! about other hosts out. Pure, so that every resync and race is unit-testable.
 //!
 //! It keeps the last known lease of every other host, so that:
