@@ -67,7 +67,8 @@ impl DropReason {
     }
 }
 
-/// What a batch-size histogram counts (issue: do interleaved flows break super-packets up?).
+/// What a batch-size histogram counts (they show, for one, whether interleaved flows break
+/// super-packets up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Batch {
     /// Datagrams per UDP send (a GSO send carries several).

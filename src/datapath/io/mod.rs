@@ -34,7 +34,8 @@ pub struct WorkerFds {
     /// unless `tx` is set.
     pub rx: UdpSocket,
     /// A socket with its own source port for sending, so peers' kernels spread this worker's
-    /// datagrams to a different receive socket than other workers' (see DESIGN.md).
+    /// datagrams to a different receive socket than other workers' (docs/design.md, "The
+    /// udp datapath").
     pub tx: Option<UdpSocket>,
     /// The datapath's stop signal.
     pub stop: Arc<EventFd>,

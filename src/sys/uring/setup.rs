@@ -85,7 +85,7 @@ pub struct UringConfig {
 
 impl UringConfig {
     /// Buffers per direction, measured with `cargo bench --bench throughput` (2 vCPU, kernel
-    /// 6.18, multishot): see README, "Ring depth". With one-request-per-buffer (no
+    /// 6.18, multishot): see docs/performance.md, "What was tried". With one-request-per-buffer (no
     /// multishot) every pending read is woken on each arrival, so deeper rings cost CPU there.
     pub const DEFAULT_DEPTH: usize = 16;
 
