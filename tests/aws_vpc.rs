@@ -14,6 +14,8 @@
 //!
 //! moto is required in CI (`FLANNEL_TEST_REQUIRE` containing `moto` or `all`); elsewhere a
 //! missing moto is a visible SKIP.
+//!
+//! Tier: etcd (a real etcd and moto on loopback; no root).
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! on `lo`) whatever `--public-ip` says, so two daemons on `lo` would be the same host. Other
 //! hosts are simulated by writing their leases into etcd. The cluster tests run three daemons in
 //! network namespaces.
+//!
+//! Tier: etcd (a real etcd on loopback; no root); the two cluster tests are netns (root).
 
 mod common;
 

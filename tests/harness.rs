@@ -1,5 +1,7 @@
 //! The netns cluster harness itself: hosts get leases through the fabric's
 //! etcd, pods reach their own host, and everything is gone after `Drop`.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The host-gw backend on a real kernel: hosts on one L2 (the fabric
 //! bridge), a real etcd, the real `flanneld`. Routes are read with `ip -j`
 //! inside the host namespaces.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `--ip-masq` and the forward rules on a real kernel: iptables (and
 //! nftables) inside the host namespaces, traffic from pods to an "outside"
 //! namespace on the fabric (not in the flannel network) and between pods.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `/metrics` and `/status` of real daemons on a real netns cluster with real etcd. The page
 //! is parsed by Python's `prometheus_client` text-format parser (what Prometheus' own Python
 //! client ships), not by anything of ours.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! etcd, the real `flanneld` binary. Kernel state is read with `ip -j` /
 //! `bridge -j` inside the host namespaces and compared exactly with what the
 //! leases ask for.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
