@@ -245,14 +245,7 @@ fn metrics_follow_traffic_drops_peers_and_etcd() {
 
 #[test]
 fn vxlan_reconcile_repairs_are_counted() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::PromParser
-    );
+    require_vxlan_cluster!(Cap::PromParser);
     let mut c = Cluster::new(2, VXLAN_NET);
     c.start_all(&[]);
     let s = scrape_until(&c, 0, secs(30), "has run a reconcile pass", |s| {

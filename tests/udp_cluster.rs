@@ -13,6 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::cluster::*;
+use common::kernel::ping_all_pairs;
 use common::*;
 
 const UDP_NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#;
@@ -23,26 +24,10 @@ fn tool(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn all_pairs_ping(c: &Cluster) {
-    let n = c.hosts.len();
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                let ip = c.pod_ip(j);
-                assert!(
-                    c.ping(i, &ip, secs(10)),
-                    "pod {i} → pod {j} ({ip}); log of host {i}:\n{}",
-                    c.daemon(i).log()
-                );
-            }
-        }
-    }
-}
-
 fn three_hosts_ping_all_pairs(io: &str) {
     let mut c = Cluster::new(3, UDP_NET);
     c.start_all(&[&format!("--udp-io={io}"), "--udp-workers=2"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     assert!(
         c.daemon(0).log().contains(io),
         "the chosen I/O path is logged:\n{}",
@@ -142,7 +127,7 @@ fn both_io_paths_forward_with_and_without_offloads() {
                 c.daemon(0).log()
             );
         }
-        all_pairs_ping(&c);
+        ping_all_pairs(&c, "udp");
         let gbps = c
             .iperf(0, 1, 2, 2)
             .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", c.daemon(0).log()));
@@ -192,7 +177,7 @@ fn one_packet_per_syscall_mode_forwards() {
     require!(Cap::Iperf3);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&["--udp-batch=1", "--udp-workers=1"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     assert!(
         c.daemon(0).log().contains("mmsg"),
         "batch 1 runs on the mmsg path:\n{}",
@@ -567,7 +552,7 @@ fn udp_flows_cross_as_super_packets_and_arrive_whole() {
     require_udp_cluster!(Cap::TunUso);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&["--udp-workers=1"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     let (count, size, per_send) = (600, 1000, 20);
     let pod1 = c.pod_ip(1);
     let burst = tool("udp_burst.py").display().to_string();

@@ -169,6 +169,37 @@ macro_rules! require_udp_cluster {
     };
 }
 
+/// [`require!`] for a netns cluster on a backend without devices of its own (alloc, host-gw,
+/// extension): root, namespaces, veth and etcd, plus whatever else the test names.
+#[macro_export]
+macro_rules! require_cluster {
+    ($($extra:expr),* $(,)?) => {
+        $crate::require!(
+            $crate::common::Cap::Root,
+            $crate::common::Cap::Netns,
+            $crate::common::Cap::Veth,
+            $crate::common::Cap::Etcd
+            $(, $extra)*
+        )
+    };
+}
+
+/// [`require!`] for a vxlan netns cluster: root, namespaces, veth, VXLAN devices and etcd,
+/// plus whatever else the test names.
+#[macro_export]
+macro_rules! require_vxlan_cluster {
+    ($($extra:expr),* $(,)?) => {
+        $crate::require!(
+            $crate::common::Cap::Root,
+            $crate::common::Cap::Netns,
+            $crate::common::Cap::Veth,
+            $crate::common::Cap::Vxlan,
+            $crate::common::Cap::Etcd
+            $(, $extra)*
+        )
+    };
+}
+
 pub fn skip_or_fail(cap: Cap, why: &str) {
     let test = std::thread::current().name().unwrap_or("?").to_owned();
     let wanted = std::env::var("FLANNEL_TEST_REQUIRE").unwrap_or_default();
