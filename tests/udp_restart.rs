@@ -34,15 +34,21 @@ const TRAFFIC_SECS: u32 = 5;
 macro_rules! require_restart {
     () => {
         require_udp_cluster!(Cap::Iperf3);
-        let _serial = SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serial = serial();
     };
 }
 
 /// One test at a time: they measure loss, and two clusters streaming at once on a 2-core
-/// machine would lose datagrams to each other's load.
+/// machine would lose datagrams to each other's load. Every test here holds it, also those
+/// that measure nothing: their cluster's load would spoil the others' figures.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SERIAL`] until the guard drops (a test that panicked holding it does not matter).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The marker `daemon::restart::BUILD_TAG` starts with, and the tag of the tests' build.
 const TAG_MARKER: &[u8] = b"FLANNEL_RS_BUILD_TAG=dev\0";
@@ -665,6 +671,7 @@ fn sigkill_and_restart_gap() {
 #[test]
 fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
     require_udp_cluster!();
+    let _serial = serial();
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&[]);
     let before = c.hosts[1].subnet.clone();
@@ -685,6 +692,7 @@ fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
 #[test]
 fn sigkill_and_restart_with_the_other_offload_setting() {
     require_udp_cluster!();
+    let _serial = serial();
     let mut c = Cluster::new(2, UDP_NET);
     let modes: [&[&str]; 3] = [
         &["--udp-io=uring", "--udp-offload=false"],
