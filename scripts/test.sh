@@ -24,7 +24,7 @@ install_for build cluster test
 
 # A venv of the tests' own Python tools: moto, the EC2 API emulator tests/aws_vpc.rs runs
 # against, and prometheus-client, whose text-format parser reads /metrics in
-# tests/netns_metrics.rs.
+# tests/metrics.rs.
 if [ ! -x .venv/bin/moto_server ] || ! .venv/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
     echo "==> installing moto[server] and prometheus-client into .venv"
     rm -rf .venv

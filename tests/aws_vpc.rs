@@ -14,6 +14,8 @@
 //!
 //! moto is required in CI (`FLANNEL_TEST_REQUIRE` containing `moto` or `all`); elsewhere a
 //! missing moto is a visible SKIP.
+//!
+//! Tier: etcd (a real etcd and moto on loopback; no root).
 
 mod common;
 
@@ -470,7 +472,7 @@ fn a_metadata_outage_is_retried_not_fatal() {
     assert_ours(&moto, &a, &eni, &d);
 }
 
-/// Issue 18: the lease is lost while the daemon runs and its subnet taken by another host; the
+/// The lease is lost while the daemon runs and its subnet taken by another host; the
 /// daemon moves to the only other subnet, and so does its route: created in every table, the
 /// old one deleted where it still points at our ENI (table a) and left where the subnet's new
 /// holder already took it over (table b).

@@ -1,6 +1,8 @@
 //! End to end: pods created by our `flannel` CNI plugin (delegating to Debian's
 //! bridge and host-local) on two hosts of a netns cluster running the udp
 //! backend reach each other.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 

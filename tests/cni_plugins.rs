@@ -10,6 +10,8 @@
 //!
 //! [`Lab::plugin`] is the way to run the binary with a given subnet file inside a
 //! namespace; the multi-host end-to-end test can use the same recipe.
+//!
+//! Tier: netns (root): two namespaces per test, no etcd, no daemon.
 
 mod common;
 

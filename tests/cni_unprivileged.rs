@@ -3,6 +3,8 @@
 //! script in a temp `CNI_PATH`) that records the config and environment it was run
 //! with and prints a canned result or error, so the exact delegate config, the state
 //! file handling and the error pass-through can be checked byte for byte.
+//!
+//! Tier: pure (no root, no services).
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The control plane against a real etcd (Debian's etcd-server) on loopback,
 //! with real `flanneld` processes using the alloc backend.
+//!
+//! Tier: etcd (a real etcd on loopback; no root).
 
 mod common;
 

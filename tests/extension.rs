@@ -6,6 +6,8 @@
 //! on `lo`) whatever `--public-ip` says, so two daemons on `lo` would be the same host. Other
 //! hosts are simulated by writing their leases into etcd. The cluster tests run three daemons in
 //! network namespaces.
+//!
+//! Tier: etcd (a real etcd on loopback; no root); the two cluster tests are netns (root).
 
 mod common;
 
@@ -124,7 +126,7 @@ fn pre_startup_output_is_published_and_post_startup_gets_upstreams_variables() {
     assert!(env.contains("FLANNEL_MTU=65536"), "MTU is lo's: {env}");
 }
 
-/// Issue 18: the lease is lost while the daemon runs and its subnet taken by another host; the
+/// The lease is lost while the daemon runs and its subnet taken by another host; the
 /// daemon moves to a new subnet and runs the PostStartupCommand again, with exactly the
 /// variables a start on the new subnet gets.
 #[test]
@@ -291,7 +293,7 @@ fn extension_cluster(n: usize, config: &str) -> Cluster {
 
 #[test]
 fn three_hosts_see_each_others_subnets_addresses_and_data() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let dir = tempfile::tempdir().unwrap();
     write_scripts(dir.path());
     let events = dir.path().join("events");
@@ -355,7 +357,7 @@ fn three_hosts_see_each_others_subnets_addresses_and_data() {
 
 #[test]
 fn host_gw_by_extension_gives_pod_to_pod_ping() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     // The seed's example: plain `ip` commands with the variables, no script.
     let c = extension_cluster(
         3,

@@ -1,6 +1,8 @@
 //! `flannelctl` end to end: the real binary against a real etcd (Debian's etcd-server on
 //! loopback) and real `flanneld` processes on the alloc backend (no datapath, no root).
 //! Every subcommand runs in both output forms; `-o json` is parsed with serde_json.
+//!
+//! Tier: etcd (a real etcd on loopback; no root).
 
 mod common;
 

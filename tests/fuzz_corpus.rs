@@ -1,5 +1,7 @@
 //! Replays every checked-in fuzz corpus file through the same entry points the
 //! fuzz targets use, so CI exercises them on stable Rust.
+//!
+//! Tier: pure (no root, no services).
 
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! etcd, the real `flanneld` binary. Kernel state is read with `ip -j` /
 //! `bridge -j` inside the host namespaces and compared exactly with what the
 //! leases ask for.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -137,7 +139,7 @@ fn wait_state(c: &Cluster, i: usize, want: &BTreeSet<String>, what: &str) {
 
 #[test]
 fn vxlan_three_hosts_reach_each_other_and_kernel_state_follows_leases() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    require_vxlan_cluster!();
     let mut c = Cluster::new(3, CONF);
     c.start_all(&[]);
     ping_all_pairs(&c, "vxlan");
@@ -228,14 +230,7 @@ fn secs_d(n: u64) -> Duration {
 
 #[test]
 fn restarting_the_daemons_does_not_disturb_a_running_flow() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::Iperf3
-    );
+    require_vxlan_cluster!(Cap::Iperf3);
     let mut c = Cluster::new(2, CONF);
     c.start_all(&[]);
     assert!(c.ping(0, &c.pod_ip(1), secs(10)));
@@ -303,7 +298,7 @@ fn restarting_the_daemons_does_not_disturb_a_running_flow() {
 
 #[test]
 fn reconciliation_restores_what_was_deleted_by_hand_and_removes_strays() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    require_vxlan_cluster!();
     let mut c = Cluster::new(2, CONF);
     c.start_all(&[]);
     let want = expected(&c, &[1]);
@@ -419,7 +414,7 @@ fn reconciliation_restores_what_was_deleted_by_hand_and_removes_strays() {
 
 #[test]
 fn direct_routing_on_a_shared_l2_uses_plain_routes() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    require_vxlan_cluster!();
     let mut c = Cluster::new(
         2,
         r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
@@ -439,7 +434,7 @@ fn direct_routing_on_a_shared_l2_uses_plain_routes() {
 
 #[test]
 fn dual_stack_vxlan_carries_ipv6_between_pods() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    require_vxlan_cluster!();
     let conf = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
     let mut c = Cluster::new(2, conf);
     add_fabric_v6(&c);
@@ -490,12 +485,12 @@ fn dual_stack_vxlan_carries_ipv6_between_pods() {
     ping_all_pairs(&c, "vxlan");
 }
 
-/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// The node's subnet is taken over by another host while it runs; the daemon moves
 /// to a new subnet in place: flannel.1 trades its /32, pods reach each other on the new
 /// subnet, no host routes the old one through us.
 #[test]
 fn a_node_whose_subnet_is_taken_moves_flannel_1_in_place() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Vxlan, Cap::Etcd);
+    require_vxlan_cluster!();
     let mut c = Cluster::new(2, CONF);
     c.start_all(&[]);
     let mac = vtep_mac(&c, 0);

@@ -1,6 +1,8 @@
 //! `--ip-masq` and the forward rules on a real kernel: iptables (and
 //! nftables) inside the host namespaces, traffic from pods to an "outside"
 //! namespace on the fabric (not in the flannel network) and between pods.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -132,14 +134,7 @@ fn upstream_filter() -> Vec<String> {
 
 #[test]
 fn ip_masq_hides_pods_behind_the_host_only_outside_the_network() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::Iptables
-    );
+    require_vxlan_cluster!(Cap::Iptables);
     let mut c = Cluster::new(2, CONF);
     let out = Outside::new(&c);
     c.start_all(&["--ip-masq"]);
@@ -175,14 +170,7 @@ fn ip_masq_hides_pods_behind_the_host_only_outside_the_network() {
 
 #[test]
 fn deleted_rules_are_back_after_one_resync() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::Iptables
-    );
+    require_vxlan_cluster!(Cap::Iptables);
     let mut c = Cluster::new(1, CONF);
     c.start_all(&["--ip-masq", "--iptables-resync=1"]);
     let ns = c.hosts[0].netns.clone();
@@ -254,14 +242,7 @@ fn deleted_rules_are_back_after_one_resync() {
 
 #[test]
 fn forward_rules_without_ip_masq_and_none_when_disabled() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::Iptables
-    );
+    require_vxlan_cluster!(Cap::Iptables);
     let mut c = Cluster::new(2, CONF);
     c.start(0, &[]);
     c.start(1, &["--iptables-forward-rules=false"]);
@@ -286,15 +267,7 @@ fn nft_table(c: &Cluster, i: usize) -> Option<String> {
 
 #[test]
 fn nftables_mode_masquerades_resyncs_and_cleans_up_on_exit() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::Nft,
-        Cap::Iptables
-    );
+    require_vxlan_cluster!(Cap::Nft, Cap::Iptables);
     let mut c = Cluster::new(
         2,
         r#"{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,

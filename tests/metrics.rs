@@ -1,6 +1,8 @@
 //! `/metrics` and `/status` of real daemons on a real netns cluster with real etcd. The page
 //! is parsed by Python's `prometheus_client` text-format parser (what Prometheus' own Python
 //! client ships), not by anything of ours.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -243,14 +245,7 @@ fn metrics_follow_traffic_drops_peers_and_etcd() {
 
 #[test]
 fn vxlan_reconcile_repairs_are_counted() {
-    require!(
-        Cap::Root,
-        Cap::Netns,
-        Cap::Veth,
-        Cap::Vxlan,
-        Cap::Etcd,
-        Cap::PromParser
-    );
+    require_vxlan_cluster!(Cap::PromParser);
     let mut c = Cluster::new(2, VXLAN_NET);
     c.start_all(&[]);
     let s = scrape_until(&c, 0, secs(30), "has run a reconcile pass", |s| {

@@ -1,10 +1,12 @@
-//! Restarting and upgrading a udp node on a real netns cluster (issue 16): `SIGUSR2`
+//! Restarting and upgrading a udp node on a real netns cluster: `SIGUSR2`
 //! re-executes host 1's daemon in place while pods of hosts 0 and 2 ping and stream UDP to
-//! host 1's pod; nothing may be lost. Also the refused hand-overs, and the gap a SIGKILL
-//! leaves.
+//! host 1's pod; nothing may be lost. Also the refused hand-overs, the gap a SIGKILL
+//! leaves, and a daemon back after SIGKILL (same subnet; other offload flags).
 //!
 //! Host 1 runs a *copy* of the tests' flanneld in a temporary directory, so a test can put
 //! another binary in its place (by rename, as package managers do) or remove it.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -32,15 +34,21 @@ const TRAFFIC_SECS: u32 = 5;
 macro_rules! require_restart {
     () => {
         require_udp_cluster!(Cap::Iperf3);
-        let _serial = SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serial = serial();
     };
 }
 
 /// One test at a time: they measure loss, and two clusters streaming at once on a 2-core
-/// machine would lose datagrams to each other's load.
+/// machine would lose datagrams to each other's load. Every test here holds it, also those
+/// that measure nothing: their cluster's load would spoil the others' figures.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SERIAL`] until the guard drops (a test that panicked holding it does not matter).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The marker `daemon::restart::BUILD_TAG` starts with, and the tag of the tests' build.
 const TAG_MARKER: &[u8] = b"FLANNEL_RS_BUILD_TAG=dev\0";
@@ -656,4 +664,54 @@ fn sigkill_and_restart_gap() {
         "traffic resumed within 2 s of the kill (gap {gap:.0} ms); log:\n{}",
         c.daemon(1).log()
     );
+}
+
+/// SIGKILL and a new daemon: it gets the same subnet back and traffic flows again, both
+/// ways.
+#[test]
+fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
+    require_udp_cluster!();
+    let _serial = serial();
+    let mut c = Cluster::new(2, UDP_NET);
+    c.start_all(&[]);
+    let before = c.hosts[1].subnet.clone();
+    assert!(c.ping(0, &c.pod_ip(1), secs(10)));
+    let after = c.restart(1);
+    assert_eq!(Some(after), before, "same subnet after SIGKILL + restart");
+    assert!(
+        c.ping(0, &c.pod_ip(1), secs(10)),
+        "traffic resumes:\n{}",
+        c.daemon(1).log()
+    );
+    assert!(c.ping(1, &c.pod_ip(0), secs(10)));
+}
+
+/// A daemon killed with SIGKILL comes straight back with the other offload setting (as in a
+/// node-by-node change of flags): whatever its previous incarnation's io_uring still held of
+/// the TUN device, pods reach each other again, both ways.
+#[test]
+fn sigkill_and_restart_with_the_other_offload_setting() {
+    require_udp_cluster!();
+    let _serial = serial();
+    let mut c = Cluster::new(2, UDP_NET);
+    let modes: [&[&str]; 3] = [
+        &["--udp-io=uring", "--udp-offload=false"],
+        &["--udp-io=uring", "--udp-offload=true"],
+        &["--udp-io=mmsg", "--udp-offload=false"],
+    ];
+    for (round, flags) in modes.iter().enumerate() {
+        if round > 0 {
+            c.kill(0);
+            c.kill(1);
+        }
+        c.start_all(flags);
+        for (a, b) in [(0, 1), (1, 0)] {
+            assert!(
+                c.ping(a, &c.pod_ip(b), secs(10)),
+                "{flags:?}: pod{a} -> pod{b}\nlog{a}:\n{}\nlog{b}:\n{}",
+                c.daemon(a).log(),
+                c.daemon(b).log()
+            );
+        }
+    }
 }

@@ -1,5 +1,9 @@
 //! The udp backend on real netns clusters: real TUN devices, real UDP sockets,
-//! real etcd, our flanneld on every host.
+//! real etcd, our flanneld on every host. Forwarding on both I/O paths with and without
+//! offloads, leases coming and going, the wire format against raw sockets. One worker on its
+//! own is `udp_worker.rs`; restarts and the hand-over are `udp_restart.rs`.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -9,6 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::cluster::*;
+use common::kernel::ping_all_pairs;
 use common::*;
 
 const UDP_NET: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}"#;
@@ -19,26 +24,10 @@ fn tool(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn all_pairs_ping(c: &Cluster) {
-    let n = c.hosts.len();
-    for i in 0..n {
-        for j in 0..n {
-            if i != j {
-                let ip = c.pod_ip(j);
-                assert!(
-                    c.ping(i, &ip, secs(10)),
-                    "pod {i} → pod {j} ({ip}); log of host {i}:\n{}",
-                    c.daemon(i).log()
-                );
-            }
-        }
-    }
-}
-
 fn three_hosts_ping_all_pairs(io: &str) {
     let mut c = Cluster::new(3, UDP_NET);
     c.start_all(&[&format!("--udp-io={io}"), "--udp-workers=2"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     assert!(
         c.daemon(0).log().contains(io),
         "the chosen I/O path is logged:\n{}",
@@ -138,7 +127,7 @@ fn both_io_paths_forward_with_and_without_offloads() {
                 c.daemon(0).log()
             );
         }
-        all_pairs_ping(&c);
+        ping_all_pairs(&c, "udp");
         let gbps = c
             .iperf(0, 1, 2, 2)
             .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", c.daemon(0).log()));
@@ -188,7 +177,7 @@ fn one_packet_per_syscall_mode_forwards() {
     require!(Cap::Iperf3);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&["--udp-batch=1", "--udp-workers=1"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     assert!(
         c.daemon(0).log().contains("mmsg"),
         "batch 1 runs on the mmsg path:\n{}",
@@ -243,23 +232,6 @@ fn a_removed_lease_gets_icmp_net_unreachable() {
         c.daemon(0).log()
     );
     assert!(c.ping(0, &c.pod_ip(1), secs(5)), "other hosts unaffected");
-}
-
-#[test]
-fn sigkill_and_restart_keeps_the_subnet_and_traffic_resumes() {
-    require_udp_cluster!();
-    let mut c = Cluster::new(2, UDP_NET);
-    c.start_all(&[]);
-    let before = c.hosts[1].subnet.clone();
-    assert!(c.ping(0, &c.pod_ip(1), secs(10)));
-    let after = c.restart(1);
-    assert_eq!(Some(after), before, "same subnet after SIGKILL + restart");
-    assert!(
-        c.ping(0, &c.pod_ip(1), secs(10)),
-        "traffic resumes:\n{}",
-        c.daemon(1).log()
-    );
-    assert!(c.ping(1, &c.pod_ip(0), secs(10)));
 }
 
 /// A stray `etcdctl put` over a running node's own key (another PublicIP, no etcd lease,
@@ -368,35 +340,6 @@ fn blackhole_route_follows_the_subnet_and_outlives_a_clean_stop() {
     // A clean stop leaves it (upstream never removes it).
     c.stop(0);
     assert!(blackholes().contains(&net(&moved)), "{}", blackholes());
-}
-
-/// A daemon killed with SIGKILL comes straight back with the other offload setting (as in a
-/// node-by-node change of flags): whatever its previous incarnation's io_uring still held of
-/// the TUN device, pods reach each other again, both ways.
-#[test]
-fn sigkill_and_restart_with_the_other_offload_setting() {
-    require_udp_cluster!();
-    let mut c = Cluster::new(2, UDP_NET);
-    let modes: [&[&str]; 3] = [
-        &["--udp-io=uring", "--udp-offload=false"],
-        &["--udp-io=uring", "--udp-offload=true"],
-        &["--udp-io=mmsg", "--udp-offload=false"],
-    ];
-    for (round, flags) in modes.iter().enumerate() {
-        if round > 0 {
-            c.kill(0);
-            c.kill(1);
-        }
-        c.start_all(flags);
-        for (a, b) in [(0, 1), (1, 0)] {
-            assert!(
-                c.ping(a, &c.pod_ip(b), secs(10)),
-                "{flags:?}: pod{a} -> pod{b}\nlog{a}:\n{}\nlog{b}:\n{}",
-                c.daemon(a).log(),
-                c.daemon(b).log()
-            );
-        }
-    }
 }
 
 /// Starts `recv_udp.py` in `netns` and waits until it listens.
@@ -583,7 +526,7 @@ fn wire_format_outbound_is_the_raw_inner_packet() {
     assert_eq!(total, pkt.len(), "nothing before or after the inner packet");
 }
 
-/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// The node's subnet is taken over by another host while it runs; the daemon moves
 /// to a new subnet in place: flannel0 trades its /32, the datapath routes by the new table
 /// (the workers keep running), pods reach each other on the new subnet.
 #[test]
@@ -609,7 +552,7 @@ fn udp_flows_cross_as_super_packets_and_arrive_whole() {
     require_udp_cluster!(Cap::TunUso);
     let mut c = Cluster::new(2, UDP_NET);
     c.start_all(&["--udp-workers=1"]);
-    all_pairs_ping(&c);
+    ping_all_pairs(&c, "udp");
     let (count, size, per_send) = (600, 1000, 20);
     let pod1 = c.pod_ip(1);
     let burst = tool("udp_burst.py").display().to_string();

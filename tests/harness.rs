@@ -1,5 +1,7 @@
 //! The netns cluster harness itself: hosts get leases through the fabric's
 //! etcd, pods reach their own host, and everything is gone after `Drop`.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -8,7 +10,7 @@ use common::*;
 
 #[test]
 fn cluster_builds_runs_alloc_daemons_and_cleans_up() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let names;
     {
         let mut c = Cluster::new(2, r#"{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}"#);

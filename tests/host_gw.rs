@@ -1,6 +1,8 @@
 //! The host-gw backend on a real kernel: hosts on one L2 (the fabric
 //! bridge), a real etcd, the real `flanneld`. Routes are read with `ip -j`
 //! inside the host namespaces.
+//!
+//! Tier: netns (root): a cluster in network namespaces with a real etcd and real daemons.
 
 mod common;
 
@@ -54,7 +56,7 @@ fn wait_routes(c: &Cluster, i: usize, want: &BTreeSet<String>, what: &str) {
 
 #[test]
 fn host_gw_three_hosts_reach_each_other_and_routes_follow_leases() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let mut c = Cluster::new(3, CONF);
     c.start_all(&[]);
     ping_all_pairs(&c, "host-gw");
@@ -82,7 +84,7 @@ fn host_gw_three_hosts_reach_each_other_and_routes_follow_leases() {
 
 #[test]
 fn host_gw_refuses_peers_off_the_l2_and_recovers_deleted_routes() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let mut c = Cluster::new(2, CONF);
     c.start_all(&[]);
     wait_routes(&c, 0, &expected(&c, &[1]), "start");
@@ -129,7 +131,7 @@ fn host_gw_refuses_peers_off_the_l2_and_recovers_deleted_routes() {
 
 #[test]
 fn host_gw_refuses_to_start_behind_nat() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let mut c = Cluster::new(1, CONF);
     c.start(0, &["--public-ip=203.0.113.9"]);
     let d = c.hosts[0].daemon.as_mut().unwrap();
@@ -144,7 +146,7 @@ fn host_gw_refuses_to_start_behind_nat() {
 
 #[test]
 fn host_gw_dual_stack_routes_ipv6_too() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let conf = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"host-gw"}}"#;
     let mut c = Cluster::new(2, conf);
     add_fabric_v6(&c);
@@ -161,12 +163,12 @@ fn host_gw_dual_stack_routes_ipv6_too() {
     ping_all_pairs(&c, "host-gw");
 }
 
-/// Issue 18: the node's subnet is taken over by another host while it runs; the daemon moves
+/// The node's subnet is taken over by another host while it runs; the daemon moves
 /// to a new subnet in place (host-gw keeps nothing keyed by its own subnet): pods reach each
 /// other on the new subnet, and the peer's route to the old one goes.
 #[test]
 fn host_gw_a_node_whose_subnet_is_taken_moves_in_place() {
-    require!(Cap::Root, Cap::Netns, Cap::Veth, Cap::Etcd);
+    require_cluster!();
     let mut c = Cluster::new(2, CONF);
     c.start_all(&[]);
     let (old, _) = c.check_move(0, 1, None);

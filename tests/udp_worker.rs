@@ -1,4 +1,4 @@
-//! The udp backend's datapath on a real kernel: a real `flannel0` TUN device, real workers on
+//! One udp node's datapath on a real kernel, without a daemon: a real `flannel0` TUN device, real workers on
 //! both I/O paths, a fake peer made of plain UDP sockets. Each test runs in its own fresh,
 //! anonymous network namespace (a thread that `unshare`s), so every device, address and socket
 //! it makes vanishes with that thread, pass or fail, and no packet leaves it.
@@ -6,6 +6,9 @@
 //! Layout inside the namespace: `lo` carries the "underlay" (we are 127.0.0.1, the peer
 //! 127.0.0.2, a stranger 127.0.0.3); the overlay is 10.5.0.0/16, our lease 10.5.1.0/24, the
 //! peer's 10.5.2.0/24.
+//!
+//! Tier: netns (root): one anonymous namespace per test; no etcd, no daemon. These tests
+//! drive the library's udp backend and datapath types directly.
 
 mod common;
 
