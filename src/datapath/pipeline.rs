@@ -942,6 +942,22 @@ mod tests {
         buf
     }
 
+    /// The egress stage's action for a read of `len` bytes in `buf`, with offloads.
+    fn egress_offloaded(
+        stats: &WorkerStats,
+        (buf, len): (&mut [u8], usize),
+        scratch: &mut [u8],
+        layout: Layout,
+    ) -> Action {
+        with_stages(stats, |stages| {
+            stages.egress(TunRead {
+                buf,
+                len,
+                cut: Some((scratch, layout)),
+            })
+        })
+    }
+
     #[test]
     fn a_super_packet_read_is_one_transmit_of_its_segments() {
         use crate::datapath::wire::tcp::{build_tcp4, FLAG_ACK};
@@ -949,13 +965,8 @@ mod tests {
         let pkt = build_tcp4(ip("10.5.1.7"), ip("10.5.2.9"), 1, FLAG_ACK, &[7u8; 4000]);
         let mut buf = read_with_vnet(&pkt, 1000);
         let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
-        let action = with_stages(&stats, |stages| {
-            stages.egress(TunRead {
-                len: VNET_HDR_LEN + pkt.len(),
-                buf: &mut buf,
-                cut: Some((&mut scratch, Layout::Contiguous)),
-            })
-        });
+        let read = (&mut buf[..], VNET_HDR_LEN + pkt.len());
+        let action = egress_offloaded(&stats, read, &mut scratch, Layout::Contiguous);
         let Action::Send(Transmit {
             peer,
             datagrams: Datagrams::Cut(segs),
@@ -978,13 +989,8 @@ mod tests {
         let pkt = build_ipv4(ip("10.5.1.7"), ip("10.5.99.1"), PROTO_UDP, 64, b"lost");
         let mut buf = read_with_vnet(&pkt, 1000);
         let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
-        let action = with_stages(&stats, |stages| {
-            stages.egress(TunRead {
-                len: VNET_HDR_LEN + pkt.len(),
-                buf: &mut buf,
-                cut: Some((&mut scratch, Layout::HeadersOnly)),
-            })
-        });
+        let read = (&mut buf[..], VNET_HDR_LEN + pkt.len());
+        let action = egress_offloaded(&stats, read, &mut scratch, Layout::HeadersOnly);
         let Action::WriteTun {
             len,
             kind: TunWrite::Icmp,
@@ -996,13 +1002,7 @@ mod tests {
         let reply = Ipv4View::new_verified(&buf[VNET_HDR_LEN..len]).unwrap();
         assert_eq!(reply.protocol(), PROTO_ICMP);
         // A read shorter than the virtio-net header is a bad header, not a panic.
-        let action = with_stages(&stats, |stages| {
-            stages.egress(TunRead {
-                len: 4,
-                buf: &mut buf,
-                cut: Some((&mut scratch, Layout::HeadersOnly)),
-            })
-        });
+        let action = egress_offloaded(&stats, (&mut buf, 4), &mut scratch, Layout::HeadersOnly);
         assert_eq!(action, Action::Drop);
         assert_eq!(stats.snapshot().drops(DropReason::BadHeader), 1);
     }
