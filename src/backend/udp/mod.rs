@@ -12,18 +12,14 @@
 //!   source lies outside the sending peer's subnet. Default true; overrides [`UdpOptions`].
 //! - `Workers` (ours): worker threads, used when [`UdpOptions::workers`] is `None`.
 //!
-//! # Kernel state owned by this module
-//! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
-//!   (set through the daemon's netlink handle by `exec::tun`). The device is made persistent
-//!   (`TUNSETPERSIST`) while the datapath runs, so a daemon killed with SIGKILL leaves it,
-//!   with its address and route, for its successor to attach to: traffic resumes as soon as
-//!   the next process reads its queues, with nothing to rebuild. A clean stop ([`Udp::stop`],
-//!   SIGTERM) clears the flag before closing the last queue, so the device disappears as
-//!   upstream's does when flanneld exits. When a lost lease comes back with a different
-//!   subnet the /32 moves in place, with the workers running.
-//! - across a hand-over (`SIGUSR2`, [`handover`]) the queues and sockets pass to the next
+//! # Kernel state
+//! - The TUN device `flannel0` is owned by `exec::tun` (creation, persistence across a
+//!   `SIGKILL`, address, route, removal on a clean stop); this backend says when: created
+//!   and configured at [`Backend::start`], its /32 moved when a lost lease comes back with a
+//!   different subnet (with the workers running), released at [`Udp::stop`].
+//! - Across a hand-over (`SIGUSR2`, [`handover`]) the queues and sockets pass to the next
 //!   image, so the device never loses its readers.
-//! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
+//! - Owned here: one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
 //! # Limitations
@@ -41,13 +37,12 @@ use serde_json::Value;
 
 use super::{Backend, BackendAttrs, BackendContext, BackendCounters, HandOver};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
-use crate::datapath::device::{self, TunSpec};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
 use crate::datapath::stats::{StatsHub, StatsSnapshot};
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
 use crate::exec::netlink::Netlink;
-use crate::exec::tun::{self as tun_link, TunLink};
+use crate::exec::tun::{self, TunLink, TunSpec};
 use crate::subnet::lease::{Lease, LeaseEvent};
 use crate::sys::mmsg::BATCH as MMSG_BATCH;
 use crate::sys::sockopt;
@@ -232,17 +227,10 @@ impl Udp {
     pub fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
             let fds = running.workers.suspend();
-            match fds.iter().flatten().next() {
-                Some(q) => {
-                    if let Err(e) = q.tun.set_persist(false) {
-                        tracing::warn!(device = %running.link.name, "clearing TUN persistence: {e}");
-                    }
-                }
-                None => tracing::warn!(
-                    device = %running.link.name,
-                    "no udp worker returned its queue; the TUN device stays (persistent)"
-                ),
-            }
+            tun::release(
+                fds.iter().flatten().next().map(|q| &q.tun),
+                &running.link.name,
+            );
             drop(fds);
             tracing::info!("udp backend stopped");
         }
@@ -365,9 +353,9 @@ impl Backend for Udp {
             let link = running.link.clone();
             self.set.set_own(own_subnet);
             self.publish();
-            tun_link::configure(&netlink, &link).await?;
+            tun::configure(&netlink, &link).await?;
             if was != link.addr {
-                tun_link::move_address(&netlink, &link, was).await?;
+                tun::move_address(&netlink, &link, was).await?;
             }
             return Ok(());
         }
@@ -381,13 +369,10 @@ impl Backend for Udp {
             queues: self.settings.workers,
             offload,
         };
-        let queues = device::create(&spec).await?;
+        let queues = tun::create(&spec).await?;
         let first = &queues[0];
         // Whether UDP flows also cross the TUN as super-packets (Linux 6.2+).
         let udp_offload = first.uso();
-        if let Err(e) = first.set_persist(true) {
-            tracing::warn!(device = %spec.name, "cannot make the TUN device persistent: {e}");
-        }
         let link = TunLink {
             index: first
                 .if_index()
@@ -397,7 +382,7 @@ impl Backend for Udp {
             addr: own_subnet.network(),
             network: self.settings.network,
         };
-        tun_link::configure(&netlink, &link).await?;
+        tun::configure(&netlink, &link).await?;
         let fds = self.bind_sockets(queues)?;
         let cfg = self.worker_config(io, offload);
         tracing::info!(
@@ -433,7 +418,7 @@ impl Backend for Udp {
             .context("udp backend: no netlink handle to move the TUN address with")?;
         let was = running.link.addr;
         running.link.addr = subnet.network();
-        tun_link::move_address(&netlink, &running.link, was).await?;
+        tun::move_address(&netlink, &running.link, was).await?;
         tracing::info!(
             device = %running.link.name,
             old = %old.subnet(),
