@@ -332,7 +332,6 @@ fn udp_options(cli: &Cli) -> UdpOptions {
     UdpOptions {
         workers: cli.udp_workers,
         io: cli.udp_io,
-        batch: cli.udp_batch,
         gso: cli.udp_gso,
         offload: cli.udp_offload,
         multishot: cli.udp_multishot,
@@ -340,6 +339,7 @@ fn udp_options(cli: &Cli) -> UdpOptions {
         per_peer_stats: cli.metrics_per_peer,
         ..UdpOptions::default()
     }
+    .with_batch_flag(cli.udp_batch)
 }
 
 /// The masquerade and forward rules for this daemon's flags, config and lease.

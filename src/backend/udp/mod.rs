@@ -67,17 +67,23 @@ pub struct UdpOptions {
     /// our traffic over its workers (one 4-tuple lands on one socket). Upstream does not check
     /// source ports. Worker 0 always sends from `Port`.
     pub spread_source_ports: bool,
-    /// Most packets moved per system call. `Some(1)` is upstream's one-packet-per-syscall
-    /// design (a benchmark baseline) and selects the recvmmsg/sendmsg path; `None` lets the
-    /// I/O layer use its full batch.
-    pub batch: Option<usize>,
+    /// Most datagrams one `recvmmsg`/`sendmsg` call moves, on the mmsg path. Set by
+    /// `--udp-batch` ([`UdpOptions::with_batch_flag`]).
+    pub mmsg_batch: usize,
+    /// Buffers per direction in each worker's io_uring, on the io_uring path. Set by
+    /// `--udp-batch` too.
+    pub ring_depth: usize,
+    /// Upstream's design, one packet per read and per send (`--udp-batch=1`, kept as a
+    /// benchmark baseline): forces the mmsg path and turns the TUN offloads off, whatever
+    /// [`UdpOptions::io`] and [`UdpOptions::offload`] say.
+    pub one_packet_per_syscall: bool,
     /// Send consecutive datagrams to one peer with one UDP GSO (`UDP_SEGMENT`) send; the wire
     /// still carries one inner packet per datagram. On by default. Read by the mmsg path (where
     /// the kernel refuses GSO, quinn-udp falls back by itself); the io_uring path sends GSO
     /// runs whenever [`UdpOptions::offload`] is on.
     pub gso: bool,
     /// TUN offloads (TCP super-packets cut into GSO sends, UDP GRO coalesced back). On by
-    /// default; off with one packet per syscall (`batch: Some(1)`), upstream's design.
+    /// default; off with [`UdpOptions::one_packet_per_syscall`].
     pub offload: bool,
     /// io_uring path: multishot reads and receives over provided-buffer rings, where the
     /// kernel has them.
@@ -97,13 +103,33 @@ impl Default for UdpOptions {
             io: IoChoice::Auto,
             strict_source: true,
             spread_source_ports: true,
-            batch: None,
+            mmsg_batch: MMSG_BATCH,
+            ring_depth: UringConfig::DEFAULT_DEPTH,
+            one_packet_per_syscall: false,
             gso: true,
             offload: true,
             multishot: true,
             busy_poll: Duration::ZERO,
             tun_name: UDP_TUN_NAME.to_owned(),
             per_peer_stats: false,
+        }
+    }
+}
+
+impl UdpOptions {
+    /// The three settings `--udp-batch` stands for: `Some(n)` sets [`UdpOptions::mmsg_batch`]
+    /// and [`UdpOptions::ring_depth`] to `n`, and `Some(1)` also means
+    /// [`UdpOptions::one_packet_per_syscall`]; `None` keeps them as they are.
+    #[must_use]
+    pub fn with_batch_flag(self, batch: Option<usize>) -> Self {
+        match batch {
+            None => self,
+            Some(n) => UdpOptions {
+                mmsg_batch: n,
+                ring_depth: n,
+                one_packet_per_syscall: n == 1,
+                ..self
+            },
         }
     }
 }
@@ -257,14 +283,15 @@ impl Udp {
     /// Whether the TUN queues carry virtio-net headers (offloads): not with one packet per
     /// syscall, upstream's design.
     fn tun_offload(&self) -> bool {
-        self.opts.offload && self.opts.batch != Some(1)
+        self.opts.offload && !self.opts.one_packet_per_syscall
     }
 
     /// One packet per syscall exists only on the mmsg path (io_uring batches by design).
     fn io_choice(&self) -> IoChoice {
-        match self.opts.batch {
-            Some(1) => IoChoice::Mmsg,
-            _ => self.opts.io,
+        if self.opts.one_packet_per_syscall {
+            IoChoice::Mmsg
+        } else {
+            self.opts.io
         }
     }
 
@@ -274,9 +301,9 @@ impl Udp {
             uring: UringConfig {
                 multishot: self.opts.multishot,
                 busy_poll: self.opts.busy_poll,
-                ..UringConfig::with_depth(self.opts.batch.unwrap_or(UringConfig::DEFAULT_DEPTH))
+                ..UringConfig::with_depth(self.opts.ring_depth)
             },
-            mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
+            mmsg_batch: self.opts.mmsg_batch,
             gso: self.opts.gso,
             offload,
             strict_source: self.settings.strict_source,
@@ -600,6 +627,29 @@ mod tests {
             udp(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":0}}"#).port(),
             8285
         );
+    }
+
+    #[test]
+    fn the_batch_flag_sets_three_settings() {
+        let d = UdpOptions::default();
+        assert_eq!(d.clone().with_batch_flag(None), d);
+        let o = UdpOptions::default().with_batch_flag(Some(32));
+        assert_eq!(
+            (o.mmsg_batch, o.ring_depth, o.one_packet_per_syscall),
+            (32, 32, false)
+        );
+        let one = Udp::new(
+            &ctx(r#"{"Network":"10.5.0.0/16"}"#),
+            UdpOptions::default().with_batch_flag(Some(1)),
+        )
+        .unwrap();
+        assert!(one.opts.one_packet_per_syscall);
+        assert_eq!(
+            one.io_choice(),
+            IoChoice::Mmsg,
+            "one packet per syscall is mmsg"
+        );
+        assert!(!one.tun_offload(), "and has no offloads");
     }
 
     #[test]
