@@ -22,7 +22,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as MetricsRegistry;
 
-use super::health::Readiness;
+use super::readiness::Readiness;
 use crate::backend::kernel::ReconcileStats;
 use crate::backend::BackendCounters;
 use crate::datapath::stats::{Batch, DropReason, StatsSnapshot};

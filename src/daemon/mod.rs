@@ -9,6 +9,7 @@
 pub mod handover;
 pub mod health;
 pub mod metrics;
+pub mod readiness;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,9 +37,9 @@ use crate::exec::netlink::Netlink;
 use crate::subnet::clock::{Backoff, TokioClock};
 use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{self, Keeper, OwnAction, Reacquired};
-use crate::subnet::lease::{LeaseAttrs, SubnetKey};
+use crate::subnet::lease::{HeldLease, LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
+use crate::subnet::registry::{AcquireRequest, EtcdOptions, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
 use metrics::Counters;
 
