@@ -235,6 +235,9 @@ pub struct Cli {
     /// udp backend: most packets moved per system call. 1 is upstream's design (one packet
     /// per read/send, on the recvmmsg/sendmsg path), kept as a benchmark baseline. On the
     /// io_uring path: buffers per direction in each worker's ring (default 16).
+    // One flag for three settings, kept as one for compatibility: the mmsg batch, the
+    // io_uring ring depth, and (at 1) one packet per system call with the offloads off
+    // (`UdpOptions::with_batch_flag` derives them).
     #[arg(long, env = "FLANNELD_UDP_BATCH")]
     pub udp_batch: Option<usize>,
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::CtlError;
 use crate::config::NetworkConfig;
-use crate::status::NodeStatus;
+use crate::status::{EtcdStatus, LeaseStatus, NodeStatus, PeerStatus, ReconcileStatus};
 use crate::subnet::lease::SubnetKey;
 use crate::subnet::net::SubnetRange;
 use crate::subnet::reduce::parse_kv;
@@ -342,55 +342,10 @@ pub fn config_text(s: &ConfigSummary) -> String {
 /// `status`: the daemon's document for a person. `now_unix` turns expiry times into
 /// "in 23h59m".
 pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
-    let mut out = String::new();
-    let backend = if s.backend.is_empty() {
-        "(no config yet)"
-    } else {
-        &s.backend
-    };
     let mut top = vec![
-        (
-            "node",
-            format!(
-                "{}, flannel-rs {}, backend {backend}",
-                if s.ready { "ready" } else { "NOT READY" },
-                s.version
-            ),
-        ),
-        (
-            "lease",
-            match &s.lease {
-                None => "none yet".into(),
-                Some(l) => {
-                    let subnet = subnet_cell(&l.subnet, l.ipv6_subnet.as_deref());
-                    let expiry = match l.expires_unix {
-                        None => "reservation, never expires".into(),
-                        Some(t) if t > now_unix => {
-                            format!("expires in {}", human_duration(t - now_unix))
-                        }
-                        Some(_) => "EXPIRED".into(),
-                    };
-                    format!(
-                        "{subnet} (public IP {}), {expiry}; renewals {}, failed {}, reacquired {}",
-                        l.public_ip, l.renewals, l.failed_renewals, l.reacquisitions
-                    )
-                }
-            },
-        ),
-        ("etcd", {
-            let mut e = if s.etcd.reachable {
-                "reachable".to_owned()
-            } else {
-                "UNREACHABLE".to_owned()
-            };
-            if let Some(ago) = s.etcd.seconds_since_contact {
-                let _ = write!(e, ", last contact {ago:.1}s ago");
-            }
-            if let Some(errors) = nonzero(&s.etcd.errors) {
-                let _ = write!(e, "; errors: {errors}");
-            }
-            e
-        }),
+        ("node", node_line(s)),
+        ("lease", lease_line(s.lease.as_ref(), now_unix)),
+        ("etcd", etcd_line(&s.etcd)),
     ];
     if let Some(d) = &s.datapath {
         top.push((
@@ -404,57 +359,110 @@ pub fn status_text(s: &NodeStatus, now_unix: u64) -> String {
         top.push(("icmp sent", d.icmp_unreachable_sent.to_string()));
     }
     if let Some(r) = &s.reconcile {
-        let last = match r.last_unix {
-            None => "never run".to_owned(),
-            Some(t) => format!(
-                "last {} ago, took {:.3}s",
-                human_duration(now_unix.saturating_sub(t)),
-                r.last_duration_seconds
-            ),
-        };
-        top.push((
-            "reconcile",
-            format!(
-                "{} runs, {} failed, {last}; repairs: {}",
-                r.runs,
-                r.failures,
-                nonzero(&r.repairs).unwrap_or_else(|| "none".into())
-            ),
-        ));
+        top.push(("reconcile", reconcile_line(r, now_unix)));
     }
     top.push(("peers", s.peers.len().to_string()));
-    out.push_str(&pairs(&top));
+    let mut out = pairs(&top);
     if !s.peers.is_empty() {
         out.push('\n');
-        let per_peer = s.peers.iter().any(|p| p.tx_packets.is_some());
-        let rows: Vec<Vec<String>> = s
-            .peers
-            .iter()
-            .map(|p| {
-                let mut row = vec![
-                    subnet_cell(&p.subnet, p.ipv6_subnet.as_deref()),
-                    p.public_ip.clone(),
-                    if p.backend_type.is_empty() {
-                        "-".into()
-                    } else {
-                        p.backend_type.clone()
-                    },
-                ];
-                if per_peer {
-                    let n = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| v.to_string());
-                    row.push(n(p.tx_packets));
-                    row.push(n(p.tx_bytes));
-                }
-                row
-            })
-            .collect();
-        let mut headers = vec!["PEER SUBNET", "PUBLIC IP", "BACKEND"];
-        if per_peer {
-            headers.extend(["TX PACKETS", "TX BYTES"]);
-        }
-        out.push_str(&table(&headers, &rows));
+        out.push_str(&peers_table(&s.peers));
     }
     out
+}
+
+/// Readiness, version and backend.
+fn node_line(s: &NodeStatus) -> String {
+    let backend = if s.backend.is_empty() {
+        "(no config yet)"
+    } else {
+        &s.backend
+    };
+    format!(
+        "{}, flannel-rs {}, backend {backend}",
+        if s.ready { "ready" } else { "NOT READY" },
+        s.version
+    )
+}
+
+/// Our subnet, when it expires, and the keeper's counters.
+fn lease_line(lease: Option<&LeaseStatus>, now_unix: u64) -> String {
+    let Some(l) = lease else {
+        return "none yet".into();
+    };
+    let subnet = subnet_cell(&l.subnet, l.ipv6_subnet.as_deref());
+    let expiry = match l.expires_unix {
+        None => "reservation, never expires".into(),
+        Some(t) if t > now_unix => format!("expires in {}", human_duration(t - now_unix)),
+        Some(_) => "EXPIRED".into(),
+    };
+    format!(
+        "{subnet} (public IP {}), {expiry}; renewals {}, failed {}, reacquired {}",
+        l.public_ip, l.renewals, l.failed_renewals, l.reacquisitions
+    )
+}
+
+/// Whether etcd answers, since when, and the failed requests.
+fn etcd_line(etcd: &EtcdStatus) -> String {
+    let mut e = if etcd.reachable {
+        "reachable".to_owned()
+    } else {
+        "UNREACHABLE".to_owned()
+    };
+    if let Some(ago) = etcd.seconds_since_contact {
+        let _ = write!(e, ", last contact {ago:.1}s ago");
+    }
+    if let Some(errors) = nonzero(&etcd.errors) {
+        let _ = write!(e, "; errors: {errors}");
+    }
+    e
+}
+
+/// The reconciler's runs, its last run and the repairs it made.
+fn reconcile_line(r: &ReconcileStatus, now_unix: u64) -> String {
+    let last = match r.last_unix {
+        None => "never run".to_owned(),
+        Some(t) => format!(
+            "last {} ago, took {:.3}s",
+            human_duration(now_unix.saturating_sub(t)),
+            r.last_duration_seconds
+        ),
+    };
+    format!(
+        "{} runs, {} failed, {last}; repairs: {}",
+        r.runs,
+        r.failures,
+        nonzero(&r.repairs).unwrap_or_else(|| "none".into())
+    )
+}
+
+/// One row per peer; traffic columns when the daemon counts per peer.
+fn peers_table(peers: &[PeerStatus]) -> String {
+    let per_peer = peers.iter().any(|p| p.tx_packets.is_some());
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            let mut row = vec![
+                subnet_cell(&p.subnet, p.ipv6_subnet.as_deref()),
+                p.public_ip.clone(),
+                if p.backend_type.is_empty() {
+                    "-".into()
+                } else {
+                    p.backend_type.clone()
+                },
+            ];
+            if per_peer {
+                let n = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| v.to_string());
+                row.push(n(p.tx_packets));
+                row.push(n(p.tx_bytes));
+            }
+            row
+        })
+        .collect();
+    let mut headers = vec!["PEER SUBNET", "PUBLIC IP", "BACKEND"];
+    if per_peer {
+        headers.extend(["TX PACKETS", "TX BYTES"]);
+    }
+    table(&headers, &rows)
 }
 
 /// The non-zero counters of a by-reason map, `no_route 3, ttl 1` (a zero says nothing an

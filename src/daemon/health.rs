@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::cancel::CancelToken;
@@ -20,20 +19,6 @@ use tokio::net::TcpListener;
 use super::metrics::{self, Counters};
 use crate::compat;
 use crate::status::STATUS_PATH;
-
-/// Shared readiness flag, set once the daemon is fully up.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// The response to one of upstream's requests (pure, for tests).
 pub fn respond(method: &Method, path: &str, ready: bool) -> (StatusCode, &'static str) {

@@ -22,7 +22,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry as MetricsRegistry;
 
-use super::health::Readiness;
+use super::readiness::Readiness;
 use crate::backend::kernel::ReconcileStats;
 use crate::backend::BackendCounters;
 use crate::datapath::stats::{Batch, DropReason, StatsSnapshot};
@@ -415,6 +415,18 @@ fn encode_datapath(
     features: &[Option<crate::datapath::stats::WorkerFeatures>],
     r: &Reading,
 ) -> std::fmt::Result {
+    encode_traffic(out, s)?;
+    encode_offloads(out, s)?;
+    encode_batch_sizes(out, s)?;
+    encode_workers(out, features)?;
+    if let Some(traffic) = &r.peer_traffic {
+        encode_peer_traffic(out, traffic, &r.control.peers)?;
+    }
+    Ok(())
+}
+
+/// Packets and bytes each way, drops by reason, ICMP replies.
+fn encode_traffic(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
     out.counter(
         "flannel_udp_tx_packets",
         "Pod packets read from flannel0 and sent to peers.",
@@ -446,7 +458,11 @@ fn encode_datapath(
         "flannel_udp_icmp_unreachable_sent",
         "ICMP network-unreachable replies written back to pods.",
         s.icmp_sent,
-    )?;
+    )
+}
+
+/// UDP GSO sends and GRO receives, and the worker loop's rounds.
+fn encode_offloads(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
     // GSO sends and GRO receives are the UDP send/receive batches of more than one datagram.
     let multi = |b: Batch| {
         let h = s.batch_sizes(b);
@@ -479,7 +495,11 @@ fn encode_datapath(
         "flannel_udp_wakeups",
         "Rounds of the worker loop that handled at least one packet (batches).",
         s.batch_sizes(Batch::Wakeup).count(),
-    )?;
+    )
+}
+
+/// The histogram of items per batch, by kind.
+fn encode_batch_sizes(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
     let mut enc = out.0.encode_descriptor(
         "flannel_udp_batch_size",
         "Items per batch: datagrams per UDP send or receive, segments per TUN read or write, \
@@ -497,6 +517,14 @@ fn encode_datapath(
             None,
         )?;
     }
+    Ok(())
+}
+
+/// One info series per worker: its I/O path and what the kernel granted it.
+fn encode_workers(
+    out: &mut Out<'_>,
+    features: &[Option<crate::datapath::stats::WorkerFeatures>],
+) -> std::fmt::Result {
     let mut enc = out.0.encode_descriptor(
         "flannel_udp_worker",
         "One series per udp worker: its I/O path and what the kernel granted it.",
@@ -514,45 +542,49 @@ fn encode_datapath(
         ];
         enc.encode_info(&labels)?;
     }
-    if let Some(traffic) = &r.peer_traffic {
-        let subnet_of: BTreeMap<Ipv4Addr, String> = r
-            .control
-            .peers
-            .iter()
-            .map(|l| (l.attrs.public_ip, l.key.ipv4.to_string()))
-            .collect();
-        let subnet_of = &subnet_of;
-        let rows = |i: usize| {
-            traffic.iter().map(move |(ip, c)| {
-                let labels: Labels = vec![
-                    ("peer", ip.to_string()),
-                    ("subnet", subnet_of.get(ip).cloned().unwrap_or_default()),
-                ];
-                (labels, c[i])
-            })
-        };
-        out.counters(
-            "flannel_udp_peer_tx_packets",
-            "Pod packets sent to each peer (--metrics-per-peer).",
-            rows(0),
-        )?;
-        out.counters(
-            "flannel_udp_peer_tx_bytes",
-            "Bytes of pod packets sent to each peer (--metrics-per-peer).",
-            rows(1),
-        )?;
-        out.counters(
-            "flannel_udp_peer_rx_packets",
-            "Pod packets received from each peer (--metrics-per-peer).",
-            rows(2),
-        )?;
-        out.counters(
-            "flannel_udp_peer_rx_bytes",
-            "Bytes of pod packets received from each peer (--metrics-per-peer).",
-            rows(3),
-        )?;
-    }
     Ok(())
+}
+
+/// `--metrics-per-peer`: packets and bytes each way per peer, labelled with its subnet.
+fn encode_peer_traffic(
+    out: &mut Out<'_>,
+    traffic: &[(Ipv4Addr, [u64; 4])],
+    peers: &[Lease],
+) -> std::fmt::Result {
+    let subnet_of: BTreeMap<Ipv4Addr, String> = peers
+        .iter()
+        .map(|l| (l.attrs.public_ip, l.key.ipv4.to_string()))
+        .collect();
+    let subnet_of = &subnet_of;
+    let rows = |i: usize| {
+        traffic.iter().map(move |(ip, c)| {
+            let labels: Labels = vec![
+                ("peer", ip.to_string()),
+                ("subnet", subnet_of.get(ip).cloned().unwrap_or_default()),
+            ];
+            (labels, c[i])
+        })
+    };
+    out.counters(
+        "flannel_udp_peer_tx_packets",
+        "Pod packets sent to each peer (--metrics-per-peer).",
+        rows(0),
+    )?;
+    out.counters(
+        "flannel_udp_peer_tx_bytes",
+        "Bytes of pod packets sent to each peer (--metrics-per-peer).",
+        rows(1),
+    )?;
+    out.counters(
+        "flannel_udp_peer_rx_packets",
+        "Pod packets received from each peer (--metrics-per-peer).",
+        rows(2),
+    )?;
+    out.counters(
+        "flannel_udp_peer_rx_bytes",
+        "Bytes of pod packets received from each peer (--metrics-per-peer).",
+        rows(3),
+    )
 }
 
 /// Shorthands over `prometheus-client`'s descriptor encoder.

@@ -9,6 +9,7 @@
 pub mod handover;
 pub mod health;
 pub mod metrics;
+pub mod readiness;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -36,9 +37,9 @@ use crate::exec::netlink::Netlink;
 use crate::subnet::clock::{Backoff, TokioClock};
 use crate::subnet::env::SubnetEnv;
 use crate::subnet::keeper::{self, Keeper, OwnAction, Reacquired};
-use crate::subnet::lease::{LeaseAttrs, SubnetKey};
+use crate::subnet::lease::{HeldLease, LeaseAttrs, SubnetKey};
 use crate::subnet::net::{first_host_v4, first_host_v6};
-use crate::subnet::registry::{AcquireRequest, EtcdOptions, HeldLease, Registry, RegistryError};
+use crate::subnet::registry::{AcquireRequest, EtcdOptions, Registry, RegistryError};
 use crate::subnet::watcher::{watch_leases, WatchMsg};
 use metrics::Counters;
 
@@ -181,23 +182,7 @@ impl Daemon<'_> {
         mut backend: B,
         ctx: &BackendContext,
     ) -> anyhow::Result<()> {
-        let battrs = backend.prepare().await.context("preparing the backend")?;
-        let attrs = LeaseAttrs {
-            public_ip: ctx.iface.public_ip,
-            public_ipv6: ctx.iface.public_ipv6,
-            backend_type: battrs.backend_type,
-            backend_data: battrs.backend_data,
-            backend_v6_data: battrs.backend_v6_data,
-        };
-        let acquire = AcquireRequest {
-            attrs,
-            ipv4: ctx
-                .config
-                .ipv4
-                .ok_or_else(|| anyhow!("IPv4 network missing"))?,
-            ipv6: ctx.config.ipv6,
-            preferred: previous_subnet(&self.cli.subnet_file),
-        };
+        let acquire = self.lease_request(&mut backend, ctx).await?;
         let acquired = keeper::acquire(&self.registry, &TokioClock, &acquire);
         let Some(held) = until_stopped(&self.stop, acquired).await else {
             return Ok(());
@@ -208,24 +193,7 @@ impl Daemon<'_> {
             public_ip = %held.lease.attrs.public_ip,
             "acquired lease"
         );
-
-        backend
-            .start(&held.lease)
-            .await
-            .context("starting the backend")?;
-        // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
-        // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
-        let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
-        let rules = masq::start(rules_cfg, self.stop.clone()).await;
-        self.counters.set_backend_counters(backend.counters());
-        self.counters
-            .set_rules(rules.as_ref().map(|r| r.stats().clone()));
-        self.blackhole(&held.lease.key, None).await;
-        self.write_subnet_env(&ctx.config, &held, backend.mtu())?;
-        self.counters.ready.set_ready();
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-            tracing::warn!("could not notify systemd: {e}");
-        }
+        let rules = self.go_live(&mut backend, ctx, &held).await?;
 
         let (own_tx, own_rx) = watch::channel(Some(held.lease.key));
         let (tx, mut rx) = mpsc::channel::<WatchMsg>(64);
@@ -245,18 +213,7 @@ impl Daemon<'_> {
                 _ = self.stop.cancelled() => break,
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    if !msg.events.is_empty() {
-                        backend.apply(&msg.events).await;
-                        self.counters.control.apply(&msg.events);
-                    }
-                    if msg.resync {
-                        backend.resynced().await;
-                        self.counters.control.resynced();
-                    }
-                    match msg.own {
-                        Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
-                        None => false,
-                    }
+                    self.on_watch(msg, &mut backend, &mut keeper).await
                 }
                 _ = self.hand_over_signal.recv() => {
                     handover::hand_over(&mut backend, &keeper.held().lease);
@@ -272,29 +229,124 @@ impl Daemon<'_> {
                 }
             };
             if lost {
-                let before = keeper.held().lease.clone();
-                let Some(again) = until_stopped(&self.stop, keeper.reacquire()).await else {
+                let again = self.reacquire(&mut keeper, &mut backend, ctx, rules.as_ref(), &own_tx);
+                if !again.await? {
                     break;
-                };
-                let again = again.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
-                if let Reacquired::Moved { new, old } = again {
-                    // Before the watcher hears of `new`: the backend first stops calling
-                    // `old` its own, then learns of `old`'s new holder as of any other host.
-                    if let Err(e) = backend.moved(&before, &keeper.held().lease).await {
-                        tracing::error!(old = %old.cidr(), new = %new.cidr(), "moving the backend to our new subnet: {e:#}");
-                    }
-                    self.blackhole(&new, Some(&old)).await;
-                    self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
-                    if let Some(r) = &rules {
-                        r.update_lease(new);
-                    }
-                    let _ = own_tx.send(Some(new));
                 }
             }
         }
         watcher.abort();
         tracing::info!("Exiting cleanly...");
         Ok(())
+    }
+
+    /// What to ask etcd for: our addresses, what the backend publishes, the subnet we held
+    /// before (from subnet.env).
+    async fn lease_request<B: Backend>(
+        &self,
+        backend: &mut B,
+        ctx: &BackendContext,
+    ) -> anyhow::Result<AcquireRequest> {
+        let battrs = backend.prepare().await.context("preparing the backend")?;
+        let attrs = LeaseAttrs {
+            public_ip: ctx.iface.public_ip,
+            public_ipv6: ctx.iface.public_ipv6,
+            backend_type: battrs.backend_type,
+            backend_data: battrs.backend_data,
+            backend_v6_data: battrs.backend_v6_data,
+        };
+        Ok(AcquireRequest {
+            attrs,
+            ipv4: ctx
+                .config
+                .ipv4
+                .ok_or_else(|| anyhow!("IPv4 network missing"))?,
+            ipv6: ctx.config.ipv6,
+            preferred: previous_subnet(&self.cli.subnet_file),
+        })
+    }
+
+    /// With the lease held: starts the backend and the masquerade rules, adds the blackhole
+    /// route, writes subnet.env and says the node is ready. Returns the rules' handle
+    /// (dropping it stops their resync).
+    async fn go_live<B: Backend>(
+        &self,
+        backend: &mut B,
+        ctx: &BackendContext,
+        held: &HeldLease,
+    ) -> anyhow::Result<Option<masq::RulesHandle>> {
+        backend
+            .start(&held.lease)
+            .await
+            .context("starting the backend")?;
+        // --ip-masq and --iptables-forward-rules, before subnet.env (upstream's order).
+        // Dropping `rules` stops its resync (and removes nftables tables, as upstream).
+        let rules_cfg = masq_config(self.cli, &ctx.config, &held.lease.key);
+        let rules = masq::start(rules_cfg, self.stop.clone()).await;
+        self.counters.set_backend_counters(backend.counters());
+        self.counters
+            .set_rules(rules.as_ref().map(|r| r.stats().clone()));
+        self.blackhole(&held.lease.key, None).await;
+        self.write_subnet_env(&ctx.config, held, backend.mtu())?;
+        self.counters.ready.set_ready();
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("could not notify systemd: {e}");
+        }
+        Ok(rules)
+    }
+
+    /// One message of the lease watcher: other hosts' events to the backend, a re-list
+    /// noted, a change of our own key judged. Returns whether our lease was lost.
+    async fn on_watch<B: Backend>(
+        &self,
+        msg: WatchMsg,
+        backend: &mut B,
+        keeper: &mut Keeper<Registry, TokioClock>,
+    ) -> bool {
+        if !msg.events.is_empty() {
+            backend.apply(&msg.events).await;
+            self.counters.control.apply(&msg.events);
+        }
+        if msg.resync {
+            backend.resynced().await;
+            self.counters.control.resynced();
+        }
+        match msg.own {
+            Some(change) => keeper.own_changed(&change).await == OwnAction::Lost,
+            None => false,
+        }
+    }
+
+    /// Our lease was lost: acquires one again. If it is another subnet, the backend, the
+    /// blackhole route, subnet.env, the rules and the watcher move to it. `Ok(false)` when
+    /// told to stop meanwhile.
+    async fn reacquire<B: Backend>(
+        &self,
+        keeper: &mut Keeper<Registry, TokioClock>,
+        backend: &mut B,
+        ctx: &BackendContext,
+        rules: Option<&masq::RulesHandle>,
+        own_tx: &watch::Sender<Option<SubnetKey>>,
+    ) -> anyhow::Result<bool> {
+        let before = keeper.held().lease.clone();
+        let Some(again) = until_stopped(&self.stop, keeper.reacquire()).await else {
+            return Ok(false);
+        };
+        let again = again.map_err(|e| anyhow!(e).context("acquiring a subnet lease"))?;
+        if let Reacquired::Moved { new, old } = again {
+            // Before the watcher hears of `new`: the backend first stops calling
+            // `old` its own, then learns of `old`'s new holder as of any other host.
+            if let Err(e) = backend.moved(&before, &keeper.held().lease).await {
+                tracing::error!(old = %old.cidr(), new = %new.cidr(), "moving the backend to our new subnet: {e:#}");
+            }
+            self.blackhole(&new, Some(&old)).await;
+            self.write_subnet_env(&ctx.config, keeper.held(), backend.mtu())?;
+            if let Some(r) = rules {
+                r.update_lease(new);
+            }
+            let _ = own_tx.send(Some(new));
+        }
+        Ok(true)
     }
 
     fn write_subnet_env(
@@ -332,7 +384,6 @@ fn udp_options(cli: &Cli) -> UdpOptions {
     UdpOptions {
         workers: cli.udp_workers,
         io: cli.udp_io,
-        batch: cli.udp_batch,
         gso: cli.udp_gso,
         offload: cli.udp_offload,
         multishot: cli.udp_multishot,
@@ -340,6 +391,7 @@ fn udp_options(cli: &Cli) -> UdpOptions {
         per_peer_stats: cli.metrics_per_peer,
         ..UdpOptions::default()
     }
+    .with_batch_flag(cli.udp_batch)
 }
 
 /// The masquerade and forward rules for this daemon's flags, config and lease.

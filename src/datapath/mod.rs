@@ -12,11 +12,9 @@
 //!   out through the safe kernel wrappers in `crate::sys`; [`select_io`] picks one at start-up.
 //! - [`stats`]: per-worker counters.
 //! - [`worker`]: spawning, stopping and logging the worker threads.
-//! - [`device`]: creating and configuring the TUN device (rtnetlink).
 //!
 //! Nothing here is `unsafe`: buffers lent to the kernel are guarded by `sys::uring::Ring`.
 
-pub mod device;
 pub mod gro;
 pub mod gso;
 pub mod icmp;

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::lease::{Lease, LeaseEvent, SubnetKey};
-use super::registry::HeldLease;
+use super::lease::{HeldLease, Lease, LeaseEvent, SubnetKey};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here leaves the state whole, so a poisoned lock is still usable.

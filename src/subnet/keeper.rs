@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use super::clock::{Backoff, Clock};
 use super::counters::ControlPlane;
-use super::lease::SubnetKey;
+use super::lease::{HeldLease, SubnetKey};
 use super::reduce::OwnChange;
-use super::registry::{AcquireRequest, HeldLease, Registry, RegistryError, Renewal};
+use super::registry::{AcquireRequest, Registry, RegistryError, Renewal};
 
 /// How long after a grant of `ttl` to renew, given the renew margin.
 ///

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::ser::SerializeMap;
@@ -217,6 +218,17 @@ pub struct Lease {
     pub etcd_lease: i64,
     /// etcd `mod_revision` of the key when it was read.
     pub mod_revision: i64,
+}
+
+/// A lease as held by this host, with its expiry as granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    pub lease: Lease,
+    /// TTL granted with the lease; `None` for a reservation (never expires).
+    pub ttl: Option<Duration>,
+    /// The etcd create revision of our key: a write that keeps it was made over our
+    /// live key (see `super::keeper::judge_own_change`); 0 when unknown.
+    pub create_revision: i64,
 }
 
 impl Lease {

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use rand::seq::IndexedRandom;
 
 use super::counters::EtcdHealth;
-use super::lease::{Lease, LeaseAttrs, SubnetKey};
+use super::lease::{HeldLease, Lease, LeaseAttrs, SubnetKey};
 use super::net::{SubnetRange, MAX_CANDIDATES};
 use super::reduce::{parse_kv, RawEvent};
 use crate::compat;
@@ -86,17 +86,6 @@ impl AcquireRequest {
     pub fn accepts(&self, key: &SubnetKey) -> bool {
         compatible_key(key, self)
     }
-}
-
-/// A lease as held by this host, with its expiry as granted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldLease {
-    pub lease: Lease,
-    /// TTL granted with the lease; `None` for a reservation (never expires).
-    pub ttl: Option<Duration>,
-    /// The etcd create revision of our key: a write that keeps it was made over our
-    /// live key (see `keeper::judge_own_change`); 0 when unknown.
-    pub create_revision: i64,
 }
 
 /// Result of a renewal attempt.

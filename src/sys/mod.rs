@@ -7,7 +7,8 @@
 //! everywhere else). Each one is preceded by a `// SAFETY:` comment naming the invariant it
 //! relies on. Everything exported from here is safe to call.
 //!
-//! - [`tun`]: the multi-queue TUN device (through `tun-rs`), its offload flags.
+//! - [`tun`]: the system calls on the multi-queue TUN device (through `tun-rs`), its offload
+//!   flags (the device itself is `exec::tun`'s).
 //! - [`sockopt`]: the workers' UDP sockets (`SO_REUSEPORT`, buffer sizes, `UDP_GRO`).
 //! - [`udp`]: `sendmsg` with a `UDP_SEGMENT` (GSO) control message, the `UDP_GRO` segment
 //!   size of a receive, `sockaddr_in` conversions.

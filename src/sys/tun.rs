@@ -1,8 +1,10 @@
-//! The multi-queue TUN device of the udp backend.
+//! The system calls on the udp backend's multi-queue TUN device (`exec::tun` owns the device
+//! and decides what is done with it).
 //!
 //! `IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE`: layer 3, no packet-information prefix (upstream's
-//! wire format is the bare IPv4 packet), one queue per worker. The device is not persistent: it
-//! disappears, with its address and routes, when the last queue is closed.
+//! wire format is the bare IPv4 packet), one queue per worker. Without `TUNSETPERSIST`
+//! ([`TunQueue::set_persist`]) a device disappears, with its address and routes, when its
+//! last queue is closed.
 //!
 //! With offloads, also `IFF_VNET_HDR` and `TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_USO4 |
 //! TUN_F_USO6)`: every read and write then starts with a `virtio_net_hdr`
@@ -13,12 +15,8 @@
 //!
 //! A queue is held as a plain file once opened: `tun-rs` creates the device, but it cannot
 //! wrap an fd with `IFF_VNET_HDR` (it refuses, having no way to learn the framing), and a
-//! queue handed over to a new image (`daemon::handover`) has to be taken from its fd. Reads and writes
-//! are plain `read`/`write`/`writev` either way.
-//!
-//! # Kernel state owned by this module
-//! - link `flannel0` (or the name given), alive as long as some [`TunQueue`] is, or for good
-//!   once [`TunQueue::set_persist`] made it persistent (until that is cleared again).
+//! queue handed over to a new image (`daemon::handover`) has to be taken from its fd. Reads
+//! and writes are plain `read`/`write`/`writev` either way.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -47,7 +45,7 @@ impl std::fmt::Debug for TunQueue {
 /// Creates (or attaches to) TUN device `name` and opens `queues` queues on it.
 ///
 /// A queue that attaches to a device which still has other queues gets that device's flags,
-/// whatever it asked for: check [`TunQueue::vnet_hdr`] (see `datapath::device::create`).
+/// whatever it asked for: check [`TunQueue::vnet_hdr`] (see `exec::tun::create`).
 ///
 /// # Errors
 /// The device exists with incompatible flags (e.g. single-queue), `/dev/net/tun` is missing,

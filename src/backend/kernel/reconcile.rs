@@ -86,11 +86,23 @@ pub fn reconcile(
     own: &Ownership,
     remove_stale: bool,
 ) -> Vec<Repair> {
-    let mut adds = Vec::new();
-    let mut route_dels = Vec::new();
-    let mut fdb_dels = Vec::new();
-    let mut neigh_dels = Vec::new();
+    let mut adds = neigh_replacements(desired, observed);
+    let (fdb_adds, mut fdb_dels) = fdb_repairs(desired, observed, remove_stale);
+    adds.extend(fdb_adds);
+    adds.extend(route_replacements(desired, observed));
+    adds.sort_by_key(|r| op_rank(&r.op));
+    if remove_stale {
+        adds.extend(stale_routes(desired, observed, own));
+        fdb_dels.extend(stale_fdbs(desired, observed, own));
+        adds.extend(fdb_dels);
+        adds.extend(stale_neighs(desired, observed, own));
+    }
+    adds
+}
 
+/// Wanted neighbours the kernel lacks, or holds with another address or not permanent.
+fn neigh_replacements(desired: &Desired, observed: &Observed) -> Vec<Repair> {
+    let mut adds = Vec::new();
     for want in desired.neighs.values() {
         match observed
             .neighs
@@ -121,6 +133,18 @@ pub fn reconcile(
             }
         }
     }
+    adds
+}
+
+/// Wanted FDB entries the kernel lacks or points elsewhere (replacements), and, with
+/// `remove_stale`, the extra destinations of a wanted MAC (deletions).
+fn fdb_repairs(
+    desired: &Desired,
+    observed: &Observed,
+    remove_stale: bool,
+) -> (Vec<Repair>, Vec<Repair>) {
+    let mut adds = Vec::new();
+    let mut dels = Vec::new();
     for want in desired.fdbs.values() {
         let same_mac: Vec<&ObservedFdb> = observed
             .fdbs
@@ -144,7 +168,7 @@ pub fn reconcile(
             let rewritten = usize::from(!same_mac.iter().any(|e| e.dst == Some(want.dst)));
             for e in same_mac.iter().skip(rewritten) {
                 if let Some(dst) = e.dst.filter(|d| *d != want.dst) {
-                    fdb_dels.push(Repair {
+                    dels.push(Repair {
                         op: Op::DeleteFdb(FdbSpec { dst, ..*want }),
                         why: Why::Unexplained,
                     });
@@ -152,6 +176,12 @@ pub fn reconcile(
             }
         }
     }
+    (adds, dels)
+}
+
+/// Wanted routes the kernel lacks, or holds through another gateway or device.
+fn route_replacements(desired: &Desired, observed: &Observed) -> Vec<Repair> {
+    let mut adds = Vec::new();
     for want in desired.routes.values() {
         let matches = |r: &&ObservedRoute| {
             r.dst == want.dst
@@ -175,62 +205,67 @@ pub fn reconcile(
             });
         }
     }
-
-    if remove_stale {
-        for r in observed.routes.iter().filter(|r| own.owns_route(r)) {
-            // A route with the desired destination and metric 0 is rewritten
-            // by the replace above; anything else that is ours goes.
-            let replaced = desired.routes.contains_key(&r.dst) && r.priority == 0;
-            if !replaced {
-                route_dels.push(Repair {
-                    op: Op::DeleteRoute(RouteKey {
-                        dst: r.dst,
-                        gateway: r.gateway,
-                        oif: r.oif,
-                        priority: r.priority,
-                    }),
-                    why: Why::Unexplained,
-                });
-            }
-        }
-        for e in observed
-            .fdbs
-            .iter()
-            .filter(|e| own.devices.contains(&e.ifindex) && e.permanent)
-        {
-            if let (false, Some(dst)) = (desired.fdbs.contains_key(&(e.ifindex, e.mac)), e.dst) {
-                fdb_dels.push(Repair {
-                    op: Op::DeleteFdb(FdbSpec {
-                        ifindex: e.ifindex,
-                        mac: e.mac,
-                        dst,
-                    }),
-                    why: Why::Unexplained,
-                });
-            }
-        }
-        for n in observed
-            .neighs
-            .iter()
-            .filter(|n| own.devices.contains(&n.ifindex) && n.permanent)
-        {
-            if !desired.neighs.contains_key(&(n.ifindex, n.ip)) {
-                neigh_dels.push(Repair {
-                    op: Op::DeleteNeigh(NeighSpec {
-                        ifindex: n.ifindex,
-                        ip: n.ip,
-                        mac: n.mac.unwrap_or_default(),
-                    }),
-                    why: Why::Unexplained,
-                });
-            }
-        }
-    }
-    adds.sort_by_key(|r| op_rank(&r.op));
-    adds.extend(route_dels);
-    adds.extend(fdb_dels);
-    adds.extend(neigh_dels);
     adds
+}
+
+/// Flannel's routes that no lease explains.
+fn stale_routes(desired: &Desired, observed: &Observed, own: &Ownership) -> Vec<Repair> {
+    observed
+        .routes
+        .iter()
+        .filter(|r| own.owns_route(r))
+        // A route with the desired destination and metric 0 is rewritten by its
+        // replacement; anything else that is ours goes.
+        .filter(|r| !(desired.routes.contains_key(&r.dst) && r.priority == 0))
+        .map(|r| Repair {
+            op: Op::DeleteRoute(RouteKey {
+                dst: r.dst,
+                gateway: r.gateway,
+                oif: r.oif,
+                priority: r.priority,
+            }),
+            why: Why::Unexplained,
+        })
+        .collect()
+}
+
+/// FDB entries on flannel's devices for MACs no lease wants.
+fn stale_fdbs(desired: &Desired, observed: &Observed, own: &Ownership) -> Vec<Repair> {
+    observed
+        .fdbs
+        .iter()
+        .filter(|e| own.devices.contains(&e.ifindex) && e.permanent)
+        .filter(|e| !desired.fdbs.contains_key(&(e.ifindex, e.mac)))
+        .filter_map(|e| {
+            let dst = e.dst?;
+            Some(Repair {
+                op: Op::DeleteFdb(FdbSpec {
+                    ifindex: e.ifindex,
+                    mac: e.mac,
+                    dst,
+                }),
+                why: Why::Unexplained,
+            })
+        })
+        .collect()
+}
+
+/// Permanent neighbours on flannel's devices that no lease wants.
+fn stale_neighs(desired: &Desired, observed: &Observed, own: &Ownership) -> Vec<Repair> {
+    observed
+        .neighs
+        .iter()
+        .filter(|n| own.devices.contains(&n.ifindex) && n.permanent)
+        .filter(|n| !desired.neighs.contains_key(&(n.ifindex, n.ip)))
+        .map(|n| Repair {
+            op: Op::DeleteNeigh(NeighSpec {
+                ifindex: n.ifindex,
+                ip: n.ip,
+                mac: n.mac.unwrap_or_default(),
+            }),
+            why: Why::Unexplained,
+        })
+        .collect()
 }
 
 fn describe_route(r: &ObservedRoute) -> String {

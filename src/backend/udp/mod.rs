@@ -12,18 +12,14 @@
 //!   source lies outside the sending peer's subnet. Default true; overrides [`UdpOptions`].
 //! - `Workers` (ours): worker threads, used when [`UdpOptions::workers`] is `None`.
 //!
-//! # Kernel state owned by this module
-//! - link `flannel0` (created by `datapath::device`) with its /32 address and network route
-//!   (set through the daemon's netlink handle by `exec::tun`). The device is made persistent
-//!   (`TUNSETPERSIST`) while the datapath runs, so a daemon killed with SIGKILL leaves it,
-//!   with its address and route, for its successor to attach to: traffic resumes as soon as
-//!   the next process reads its queues, with nothing to rebuild. A clean stop ([`Udp::stop`],
-//!   SIGTERM) clears the flag before closing the last queue, so the device disappears as
-//!   upstream's does when flanneld exits. When a lost lease comes back with a different
-//!   subnet the /32 moves in place, with the workers running.
-//! - across a hand-over (`SIGUSR2`, [`handover`]) the queues and sockets pass to the next
+//! # Kernel state
+//! - The TUN device `flannel0` is owned by `exec::tun` (creation, persistence across a
+//!   `SIGKILL`, address, route, removal on a clean stop); this backend says when: created
+//!   and configured at [`Backend::start`], its /32 moved when a lost lease comes back with a
+//!   different subnet (with the workers running), released at [`Udp::stop`].
+//! - Across a hand-over (`SIGUSR2`, [`handover`]) the queues and sockets pass to the next
 //!   image, so the device never loses its readers.
-//! - one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
+//! - Owned here: one UDP socket per worker on `<iface address>:<Port>` (`SO_REUSEPORT` group), plus,
 //!   with [`UdpOptions::spread_source_ports`], one ephemeral-port send socket per extra worker.
 //!
 //! # Limitations
@@ -41,13 +37,12 @@ use serde_json::Value;
 
 use super::{Backend, BackendAttrs, BackendContext, BackendCounters, HandOver};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
-use crate::datapath::device::{self, TunSpec};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
 use crate::datapath::stats::{StatsHub, StatsSnapshot};
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
 use crate::exec::netlink::Netlink;
-use crate::exec::tun::{self as tun_link, TunLink};
+use crate::exec::tun::{self, TunLink, TunSpec};
 use crate::subnet::lease::{Lease, LeaseEvent};
 use crate::sys::mmsg::BATCH as MMSG_BATCH;
 use crate::sys::sockopt;
@@ -72,17 +67,23 @@ pub struct UdpOptions {
     /// our traffic over its workers (one 4-tuple lands on one socket). Upstream does not check
     /// source ports. Worker 0 always sends from `Port`.
     pub spread_source_ports: bool,
-    /// Most packets moved per system call. `Some(1)` is upstream's one-packet-per-syscall
-    /// design (a benchmark baseline) and selects the recvmmsg/sendmsg path; `None` lets the
-    /// I/O layer use its full batch.
-    pub batch: Option<usize>,
+    /// Most datagrams one `recvmmsg`/`sendmsg` call moves, on the mmsg path. Set by
+    /// `--udp-batch` ([`UdpOptions::with_batch_flag`]).
+    pub mmsg_batch: usize,
+    /// Buffers per direction in each worker's io_uring, on the io_uring path. Set by
+    /// `--udp-batch` too.
+    pub ring_depth: usize,
+    /// Upstream's design, one packet per read and per send (`--udp-batch=1`, kept as a
+    /// benchmark baseline): forces the mmsg path and turns the TUN offloads off, whatever
+    /// [`UdpOptions::io`] and [`UdpOptions::offload`] say.
+    pub one_packet_per_syscall: bool,
     /// Send consecutive datagrams to one peer with one UDP GSO (`UDP_SEGMENT`) send; the wire
     /// still carries one inner packet per datagram. On by default. Read by the mmsg path (where
     /// the kernel refuses GSO, quinn-udp falls back by itself); the io_uring path sends GSO
     /// runs whenever [`UdpOptions::offload`] is on.
     pub gso: bool,
     /// TUN offloads (TCP super-packets cut into GSO sends, UDP GRO coalesced back). On by
-    /// default; off with one packet per syscall (`batch: Some(1)`), upstream's design.
+    /// default; off with [`UdpOptions::one_packet_per_syscall`].
     pub offload: bool,
     /// io_uring path: multishot reads and receives over provided-buffer rings, where the
     /// kernel has them.
@@ -102,13 +103,33 @@ impl Default for UdpOptions {
             io: IoChoice::Auto,
             strict_source: true,
             spread_source_ports: true,
-            batch: None,
+            mmsg_batch: MMSG_BATCH,
+            ring_depth: UringConfig::DEFAULT_DEPTH,
+            one_packet_per_syscall: false,
             gso: true,
             offload: true,
             multishot: true,
             busy_poll: Duration::ZERO,
             tun_name: UDP_TUN_NAME.to_owned(),
             per_peer_stats: false,
+        }
+    }
+}
+
+impl UdpOptions {
+    /// The three settings `--udp-batch` stands for: `Some(n)` sets [`UdpOptions::mmsg_batch`]
+    /// and [`UdpOptions::ring_depth`] to `n`, and `Some(1)` also means
+    /// [`UdpOptions::one_packet_per_syscall`]; `None` keeps them as they are.
+    #[must_use]
+    pub fn with_batch_flag(self, batch: Option<usize>) -> Self {
+        match batch {
+            None => self,
+            Some(n) => UdpOptions {
+                mmsg_batch: n,
+                ring_depth: n,
+                one_packet_per_syscall: n == 1,
+                ..self
+            },
         }
     }
 }
@@ -232,17 +253,10 @@ impl Udp {
     pub fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
             let fds = running.workers.suspend();
-            match fds.iter().flatten().next() {
-                Some(q) => {
-                    if let Err(e) = q.tun.set_persist(false) {
-                        tracing::warn!(device = %running.link.name, "clearing TUN persistence: {e}");
-                    }
-                }
-                None => tracing::warn!(
-                    device = %running.link.name,
-                    "no udp worker returned its queue; the TUN device stays (persistent)"
-                ),
-            }
+            tun::release(
+                fds.iter().flatten().next().map(|q| &q.tun),
+                &running.link.name,
+            );
             drop(fds);
             tracing::info!("udp backend stopped");
         }
@@ -269,14 +283,15 @@ impl Udp {
     /// Whether the TUN queues carry virtio-net headers (offloads): not with one packet per
     /// syscall, upstream's design.
     fn tun_offload(&self) -> bool {
-        self.opts.offload && self.opts.batch != Some(1)
+        self.opts.offload && !self.opts.one_packet_per_syscall
     }
 
     /// One packet per syscall exists only on the mmsg path (io_uring batches by design).
     fn io_choice(&self) -> IoChoice {
-        match self.opts.batch {
-            Some(1) => IoChoice::Mmsg,
-            _ => self.opts.io,
+        if self.opts.one_packet_per_syscall {
+            IoChoice::Mmsg
+        } else {
+            self.opts.io
         }
     }
 
@@ -286,9 +301,9 @@ impl Udp {
             uring: UringConfig {
                 multishot: self.opts.multishot,
                 busy_poll: self.opts.busy_poll,
-                ..UringConfig::with_depth(self.opts.batch.unwrap_or(UringConfig::DEFAULT_DEPTH))
+                ..UringConfig::with_depth(self.opts.ring_depth)
             },
-            mmsg_batch: self.opts.batch.unwrap_or(MMSG_BATCH),
+            mmsg_batch: self.opts.mmsg_batch,
             gso: self.opts.gso,
             offload,
             strict_source: self.settings.strict_source,
@@ -365,9 +380,9 @@ impl Backend for Udp {
             let link = running.link.clone();
             self.set.set_own(own_subnet);
             self.publish();
-            tun_link::configure(&netlink, &link).await?;
+            tun::configure(&netlink, &link).await?;
             if was != link.addr {
-                tun_link::move_address(&netlink, &link, was).await?;
+                tun::move_address(&netlink, &link, was).await?;
             }
             return Ok(());
         }
@@ -381,13 +396,10 @@ impl Backend for Udp {
             queues: self.settings.workers,
             offload,
         };
-        let queues = device::create(&spec).await?;
+        let queues = tun::create(&spec).await?;
         let first = &queues[0];
         // Whether UDP flows also cross the TUN as super-packets (Linux 6.2+).
         let udp_offload = first.uso();
-        if let Err(e) = first.set_persist(true) {
-            tracing::warn!(device = %spec.name, "cannot make the TUN device persistent: {e}");
-        }
         let link = TunLink {
             index: first
                 .if_index()
@@ -397,7 +409,7 @@ impl Backend for Udp {
             addr: own_subnet.network(),
             network: self.settings.network,
         };
-        tun_link::configure(&netlink, &link).await?;
+        tun::configure(&netlink, &link).await?;
         let fds = self.bind_sockets(queues)?;
         let cfg = self.worker_config(io, offload);
         tracing::info!(
@@ -433,7 +445,7 @@ impl Backend for Udp {
             .context("udp backend: no netlink handle to move the TUN address with")?;
         let was = running.link.addr;
         running.link.addr = subnet.network();
-        tun_link::move_address(&netlink, &running.link, was).await?;
+        tun::move_address(&netlink, &running.link, was).await?;
         tracing::info!(
             device = %running.link.name,
             old = %old.subnet(),
@@ -615,6 +627,29 @@ mod tests {
             udp(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":0}}"#).port(),
             8285
         );
+    }
+
+    #[test]
+    fn the_batch_flag_sets_three_settings() {
+        let d = UdpOptions::default();
+        assert_eq!(d.clone().with_batch_flag(None), d);
+        let o = UdpOptions::default().with_batch_flag(Some(32));
+        assert_eq!(
+            (o.mmsg_batch, o.ring_depth, o.one_packet_per_syscall),
+            (32, 32, false)
+        );
+        let one = Udp::new(
+            &ctx(r#"{"Network":"10.5.0.0/16"}"#),
+            UdpOptions::default().with_batch_flag(Some(1)),
+        )
+        .unwrap();
+        assert!(one.opts.one_packet_per_syscall);
+        assert_eq!(
+            one.io_choice(),
+            IoChoice::Mmsg,
+            "one packet per syscall is mmsg"
+        );
+        assert!(!one.tun_offload(), "and has no offloads");
     }
 
     #[test]
