@@ -23,7 +23,7 @@
 //! - [`cli`]: flags with Go-style `-flag` and `FLANNELD_*` env semantics.
 //! - [`cni`]: the `flannel` CNI meta-plugin (its own binary).
 //! - [`exec`]: control-plane code with side effects: the one netlink client, interface
-//!   discovery, the TUN device's address and route, hooks, masquerade rules.
+//!   discovery, the TUN device `flannel0` from creation to removal, hooks, masquerade rules.
 //! - [`datapath`]: the udp backend's userspace datapath: pure packet logic, the route table,
 //!   the worker threads, and the drivers that carry out its decisions ([`datapath::io`]).
 //! - [`config`]: the network config, validated.
