@@ -2,7 +2,7 @@
 //! array vs hash map), and the egress/ingress pipeline over in-memory queues (classification,
 //! TTL rewrite, counters; no syscalls).
 //!
-//! The issue-5 set: `route_lookup_sizes` (1, 100 and 10 000 routes, one lookup per element),
+//! `route_lookup_sizes` (1, 100 and 10 000 routes, one lookup per element),
 //! `classify_encap` (egress verdicts for a batch of 64 packets read from TUN: parse, route,
 //! TTL rewrite) and `decap_validate` (ingress verdicts for a batch of 64 datagrams: peer check,
 //! header checksum, anti-spoofing, TTL rewrite).
@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use flannel_rs::datapath::counters::WorkerCounters;
 use flannel_rs::datapath::gro::write_coalesced;
 use flannel_rs::datapath::gso::{segment_tcp4, segment_tcp4_headers};
 use flannel_rs::datapath::pipeline::{
     egress_verdict, ingress_verdict, IcmpResponder, MemIo, Origin, Pipeline, Verdict,
 };
 use flannel_rs::datapath::route::{Route, RouteTable, Routes};
-use flannel_rs::datapath::stats::WorkerStats;
 use flannel_rs::datapath::wire::ipv4::{build_ipv4, PROTO_UDP};
 use flannel_rs::datapath::wire::tcp::build_tcp4;
 
@@ -96,7 +96,7 @@ fn pipeline(c: &mut Criterion) {
             let batch: Vec<_> = (0..64).map(|_| (origin, pkt.clone())).collect();
             g.throughput(Throughput::Elements(64 * 16));
             g.bench_function(BenchmarkId::new(name, size), |b| {
-                let stats = Arc::new(WorkerStats::default());
+                let stats = Arc::new(WorkerCounters::default());
                 let mut p =
                     Pipeline::new(routes.clone(), true, IcmpResponder::new(own), stats.clone());
                 b.iter_batched(

@@ -50,7 +50,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The marker `daemon::restart::BUILD_TAG` starts with, and the tag of the tests' build.
+/// The marker `daemon::handover::BUILD_TAG` starts with, and the tag of the tests' build.
 const TAG_MARKER: &[u8] = b"FLANNEL_RS_BUILD_TAG=dev\0";
 
 /// Host 1's binary: a copy of the tests' build in `dir`.

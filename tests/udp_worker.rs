@@ -21,7 +21,7 @@ use common::*;
 use flannel_rs::backend::udp::{IoChoice, Udp, UdpOptions};
 use flannel_rs::backend::{Backend, BackendContext, ExternalInterface};
 use flannel_rs::config::NetworkConfig;
-use flannel_rs::datapath::stats::{DropReason, StatsSnapshot};
+use flannel_rs::datapath::counters::{CountersSnapshot, DropReason};
 use flannel_rs::datapath::wire::checksum::checksum;
 use flannel_rs::datapath::wire::ipv4::{build_ipv4, Ipv4View, PROTO_ICMP, PROTO_UDP};
 use flannel_rs::exec::netlink::Netlink;
@@ -112,7 +112,7 @@ fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8
     build_ipv4(src, dst, PROTO_UDP, 64, &udp)
 }
 
-fn wait_stats(udp: &Udp, what: &str, pred: impl Fn(&StatsSnapshot) -> bool) -> StatsSnapshot {
+fn wait_stats(udp: &Udp, what: &str, pred: impl Fn(&CountersSnapshot) -> bool) -> CountersSnapshot {
     wait_until(TIMEOUT, || Some(udp.stats()).filter(|s| pred(s)))
         .unwrap_or_else(|| panic!("timed out waiting for {what}; stats: {}", udp.stats()))
 }
@@ -346,11 +346,11 @@ fn mmsg_datapath_forwards_filters_and_answers_unroutable() {
 /// segment) turns GSO off, resends that run datagram by datagram, and loses nothing.
 #[test]
 fn uring_gso_failure_falls_back_to_single_datagrams() {
+    use flannel_rs::datapath::counters::WorkerCounters;
     use flannel_rs::datapath::io::uring::UringIo;
     use flannel_rs::datapath::io::WorkerFds;
     use flannel_rs::datapath::pipeline::{Flow, IcmpResponder, PacketIo, Pipeline};
     use flannel_rs::datapath::route::{RouteSet, Routes};
-    use flannel_rs::datapath::stats::WorkerStats;
     use flannel_rs::sys::eventfd::EventFd;
     use flannel_rs::sys::uring::UringConfig;
     use std::sync::Arc;
@@ -371,7 +371,7 @@ fn uring_gso_failure_falls_back_to_single_datagrams() {
             tx: None,
             stop: stop.clone(),
         };
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerCounters::default());
         let mut io = UringIo::new(fds, UringConfig::default(), false, stats.clone()).unwrap();
         io.fail_next_gso_send();
         let mut routes = RouteSet::new("10.5.0.0/16".parse().unwrap(), 24, 8285);

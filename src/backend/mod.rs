@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use crate::config::BackendKind;
 use crate::config::NetworkConfig;
-use crate::datapath::stats::StatsHub;
+use crate::datapath::counters::CountersHub;
 pub use crate::exec::iface::ExternalInterface;
 use crate::subnet::lease::{Lease, LeaseEvent, RawJson};
 use kernel::ReconcileStats;
@@ -45,7 +45,7 @@ pub struct BackendCounters {
     /// Kernel-programming backends (vxlan, host-gw): their reconciliation.
     pub reconcile: Option<Arc<ReconcileStats>>,
     /// The udp backend: its workers' counters.
-    pub datapath: Option<StatsHub>,
+    pub datapath: Option<CountersHub>,
 }
 
 /// What a backend hands over to the next image of the daemon (`SIGUSR2`).

@@ -53,7 +53,7 @@ pub const HANDOVER_ENV: &str = "FLANNEL_RS_HANDOVER";
 const MAX_STATE: u64 = 16 << 20;
 
 /// A build tag, part of [`version`]. Kept in a fixed-size, NUL-padded static so a built binary
-/// can be given another tag without a rebuild (`tests/netns_restart.rs` makes an "upgrade"
+/// can be given another tag without a rebuild (`tests/udp_restart.rs` makes an "upgrade"
 /// that way: same code, another version string, another file).
 #[used]
 static BUILD_TAG: [u8; 48] =

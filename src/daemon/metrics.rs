@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use super::readiness::Readiness;
 use crate::backend::kernel::ReconcileStats;
 use crate::backend::BackendCounters;
-use crate::datapath::stats::{Batch, DropReason, StatsSnapshot};
+use crate::datapath::counters::{Batch, CountersSnapshot, DropReason};
 use crate::exec::masq::RulesStats;
 use crate::status::{
     DatapathStatus, EtcdStatus, LeaseStatus, NodeStatus, PeerStatus, ReconcileStatus,
@@ -61,8 +61,8 @@ struct Reading {
     etcd: EtcdSnapshot,
     control: ControlSnapshot,
     datapath: Option<(
-        StatsSnapshot,
-        Vec<Option<crate::datapath::stats::WorkerFeatures>>,
+        CountersSnapshot,
+        Vec<Option<crate::datapath::counters::WorkerFeatures>>,
     )>,
     peer_traffic: Option<Vec<(Ipv4Addr, [u64; 4])>>,
 }
@@ -201,7 +201,7 @@ fn backend_type(l: &Lease) -> String {
 }
 
 /// `io_uring` when every worker runs on it, `mmsg` when none does.
-fn io_name(features: &[Option<crate::datapath::stats::WorkerFeatures>]) -> String {
+fn io_name(features: &[Option<crate::datapath::counters::WorkerFeatures>]) -> String {
     let uring = features.iter().flatten().filter(|f| f.uring).count();
     match (uring, features.len()) {
         (0, _) => "mmsg",
@@ -411,8 +411,8 @@ fn encode_control(out: &mut Out<'_>, r: &Reading) -> std::fmt::Result {
 
 fn encode_datapath(
     out: &mut Out<'_>,
-    s: &StatsSnapshot,
-    features: &[Option<crate::datapath::stats::WorkerFeatures>],
+    s: &CountersSnapshot,
+    features: &[Option<crate::datapath::counters::WorkerFeatures>],
     r: &Reading,
 ) -> std::fmt::Result {
     encode_traffic(out, s)?;
@@ -426,7 +426,7 @@ fn encode_datapath(
 }
 
 /// Packets and bytes each way, drops by reason, ICMP replies.
-fn encode_traffic(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
+fn encode_traffic(out: &mut Out<'_>, s: &CountersSnapshot) -> std::fmt::Result {
     out.counter(
         "flannel_udp_tx_packets",
         "Pod packets read from flannel0 and sent to peers.",
@@ -462,7 +462,7 @@ fn encode_traffic(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
 }
 
 /// UDP GSO sends and GRO receives, and the worker loop's rounds.
-fn encode_offloads(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
+fn encode_offloads(out: &mut Out<'_>, s: &CountersSnapshot) -> std::fmt::Result {
     // GSO sends and GRO receives are the UDP send/receive batches of more than one datagram.
     let multi = |b: Batch| {
         let h = s.batch_sizes(b);
@@ -499,7 +499,7 @@ fn encode_offloads(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
 }
 
 /// The histogram of items per batch, by kind.
-fn encode_batch_sizes(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result {
+fn encode_batch_sizes(out: &mut Out<'_>, s: &CountersSnapshot) -> std::fmt::Result {
     let mut enc = out.0.encode_descriptor(
         "flannel_udp_batch_size",
         "Items per batch: datagrams per UDP send or receive, segments per TUN read or write, \
@@ -523,7 +523,7 @@ fn encode_batch_sizes(out: &mut Out<'_>, s: &StatsSnapshot) -> std::fmt::Result 
 /// One info series per worker: its I/O path and what the kernel granted it.
 fn encode_workers(
     out: &mut Out<'_>,
-    features: &[Option<crate::datapath::stats::WorkerFeatures>],
+    features: &[Option<crate::datapath::counters::WorkerFeatures>],
 ) -> std::fmt::Result {
     let mut enc = out.0.encode_descriptor(
         "flannel_udp_worker",
@@ -629,13 +629,13 @@ impl Out<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::stats::StatsHub;
+    use crate::datapath::counters::CountersHub;
 
     #[test]
     fn a_scrape_names_every_family_once_and_counts_what_the_workers_did() {
         let t = Arc::new(Counters::default());
         t.set_backend("udp");
-        let hub = StatsHub::new(false);
+        let hub = CountersHub::new(false);
         let w = hub.add_worker();
         w.egress(100);
         w.sent(true, 4, 4000);
@@ -673,7 +673,7 @@ mod tests {
     fn status_carries_the_same_numbers() {
         let t = Counters::default();
         t.set_backend("udp");
-        let hub = StatsHub::new(false);
+        let hub = CountersHub::new(false);
         hub.add_worker().drop_packet(DropReason::NoRoute);
         t.set_backend_counters(BackendCounters {
             reconcile: None,

@@ -10,18 +10,18 @@
 //!   the worker loop, generic over the driver.
 //! - [`io`]: the drivers (io_uring, recvmmsg fallback): what to read, write and send, carried
 //!   out through the safe kernel wrappers in `crate::sys`; [`select_io`] picks one at start-up.
-//! - [`stats`]: per-worker counters.
+//! - [`counters`]: per-worker counters.
 //! - [`worker`]: spawning, stopping and logging the worker threads.
 //!
 //! Nothing here is `unsafe`: buffers lent to the kernel are guarded by `sys::uring::Ring`.
 
+pub mod counters;
 pub mod gro;
 pub mod gso;
 pub mod icmp;
 pub mod io;
 pub mod pipeline;
 pub mod route;
-pub mod stats;
 pub mod wire;
 pub mod worker;
 

@@ -30,10 +30,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::counters::{Batch, DropReason, PeerTally, PeerTraffic, WorkerCounters};
 use super::gso::{to_wire, Layout, Segments, Wire};
 use super::icmp::{net_unreachable, RateLimiter, MAX_REPLY};
 use super::route::{RouteTable, Routes};
-use super::stats::{Batch, DropReason, PeerTally, PeerTraffic, WorkerStats};
 use super::wire::ipv4::{decrement_ttl, Ipv4View, Malformed};
 use super::wire::vnet::{VnetHdr, VNET_HDR_LEN};
 
@@ -132,7 +132,7 @@ pub struct TunRead<'a> {
 /// The I/O side of a worker: where packets come from and go to.
 ///
 /// Implementations own the buffers. They count what only they can know in the worker's
-/// [`WorkerStats`]: packets actually sent or written (`egress`, `ingress`, `icmp_sent`) and I/O
+/// [`WorkerCounters`]: packets actually sent or written (`egress`, `ingress`, `icmp_sent`) and I/O
 /// failures (`TunError`, `SocketError`).
 pub trait PacketIo {
     /// Submits the output queued by the previous [`PacketIo::process`] and blocks until at
@@ -255,7 +255,7 @@ pub struct Stages<'a> {
     table: &'a RouteTable,
     strict_source: bool,
     icmp: &'a mut IcmpResponder,
-    stats: &'a WorkerStats,
+    stats: &'a WorkerCounters,
     tally: Option<&'a mut PeerTally>,
     /// Packets handed to the stages this batch (the wake-up's batch size).
     handled: usize,
@@ -387,7 +387,7 @@ impl Stages<'_> {
     }
 
     /// The worker's counters, for what only the driver can count.
-    pub fn stats(&self) -> &WorkerStats {
+    pub fn stats(&self) -> &WorkerCounters {
         self.stats
     }
 }
@@ -402,7 +402,7 @@ pub struct Pipeline {
     routes: Routes,
     strict_source: bool,
     icmp: IcmpResponder,
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerCounters>,
     /// `--metrics-per-peer`: where each batch's per-peer counts go, and the batch's tally.
     peers: Option<(Arc<PeerTraffic>, PeerTally)>,
 }
@@ -412,7 +412,7 @@ impl Pipeline {
         routes: Routes,
         strict_source: bool,
         icmp: IcmpResponder,
-        stats: Arc<WorkerStats>,
+        stats: Arc<WorkerCounters>,
     ) -> Self {
         Pipeline {
             routes,
@@ -481,12 +481,12 @@ pub struct MemIo {
     pub sent: Vec<(SocketAddrV4, Vec<u8>)>,
     /// Packets written to TUN (when recording).
     pub written: Vec<(TunWrite, Vec<u8>)>,
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerCounters>,
 }
 
 impl MemIo {
     /// Replays `packets` once, `batch` per round, recording the output.
-    pub fn new(packets: Vec<(Origin, Vec<u8>)>, batch: usize, stats: Arc<WorkerStats>) -> Self {
+    pub fn new(packets: Vec<(Origin, Vec<u8>)>, batch: usize, stats: Arc<WorkerCounters>) -> Self {
         MemIo {
             packets,
             cursor: 0,
@@ -505,7 +505,7 @@ impl MemIo {
         packets: Vec<(Origin, Vec<u8>)>,
         rounds: usize,
         batch: usize,
-        stats: Arc<WorkerStats>,
+        stats: Arc<WorkerCounters>,
     ) -> Self {
         let mut io = MemIo::new(packets, batch, stats);
         io.rounds_left = rounds.saturating_sub(1);
@@ -581,9 +581,9 @@ impl PacketIo for MemIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::counters::CountersSnapshot;
     use crate::datapath::icmp::{ICMP_DEST_UNREACH, ICMP_NET_UNREACH};
     use crate::datapath::route::Route;
-    use crate::datapath::stats::StatsSnapshot;
     use crate::datapath::wire::checksum::checksum;
     use crate::datapath::wire::ipv4::{build_ipv4, PROTO_ICMP, PROTO_UDP};
     use crate::datapath::wire::vnet::VnetHdr;
@@ -840,7 +840,7 @@ mod tests {
 
     #[test]
     fn pipeline_loop_over_memory_counts_everything() {
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerCounters::default());
         let routes = Routes::new(table());
         let mut pipeline = Pipeline::new(routes.clone(), true, responder(), stats.clone());
         let out = build_ipv4(ip("10.5.1.7"), ip("10.5.2.9"), PROTO_UDP, 64, b"out");
@@ -868,7 +868,7 @@ mod tests {
         assert_eq!(io.written[0].0, TunWrite::Icmp);
         assert_eq!(io.written[1].0, TunWrite::Deliver);
 
-        let s = StatsSnapshot::sum([&*stats]);
+        let s = CountersSnapshot::sum([&*stats]);
         assert_eq!((s.egress_packets, s.egress_bytes), (1, out.len() as u64));
         assert_eq!((s.ingress_packets, s.icmp_sent, s.batches), (1, 1, 2));
         for (reason, n) in [
@@ -883,7 +883,7 @@ mod tests {
 
     #[test]
     fn new_table_takes_effect_at_the_next_batch() {
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerCounters::default());
         let routes = Routes::new(RouteTable::empty("10.5.0.0/16".parse().unwrap(), 24));
         let mut pipeline = Pipeline::new(routes.clone(), true, responder(), stats.clone());
         let pkt = build_ipv4(ip("10.5.1.7"), ip("10.5.2.9"), PROTO_UDP, 64, b"x");
@@ -913,7 +913,7 @@ mod tests {
     }
 
     /// Runs `f` with the stages of one batch over [`table`], counting into `stats`.
-    fn with_stages<R>(stats: &WorkerStats, f: impl FnOnce(&mut Stages<'_>) -> R) -> R {
+    fn with_stages<R>(stats: &WorkerCounters, f: impl FnOnce(&mut Stages<'_>) -> R) -> R {
         let table = table();
         let mut icmp = responder();
         let mut stages = Stages {
@@ -944,7 +944,7 @@ mod tests {
 
     /// The egress stage's action for a read of `len` bytes in `buf`, with offloads.
     fn egress_offloaded(
-        stats: &WorkerStats,
+        stats: &WorkerCounters,
         (buf, len): (&mut [u8], usize),
         scratch: &mut [u8],
         layout: Layout,
@@ -961,7 +961,7 @@ mod tests {
     #[test]
     fn a_super_packet_read_is_one_transmit_of_its_segments() {
         use crate::datapath::wire::tcp::{build_tcp4, FLAG_ACK};
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let pkt = build_tcp4(ip("10.5.1.7"), ip("10.5.2.9"), 1, FLAG_ACK, &[7u8; 4000]);
         let mut buf = read_with_vnet(&pkt, 1000);
         let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
@@ -985,7 +985,7 @@ mod tests {
 
     #[test]
     fn an_icmp_reply_to_an_offloaded_read_goes_behind_a_plain_vnet_header() {
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let pkt = build_ipv4(ip("10.5.1.7"), ip("10.5.99.1"), PROTO_UDP, 64, b"lost");
         let mut buf = read_with_vnet(&pkt, 1000);
         let mut scratch = vec![0u8; crate::datapath::gso::SCRATCH_LEN];
@@ -1013,7 +1013,7 @@ mod tests {
     fn every_datagram_of_a_receive_reaches_the_verdict_even_an_empty_one() {
         let stranger = SocketAddrV4::new(ip("198.51.100.1"), 8285);
         for (len, stride, datagrams) in [(0, 0, 1), (10, 0, 1), (25, 10, 3)] {
-            let stats = WorkerStats::default();
+            let stats = WorkerCounters::default();
             let mut buf = [0u8; 64];
             let mut delivered = Vec::new();
             with_stages(&stats, |stages| {
@@ -1029,7 +1029,7 @@ mod tests {
         let from = SocketAddrV4::new(PEER, 8285);
         let pkt = build_ipv4(ip("10.5.2.9"), ip("10.5.1.7"), PROTO_UDP, 63, &[1; 80]);
         let mut buf = [pkt.clone(), pkt.clone(), pkt[..60].to_vec()].concat();
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let mut delivered = Vec::new();
         let len = buf.len();
         with_stages(&stats, |stages| {

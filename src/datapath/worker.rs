@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::counters::{CountersHub, CountersSnapshot, WorkerCounters, WorkerFeatures};
 use super::io::mmsg::MmsgIo;
 use super::io::uring::UringIo;
 use super::io::WorkerFds;
 use super::pipeline::{IcmpResponder, PacketIo, Pipeline};
 use super::route::Routes;
-use super::stats::{StatsHub, StatsSnapshot, WorkerFeatures, WorkerStats};
 use super::IoKind;
 use crate::sys::eventfd::EventFd;
 use crate::sys::tun::TunQueue;
@@ -41,7 +41,7 @@ pub struct QueueFds {
 pub struct WorkerConfig {
     pub io: IoKind,
     pub uring: UringConfig,
-    /// Packets per read/receive round on the mmsg path (1 ..= `sys::mmsg::BATCH`).
+    /// Packets per read/receive round on the mmsg path (1 ..= `sys::poll::BATCH`).
     pub mmsg_batch: usize,
     /// Send runs of datagrams to one peer with UDP GSO (`UDP_SEGMENT`; mmsg path).
     pub gso: bool,
@@ -59,7 +59,7 @@ pub struct WorkerConfig {
 pub struct Workers {
     threads: Vec<JoinHandle<Option<QueueFds>>>,
     stop: Arc<EventFd>,
-    stats: Vec<Arc<WorkerStats>>,
+    stats: Vec<Arc<WorkerCounters>>,
     logger: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -74,7 +74,7 @@ impl Workers {
         queues: Vec<QueueFds>,
         cfg: WorkerConfig,
         routes: &Routes,
-        hub: &StatsHub,
+        hub: &CountersHub,
     ) -> io::Result<Self> {
         let stop = Arc::new(EventFd::new()?);
         let mut workers = Workers {
@@ -123,8 +123,8 @@ impl Workers {
     }
 
     /// Sum of every worker's counters.
-    pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::sum(self.stats.iter().map(|s| &**s))
+    pub fn stats(&self) -> CountersSnapshot {
+        CountersSnapshot::sum(self.stats.iter().map(|s| &**s))
     }
 
     /// How many worker threads are still running (a worker stops early only on a fatal I/O
@@ -135,14 +135,14 @@ impl Workers {
 
     /// Signals every worker to stop and waits for them. Idempotent.
     pub fn stop(&mut self) {
-        drop(self.suspend());
+        drop(self.stop_keeping_fds());
     }
 
     /// Stops every worker as [`Workers::stop`] does, and returns each worker's fds, still
     /// open, in worker order (`None` for a worker that had failed). A stopping worker first
     /// carries out every packet it had read (see `io::uring`), so what the kernel has not
     /// handed over yet waits in the TUN queues and socket buffers for the next reader.
-    pub fn suspend(&mut self) -> Vec<Option<QueueFds>> {
+    pub fn stop_keeping_fds(&mut self) -> Vec<Option<QueueFds>> {
         if let Err(e) = self.stop.signal() {
             tracing::error!(error = %e, "cannot signal udp workers to stop");
         }
@@ -175,13 +175,13 @@ impl Drop for Workers {
 }
 
 /// The body of a worker thread: build the I/O layer here (io_uring state is per thread) and
-/// run the pipeline until stopped; returns the fds (see [`Workers::suspend`]).
+/// run the pipeline until stopped; returns the fds (see [`Workers::stop_keeping_fds`]).
 fn run_worker(
     index: usize,
     fds: WorkerFds,
     cfg: WorkerConfig,
     mut pipeline: Pipeline,
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerCounters>,
     ready: mpsc::SyncSender<io::Result<()>>,
 ) -> Option<QueueFds> {
     // Report set-up to `Workers::spawn` (which waits for every worker), then run.
@@ -262,16 +262,16 @@ fn run_worker(
     }
 }
 
-fn spawn_logger(stats: Vec<Arc<WorkerStats>>) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+fn spawn_logger(stats: Vec<Arc<WorkerCounters>>) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("flannel-udp-stats".into())
         .spawn(move || {
-            let mut last = StatsSnapshot::default();
+            let mut last = CountersSnapshot::default();
             loop {
                 match rx.recv_timeout(STATS_LOG_INTERVAL) {
                     Err(RecvTimeoutError::Timeout) => {
-                        let now = StatsSnapshot::sum(stats.iter().map(|s| &**s));
+                        let now = CountersSnapshot::sum(stats.iter().map(|s| &**s));
                         if now != last {
                             tracing::debug!(workers = stats.len(), "udp datapath: {now}");
                             last = now;

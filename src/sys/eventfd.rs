@@ -51,6 +51,6 @@ mod tests {
         let e = EventFd::new().unwrap();
         e.signal().unwrap();
         e.signal().unwrap();
-        assert!(crate::sys::mmsg::poll_readable(e.as_fd(), 0).unwrap());
+        assert!(crate::sys::poll::poll_readable(e.as_fd(), 0).unwrap());
     }
 }

@@ -23,8 +23,8 @@
 
 pub mod eventfd;
 pub mod fd;
-pub mod mmsg;
 pub mod netns;
+pub mod poll;
 pub mod sockopt;
 pub mod tun;
 pub mod udp;

@@ -224,7 +224,7 @@ pub(super) struct HandingOver {
 }
 
 impl Udp {
-    /// Stops the workers without closing anything (see `Workers::suspend`) and returns the
+    /// Stops the workers without closing anything (see `Workers::stop_keeping_fds`) and returns the
     /// state and fds the next image takes over; `version` is this binary's. Every packet the
     /// workers had read is carried out, and what arrives from now on waits in the kernel's
     /// queues. The TUN device stays persistent.
@@ -241,7 +241,12 @@ impl Udp {
             .running
             .take()
             .context("the udp datapath is not running")?;
-        let queues: Vec<QueueFds> = running.workers.suspend().into_iter().flatten().collect();
+        let queues: Vec<QueueFds> = running
+            .workers
+            .stop_keeping_fds()
+            .into_iter()
+            .flatten()
+            .collect();
         let stopped_at_us = monotonic_us();
         // Kept from here on, so that whatever fails below, `take_back` finds the fds.
         let paused = self.handing_over.insert(HandingOver {

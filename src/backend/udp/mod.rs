@@ -37,14 +37,14 @@ use serde_json::Value;
 
 use super::{Backend, BackendAttrs, BackendContext, BackendCounters, HandOver};
 use crate::compat::{UDP_DEFAULT_PORT, UDP_OVERHEAD, UDP_TUN_NAME};
+use crate::datapath::counters::{CountersHub, CountersSnapshot};
 use crate::datapath::route::{RouteSet, RouteTable, Routes};
-use crate::datapath::stats::{StatsHub, StatsSnapshot};
 use crate::datapath::worker::{QueueFds, WorkerConfig, Workers};
 use crate::datapath::{select_io, IoKind};
 use crate::exec::netlink::Netlink;
 use crate::exec::tun::{self, TunLink, TunSpec};
 use crate::subnet::lease::{Lease, LeaseEvent};
-use crate::sys::mmsg::BATCH as MMSG_BATCH;
+use crate::sys::poll::BATCH as MMSG_BATCH;
 use crate::sys::sockopt;
 use crate::sys::uring::UringConfig;
 
@@ -172,7 +172,7 @@ pub struct Udp {
     /// The daemon's netlink handle, for the device set-up ([`Udp::with_netlink`]).
     netlink: Option<Netlink>,
     /// Where the workers' counters are read (`/metrics`, through [`Backend::counters`]).
-    hub: StatsHub,
+    hub: CountersHub,
     /// The stopped datapath while a hand-over is under way.
     handing_over: Option<handover::HandingOver>,
 }
@@ -192,7 +192,7 @@ impl Udp {
     /// An invalid `Port`, `StrictSource` or `Workers` option, or a config without IPv4.
     pub fn new(ctx: &BackendContext, opts: UdpOptions) -> anyhow::Result<Self> {
         let settings = settings(ctx, &opts)?;
-        let hub = StatsHub::new(opts.per_peer_stats);
+        let hub = CountersHub::new(opts.per_peer_stats);
         let set = RouteSet::new(settings.network, settings.subnet_len, settings.port);
         let routes = Routes::new(RouteTable::empty(settings.network, settings.subnet_len));
         Ok(Udp {
@@ -231,7 +231,7 @@ impl Udp {
     }
 
     /// Counters summed over all workers (zero before `start`).
-    pub fn stats(&self) -> StatsSnapshot {
+    pub fn stats(&self) -> CountersSnapshot {
         self.running
             .as_ref()
             .map(|r| r.workers.stats())
@@ -252,7 +252,7 @@ impl Udp {
     /// persistence is cleared first). Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
-            let fds = running.workers.suspend();
+            let fds = running.workers.stop_keeping_fds();
             tun::release(
                 fds.iter().flatten().next().map(|q| &q.tun),
                 &running.link.name,
@@ -688,7 +688,7 @@ mod tests {
 
         block_on(u.apply(&[LeaseEvent::Removed(lease("10.5.2.0/24", [198, 51, 100, 2]))]));
         assert!(u.route_table().is_empty());
-        assert_eq!(u.stats(), StatsSnapshot::default());
+        assert_eq!(u.stats(), CountersSnapshot::default());
         assert_eq!(u.io_kind(), None);
         u.stop(); // not started: a no-op
     }

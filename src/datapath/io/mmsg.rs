@@ -22,16 +22,16 @@ use std::sync::Arc;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use super::{write_delivered, WorkerFds};
+use crate::datapath::counters::{Batch, DropReason, WorkerCounters};
 use crate::datapath::gso::{
     GsoRun, Layout, Segments, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, SCRATCH_LEN,
 };
 use crate::datapath::pipeline::{
     Action, Datagrams, Flow, PacketIo, Stages, Transmit as Send, TunRead, TunWrite, MIN_BUFFER,
 };
-use crate::datapath::stats::{Batch, DropReason, WorkerStats};
 use crate::datapath::wire::vnet::VNET_HDR_LEN;
-pub use crate::sys::mmsg::BATCH;
-use crate::sys::mmsg::{poll_many, poll_writable};
+pub use crate::sys::poll::BATCH;
+use crate::sys::poll::{poll_many, poll_writable};
 use crate::sys::{is_transient, sockopt};
 
 /// How long a send waits for socket buffer space before the datagram is dropped.
@@ -88,7 +88,7 @@ pub struct MmsgIo {
     /// The coalescer's scratch space (see `write_delivered`).
     flows: Vec<(u64, u32)>,
     ready: [bool; 3],
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerCounters>,
 }
 
 impl MmsgIo {
@@ -104,7 +104,7 @@ impl MmsgIo {
         batch: usize,
         gso: bool,
         offload: bool,
-        stats: Arc<WorkerStats>,
+        stats: Arc<WorkerCounters>,
     ) -> io::Result<Self> {
         fds.tun.set_nonblocking(true)?;
         let rx_state = UdpSocketState::new((&fds.rx).into())?;
@@ -338,7 +338,7 @@ fn send_segments(
     peer: SocketAddrV4,
     scratch: &[u8],
     segs: Segments,
-    stats: &WorkerStats,
+    stats: &WorkerCounters,
 ) {
     let max = state.max_gso_segments().min(GSO_MAX_SEGMENTS);
     for range in segs.sends(max) {
@@ -356,7 +356,7 @@ fn send_segments(
 }
 
 /// Sends the gathered run (one GSO send, or a plain one for a single datagram) and empties it.
-fn send_run(sock: &UdpSocket, state: &UdpSocketState, gso: &mut GsoBuffer, stats: &WorkerStats) {
+fn send_run(sock: &UdpSocket, state: &UdpSocketState, gso: &mut GsoBuffer, stats: &WorkerCounters) {
     let run = std::mem::take(&mut gso.run);
     let (Some(peer), Some(contents)) = (run.peer(), gso.buf.get(..run.len)) else {
         return;

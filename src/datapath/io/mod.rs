@@ -19,8 +19,8 @@ pub mod uring;
 use std::net::UdpSocket;
 use std::sync::Arc;
 
+use crate::datapath::counters::{DropReason, WorkerCounters};
 use crate::datapath::gro::write_coalesced;
-use crate::datapath::stats::{DropReason, WorkerStats};
 use crate::sys::eventfd::EventFd;
 use crate::sys::tun::TunQueue;
 
@@ -50,7 +50,7 @@ pub fn write_delivered<'a>(
     packet: impl Fn(usize, usize) -> &'a [u8],
     delivered: &mut Vec<(usize, usize)>,
     order: &mut Vec<(u64, u32)>,
-    stats: &WorkerStats,
+    stats: &WorkerCounters,
 ) {
     write_coalesced(
         delivered,

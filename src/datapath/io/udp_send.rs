@@ -7,8 +7,8 @@
 use std::io::{self, IoSlice};
 use std::net::{SocketAddrV4, UdpSocket};
 
+use crate::datapath::counters::WorkerCounters;
 use crate::datapath::gso::GSO_MAX_SEGMENTS;
-use crate::datapath::stats::WorkerStats;
 use crate::sys::udp::send_gso;
 
 /// Whether one socket still sends with GSO.
@@ -67,7 +67,7 @@ impl GsoSender {
         peer: SocketAddrV4,
         iov: &[IoSlice<'_>],
         (per, segment): (usize, Option<u16>),
-        stats: &WorkerStats,
+        stats: &WorkerCounters,
     ) {
         let per = per.max(1);
         if segment.is_some() && !self.enabled {
@@ -103,7 +103,7 @@ fn one_by_one(
     peer: SocketAddrV4,
     iov: &[IoSlice<'_>],
     per: usize,
-    stats: &WorkerStats,
+    stats: &WorkerCounters,
 ) {
     for datagram in iov.chunks(per) {
         stats.sent(
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn a_sender_made_without_gso_sends_one_datagram_per_call() {
         let (tx, rx, peer) = loopback_pair();
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let datagrams = [[4u8; 60], [5u8; 60]];
         let iov = datagrams.each_ref().map(|d| IoSlice::new(d));
         let mut gso = GsoSender::new(false);
@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn a_failed_gso_send_turns_gso_off_and_resends_one_by_one() {
         let (tx, rx, peer) = loopback_pair();
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let datagrams = [[1u8; 100], [2u8; 100], [3u8; 100]];
         let iov = datagrams.each_ref().map(|d| IoSlice::new(d));
         let mut gso = GsoSender::default();
@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn a_gso_send_of_gathered_pieces_arrives_as_datagrams() {
         let (tx, rx, peer) = loopback_pair();
-        let stats = WorkerStats::default();
+        let stats = WorkerCounters::default();
         let (h, p) = ([9u8; 20], [7u8; 80]);
         let iov = [
             IoSlice::new(&h),

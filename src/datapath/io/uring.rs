@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use super::udp_send::GsoSender;
 use super::{write_delivered, WorkerFds};
+use crate::datapath::counters::{Batch, DropReason, WorkerCounters};
 use crate::datapath::gro::GRO_MAX_SEGMENTS;
 use crate::datapath::gso::{GsoRun, Layout, Segments, GSO_MAX_SEGMENTS, SCRATCH_LEN};
 use crate::datapath::pipeline::{
     Action, Datagrams, Flow, PacketIo, Stages, Transmit, TunRead, TunWrite, MIN_BUFFER,
 };
-use crate::datapath::stats::{Batch, DropReason, WorkerStats};
 use crate::datapath::wire::vnet::VNET_HDR_LEN;
 use crate::sys::uring::{Completion, Cqe, Received, Ring, RingLayout, UringConfig, REAP_CHUNK};
 use crate::sys::{errno_error, is_transient, sockopt};
@@ -75,7 +75,7 @@ pub struct UringIo {
     /// (the packet is at `headroom` in the slot's buffer).
     pending: Vec<(usize, SocketAddrV4, usize)>,
     gso: GsoSender,
-    stats: Arc<WorkerStats>,
+    stats: Arc<WorkerCounters>,
     fds: WorkerFds,
 }
 
@@ -90,7 +90,7 @@ impl UringIo {
         fds: WorkerFds,
         cfg: UringConfig,
         offload: bool,
-        stats: Arc<WorkerStats>,
+        stats: Arc<WorkerCounters>,
     ) -> io::Result<Self> {
         let headroom = if offload { VNET_HDR_LEN } else { 0 };
         let read_len = cfg.buf_size.max(MIN_BUFFER) + headroom;

@@ -1,8 +1,8 @@
 //! Per-worker datapath counters.
 //!
-//! Each worker owns one [`WorkerStats`] and is its only writer; readers (the stats logger, the
+//! Each worker owns one [`WorkerCounters`] and is its only writer; readers (the stats logger, the
 //! daemon's `/metrics` and `/status`) sum snapshots of all of them, found through the
-//! [`StatsHub`] the workers were spawned with. The struct is aligned to 128 bytes (two
+//! [`CountersHub`] the workers were spawned with. The struct is aligned to 128 bytes (two
 //! cache lines, the unit adjacent-line prefetchers pull in), so workers never write to a line
 //! another worker writes to. With a single writer an increment is a plain load and store, not a
 //! locked read-modify-write.
@@ -252,7 +252,7 @@ impl Counter {
 /// The counters of one worker. Only that worker's thread may call the recording methods.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct WorkerStats {
+pub struct WorkerCounters {
     /// Packets read from TUN and handed to the UDP socket, and their inner bytes.
     egress_packets: Counter,
     egress_bytes: Counter,
@@ -273,7 +273,7 @@ pub struct WorkerStats {
     features: AtomicU32,
 }
 
-impl WorkerStats {
+impl WorkerCounters {
     #[inline]
     pub fn egress(&self, bytes: usize) {
         self.egress_n(1, bytes);
@@ -370,7 +370,7 @@ impl WorkerStats {
     }
 
     /// A consistent-enough copy (each counter is read atomically, not all at one instant).
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn snapshot(&self) -> CountersSnapshot {
         let mut drops = [0; DropReason::COUNT];
         for (d, c) in drops.iter_mut().zip(&self.drops) {
             *d = c.get();
@@ -379,7 +379,7 @@ impl WorkerStats {
         for (b, h) in batch_sizes.iter_mut().zip(&self.batch_sizes) {
             *b = h.snapshot();
         }
-        StatsSnapshot {
+        CountersSnapshot {
             egress_packets: self.egress_packets.get(),
             egress_bytes: self.egress_bytes.get(),
             ingress_packets: self.ingress_packets.get(),
@@ -396,7 +396,7 @@ impl WorkerStats {
 
 /// Plain counter values, summable across workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
+pub struct CountersSnapshot {
     pub egress_packets: u64,
     pub egress_bytes: u64,
     pub ingress_packets: u64,
@@ -409,7 +409,7 @@ pub struct StatsSnapshot {
     batch_sizes: [BatchSnapshot; Batch::COUNT],
 }
 
-impl StatsSnapshot {
+impl CountersSnapshot {
     /// Packets dropped for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops.get(reason.index()).copied().unwrap_or(0)
@@ -429,8 +429,8 @@ impl StatsSnapshot {
     }
 
     /// The sum of every worker's counters.
-    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> Self {
-        let mut total = StatsSnapshot::default();
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
+        let mut total = CountersSnapshot::default();
         for w in workers {
             total += w.snapshot();
         }
@@ -438,7 +438,7 @@ impl StatsSnapshot {
     }
 }
 
-impl AddAssign for StatsSnapshot {
+impl AddAssign for CountersSnapshot {
     fn add_assign(&mut self, o: Self) {
         self.egress_packets += o.egress_packets;
         self.egress_bytes += o.egress_bytes;
@@ -461,30 +461,30 @@ impl AddAssign for StatsSnapshot {
 /// daemon's `/metrics` sums it on each scrape. Workers that stopped stay in it, so the sums
 /// never go down while the process lives (Prometheus counters must not).
 #[derive(Debug, Clone, Default)]
-pub struct StatsHub {
-    workers: Arc<Mutex<Vec<Arc<WorkerStats>>>>,
+pub struct CountersHub {
+    workers: Arc<Mutex<Vec<Arc<WorkerCounters>>>>,
     peers: Option<Arc<PeerTraffic>>,
 }
 
-impl StatsHub {
+impl CountersHub {
     /// A hub; with `per_peer` the workers also count traffic per peer ([`PeerTraffic`]).
     pub fn new(per_peer: bool) -> Self {
-        StatsHub {
+        CountersHub {
             workers: Arc::default(),
             peers: per_peer.then(Arc::default),
         }
     }
 
     /// The counters of one more worker.
-    pub fn add_worker(&self) -> Arc<WorkerStats> {
-        let stats = Arc::new(WorkerStats::default());
+    pub fn add_worker(&self) -> Arc<WorkerCounters> {
+        let stats = Arc::new(WorkerCounters::default());
         self.lock().push(stats.clone());
         stats
     }
 
     /// The sum over every worker this hub has seen.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot::sum(self.lock().iter().map(|s| &**s))
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot::sum(self.lock().iter().map(|s| &**s))
     }
 
     /// Each worker's I/O features, in spawn order (`None` for one not up yet).
@@ -497,7 +497,7 @@ impl StatsHub {
         self.peers.as_ref()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerStats>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<WorkerCounters>>> {
         // A reader that panicked cannot have left the list half-written.
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -608,7 +608,7 @@ impl PeerTally {
     }
 }
 
-impl fmt::Display for StatsSnapshot {
+impl fmt::Display for CountersSnapshot {
     /// One log line: `egress 10 pkts/1400 B, ingress …, drops no_route=1 …` (zero drops omitted).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -645,8 +645,8 @@ mod tests {
 
     #[test]
     fn counters_sum_across_workers() {
-        let a = WorkerStats::default();
-        let b = WorkerStats::default();
+        let a = WorkerCounters::default();
+        let b = WorkerCounters::default();
         a.egress(100);
         a.egress(50);
         b.ingress(70);
@@ -657,7 +657,7 @@ mod tests {
         a.drop_packet(DropReason::NoRoute);
         b.drop_packet(DropReason::NoRoute);
         b.drop_packet(DropReason::Spoofed);
-        let s = StatsSnapshot::sum([&a, &b]);
+        let s = CountersSnapshot::sum([&a, &b]);
         assert_eq!(
             (
                 s.egress_packets,
@@ -681,7 +681,7 @@ mod tests {
 
     #[test]
     fn every_reason_has_its_own_slot() {
-        let w = WorkerStats::default();
+        let w = WorkerCounters::default();
         for (i, r) in DropReason::ALL.into_iter().enumerate() {
             assert_eq!(r.index(), i);
             w.drop_packet(r);
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn batch_sizes_land_in_power_of_two_buckets() {
-        let w = WorkerStats::default();
+        let w = WorkerCounters::default();
         for n in [1, 2, 3, 4, 5, 64, 65, 128, 129, 1000] {
             w.batch_size(Batch::UdpReceive, n);
         }
@@ -709,7 +709,7 @@ mod tests {
 
     #[test]
     fn the_hub_keeps_stopped_workers_and_features() {
-        let hub = StatsHub::new(true);
+        let hub = CountersHub::new(true);
         let a = hub.add_worker();
         a.egress(10);
         let feats = WorkerFeatures {
@@ -733,12 +733,12 @@ mod tests {
         tally.flush(traffic);
         tally.flush(traffic); // empty: adds nothing
         assert_eq!(traffic.snapshot(), vec![(p, [2, 150, 1, 70])]);
-        assert!(StatsHub::new(false).peers().is_none());
+        assert!(CountersHub::new(false).peers().is_none());
     }
 
     #[test]
     fn stats_do_not_share_cache_lines() {
-        assert!(std::mem::align_of::<WorkerStats>() >= 128);
-        assert_eq!(std::mem::size_of::<WorkerStats>() % 128, 0);
+        assert!(std::mem::align_of::<WorkerCounters>() >= 128);
+        assert_eq!(std::mem::size_of::<WorkerCounters>() % 128, 0);
     }
 }
