@@ -55,10 +55,10 @@ start_time=$(date +%s)
 
 # --- the packages: this build, and the same build as a newer version ----------------------
 say "building the packages"
-deb1=$(bash scripts/package.sh --lintian | tee "$WORK.package.log" | tail -1) ||
+deb1=$(bash scripts/package.sh --lintian --fast | tee "$WORK.package.log" | tail -1) ||
     { cat "$WORK.package.log"; fail "scripts/package.sh"; }
 sed -n '/^==> lintian/,/^==> package/p' "$WORK.package.log"
-deb2=$(bash scripts/package.sh --deb-revision 2 --build-tag pkgtest2 | tail -1)
+deb2=$(bash scripts/package.sh --fast --deb-revision 2 --build-tag pkgtest2 | tail -1)
 v1=$(dpkg-deb -f "$deb1" Version) v2=$(dpkg-deb -f "$deb2" Version)
 say "packages: $deb1 ($v1), $deb2 ($v2)"
 dpkg --compare-versions "$v2" gt "$v1" || fail "$v2 is not newer than $v1"

@@ -3,7 +3,9 @@
 # flannel-rs-dbgsym_<version>_<arch>.ddeb, and says where they are.
 #
 #   scripts/package.sh                   # target/debian/flannel-rs_0.1.0-1_amd64.deb
-#   scripts/package.sh --lintian         # ... and check it with lintian
+#   scripts/package.sh --lintian         # ... and check it with lintian (fails on an error
+#                                        # or warning not overridden in the package)
+#   scripts/package.sh --fast            # lighter compression (tests)
 #   scripts/package.sh --deb-revision 2 --build-tag upgrade-test
 #                                        # the same build as another version (tests)
 #
@@ -23,13 +25,14 @@ cd "$(dirname "$0")/.."
 
 CARGO_DEB_VERSION=3.8.0
 
-revision="" build_tag="" lintian=false
+revision="" build_tag="" lintian=false fast=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --deb-revision) revision=${2:?--deb-revision needs a value}; shift ;;
         --build-tag) build_tag=${2:?--build-tag needs a value}; shift ;;
         --lintian) lintian=true ;;
-        *) echo "usage: $0 [--lintian] [--deb-revision N] [--build-tag TAG]" >&2; exit 2 ;;
+        --fast) fast=true ;;
+        *) echo "usage: $0 [--lintian] [--fast] [--deb-revision N] [--build-tag TAG]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -84,6 +87,7 @@ out="$PWD/target/debian"
 mkdir -p "$out"
 args=(deb --no-build --dbgsym --output "$out")
 [ -n "$revision" ] && args+=(--deb-revision "$revision")
+$fast && args+=(--fast)
 echo "==> making the package (cargo-deb $CARGO_DEB_VERSION)"
 log=$(mktemp)
 if ! CARGO_TARGET_DIR="$stage" "$cargo_deb" "${args[@]}" >"$log" 2>&1; then
@@ -99,8 +103,10 @@ dbgsym=$(ls "${deb%/*}/flannel-rs-dbgsym_$(dpkg-deb -f "$deb" Version)_"*.ddeb 2
 
 if $lintian; then
     echo "==> lintian"
-    # Tags this package keeps on purpose are overridden in dist/lintian-overrides, with why.
-    lintian --info --display-info "$deb" || true
+    # Tags the package keeps on purpose are overridden in dist/debian/lintian-overrides,
+    # each with why; the informational ones left are listed (see that file for them too).
+    lintian --display-info --fail-on error,warning "$deb" ||
+        { echo "lintian: errors or warnings" >&2; exit 1; }
 fi
 
 echo "==> package: $deb ($(du -h "$deb" | cut -f1))"
