@@ -90,7 +90,7 @@ cleanup() {
     if ! $keep; then
         ip netns del "$NS_A" 2>/dev/null
         ip netns del "$NS_B" 2>/dev/null
-        rm -rf "$WORK"
+        rm -rf "$WORK" "$WORK.package.log"
     fi
     [ "$status" = 0 ] || echo "package test failed; logs were in $WORK (use --keep to keep them)" >&2
     exit "$status"
