@@ -40,7 +40,6 @@ trap 'rm -f "$FRESH_CHECK_RUNNING_COPY"' EXIT
 REPO=$FRESH_CHECK_REPO
 cd "$REPO"
 
-SUITE=bookworm
 PREREQS=(build-essential git ca-certificates python3) # the README's prerequisites
 CACHE=${FRESH_CHECK_CACHE:-/var/cache/flannel-rs/fresh-check}
 WORK=${FRESH_CHECK_DIR:-/var/tmp/flannel-rs-fresh-check}
@@ -60,68 +59,16 @@ done
 [ "$(id -u)" = 0 ] || { echo "fresh-check.sh needs root (debootstrap, chroot, mounts)" >&2; exit 1; }
 
 . scripts/packages.sh
+. scripts/lib.sh
 install_for fresh_check
+SUITE=$DEBIAN_SUITE
 
 say() { printf '==> %s\n' "$*"; }
-
-# --- the host's Debian mirror, from its own apt sources --------------------------
-# The first URI that serves $SUITE itself (not -updates or -security), from deb822
-# .sources files or one-line .list files.
-host_mirror() {
-    local f
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        # deb822: stanzas separated by blank lines; pick one whose Suites has $SUITE.
-        awk -v suite="$SUITE" '
-            BEGIN { RS = ""; FS = "\n" }
-            {
-                uris = ""; ok = 0; deb = 0
-                for (i = 1; i <= NF; i++) {
-                    if ($i ~ /^Types:/ && $i ~ /(^|[ \t])deb([ \t]|$)/) deb = 1
-                    if ($i ~ /^URIs:/) { uris = $i; sub(/^URIs:[ \t]*/, "", uris) }
-                    if ($i ~ /^Suites:/) { n = split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == suite) ok = 1 }
-                    if ($i ~ /^Enabled:[ \t]*no/) ok = 0
-                }
-                if (deb && ok && uris != "") { split(uris, u, /[ \t]+/); print u[1]; exit }
-            }' "$f"
-    done
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk -v suite="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) while ($i !~ /\]$/) i++; if ($2 ~ /^\[/) i++; if ($(i + 1) == suite) print $i }'
-    return 0
-}
-MIRROR=$(host_mirror | head -1 || true)
-[ -n "$MIRROR" ] || { echo "no apt source for Debian $SUITE in /etc/apt/sources.list{,.d}" >&2; exit 1; }
 
 # --- the pristine root, cached --------------------------------------------------------
 key=$(printf '%s ' "$SUITE" "${PREREQS[@]}" | sha256sum | cut -c1-12)
 TARBALL=$CACHE/debian-$SUITE-minbase-$key.tar
 mkdir -p "$CACHE" "$WORK"
-
-# Copies the host's network set-up into root $1: what this machine needs to reach Debian's
-# mirror, crates.io and PyPI (it is the machine's, not the project's).
-apply_host_network() {
-    local root=$1 f
-    cp -L /etc/resolv.conf "$root/etc/resolv.conf"
-    cp /etc/hosts "$root/etc/hosts"
-    # apt settings about fetching (proxies, validity checks against a snapshot mirror).
-    for f in /etc/apt/apt.conf.d/*; do
-        [ -f "$f" ] && grep -q '^[[:space:]]*Acquire::' "$f" && cp "$f" "$root/etc/apt/apt.conf.d/"
-    done
-    [ -f /etc/apt/apt.conf ] && cp /etc/apt/apt.conf "$root/etc/apt/apt.conf"
-    [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
-    # Extra CA certificates (e.g. an egress proxy's); ca-certificates adds them to the bundle.
-    if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
-        mkdir -p "$root/usr/local/share/ca-certificates"
-        cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
-        # (before the prerequisites are in, ca-certificates' own install picks them up)
-        if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
-            chroot "$root" /usr/sbin/update-ca-certificates >/dev/null 2>&1
-        fi
-    fi
-    # Package installs inside a root must not start daemons (etcd-server would).
-    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-    chmod +x "$root/usr/sbin/policy-rc.d"
-}
 
 # Processes whose root directory is $1 (so started inside it by us).
 procs_in_root() {
@@ -150,28 +97,8 @@ teardown_root() {
     done
 }
 
-BUILD_ROOT=$WORK/pristine
-cleanup_build() { [ -d "$BUILD_ROOT" ] && { teardown_root "$BUILD_ROOT"; rm -rf "$BUILD_ROOT"; }; return 0; }
-
 if $rebuild || [ ! -s "$TARBALL" ]; then
-    say "making a pristine Debian $SUITE root (debootstrap from $MIRROR)"
-    trap cleanup_build EXIT
-    cleanup_build
-    debootstrap --variant=minbase "$SUITE" "$BUILD_ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 ||
-        { tail -20 "$WORK/debootstrap.log"; echo "FAIL debootstrap (log: $WORK/debootstrap.log)"; exit 1; }
-    apply_host_network "$BUILD_ROOT"
-    say "adding the README's prerequisites: ${PREREQS[*]}"
-    mount -t proc proc "$BUILD_ROOT/proc"
-    chroot "$BUILD_ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-        sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends ${PREREQS[*]} >/dev/null && apt-get clean" \
-        >>"$WORK/debootstrap.log" 2>&1 ||
-        { tail -20 "$WORK/debootstrap.log"; echo "FAIL installing the prerequisites"; exit 1; }
-    umount "$BUILD_ROOT/proc"
-    rm -f "$BUILD_ROOT/usr/sbin/policy-rc.d"
-    tar -C "$BUILD_ROOT" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
-    cleanup_build
-    trap - EXIT
-    say "cached $TARBALL ($(du -h "$TARBALL" | cut -f1))"
+    make_root_tarball "$TARBALL" "$WORK/debootstrap.log" "${PREREQS[@]}"
 else
     say "pristine root: $TARBALL (cached; --rebuild makes it again)"
 fi

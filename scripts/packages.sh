@@ -42,6 +42,16 @@ PKGS_bench=(sockperf)
 # scripts/fresh-check.sh: builds a minimal Debian root.
 PKGS_fresh_check=(debootstrap)
 
+# scripts/package.sh: cargo-deb (installed by the script with cargo) reads shared-library
+# dependencies with dpkg-shlibdeps (dpkg-dev) and strips with binutils' objcopy; lintian
+# checks the result.
+PKGS_package=(dpkg-dev binutils lintian)
+
+# scripts/package-test.sh: boots a clean Debian root with systemd as PID 1
+# (systemd-nspawn, from systemd-container), made with debootstrap as fresh-check makes its
+# own.
+PKGS_package_test=(systemd-container debootstrap)
+
 # --- installing ---------------------------------------------------------------
 # Installs the packages of the given needs that dpkg does not list as installed.
 install_for() {

@@ -138,6 +138,16 @@ pub struct HealthzFlags {
     pub healthz_port: u16,
 }
 
+/// What `--version` prints (flannelctl) and what flanneld's version starts with: the
+/// package version and the commit it was built from (`unknown` outside a git checkout;
+/// see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLANNEL_RS_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flanneld",

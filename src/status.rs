@@ -17,7 +17,7 @@ pub const STATUS_PATH: &str = "/status";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeStatus {
-    /// The daemon's version (`CARGO_PKG_VERSION`).
+    /// The daemon's version: package version, commit and build tag (`0.1.0 (commit …, build dev)`).
     pub version: String,
     /// The backend type of the network config (`udp`, `vxlan`, ...); empty before the config
     /// is read.

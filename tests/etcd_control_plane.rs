@@ -571,9 +571,15 @@ fn go_style_flags_and_version() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // The version first (as upstream prints it), then the commit and the build tag.
+    let printed = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        env!("CARGO_PKG_VERSION")
+        printed.trim(),
+        format!(
+            "{} (commit {}, build dev)",
+            env!("CARGO_PKG_VERSION"),
+            env!("FLANNEL_RS_COMMIT")
+        )
     );
     let out = std::process::Command::new(flanneld_bin())
         .arg("--subnet-lease-renew-margin=0")

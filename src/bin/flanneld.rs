@@ -25,8 +25,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.version {
-        // Upstream prints the version to stderr.
-        eprintln!("{}", env!("CARGO_PKG_VERSION"));
+        // Upstream prints the version to stderr; ours is followed by the commit and build tag.
+        eprintln!("{}", flannel_rs::daemon::restart::version());
         return ExitCode::SUCCESS;
     }
     init_logging(cli.v, cli.log_format);

@@ -26,7 +26,7 @@ FLANNELD_HEALTHZ_PORT as flanneld does. Flags may be spelled -flag or --flag.";
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flannelctl",
-    version,
+    version = crate::cli::VERSION,
     about = "Inspect and manage a flannel network: leases and reservations and the network \
              config in etcd, and the local flanneld's state.",
     after_help = AFTER_HELP

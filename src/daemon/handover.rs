@@ -59,15 +59,17 @@ const MAX_STATE: u64 = 16 << 20;
 static BUILD_TAG: [u8; 48] =
     *b"FLANNEL_RS_BUILD_TAG=dev\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
 
-/// This binary's version: the package version and the build tag, e.g. `0.1.0 (build dev)`.
+/// This binary's version: the package version, the commit and the build tag, e.g.
+/// `0.1.0 (commit 1a2b3c4d5e6f, build dev)`.
 pub fn version() -> String {
     // Read through `black_box`, so the compiler cannot fold the bytes it was built with.
     let raw: &[u8] = std::hint::black_box(&BUILD_TAG[..]);
     let tag = raw.split(|&b| b == b'=').nth(1).unwrap_or_default();
     let tag = tag.split(|&b| b == 0).next().unwrap_or_default();
     format!(
-        "{} (build {})",
+        "{} (commit {}, build {})",
         env!("CARGO_PKG_VERSION"),
+        env!("FLANNEL_RS_COMMIT"),
         String::from_utf8_lossy(tag)
     )
 }
@@ -358,7 +360,11 @@ mod tests {
     fn the_version_carries_the_build_tag() {
         assert_eq!(
             version(),
-            format!("{} (build dev)", env!("CARGO_PKG_VERSION"))
+            format!(
+                "{} (commit {}, build dev)",
+                env!("CARGO_PKG_VERSION"),
+                env!("FLANNEL_RS_COMMIT")
+            )
         );
     }
 }

@@ -174,7 +174,7 @@ impl Counters {
             }
         });
         NodeStatus {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: super::restart::version(),
             backend: r.parts.backend.clone(),
             ready: r.ready,
             lease,
