@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     };
     if cli.version {
         // Upstream prints the version to stderr; ours is followed by the commit and build tag.
-        eprintln!("{}", flannel_rs::daemon::restart::version());
+        eprintln!("{}", flannel_rs::daemon::handover::version());
         return ExitCode::SUCCESS;
     }
     init_logging(cli.v, cli.log_format);

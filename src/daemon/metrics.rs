@@ -174,7 +174,7 @@ impl Counters {
             }
         });
         NodeStatus {
-            version: super::restart::version(),
+            version: super::handover::version(),
             backend: r.parts.backend.clone(),
             ready: r.ready,
             lease,
