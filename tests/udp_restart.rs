@@ -457,8 +457,11 @@ fn an_upgrade_by_rename_loses_no_packet() {
         .lines()
         .find(|l| l.contains("took over the udp datapath"))
         .unwrap();
+    // Both images are this build (version and commit) with different build tags.
+    let old = flannel_rs::daemon::handover::version();
+    let upgraded = old.replace("build dev)", "build upgrade2)");
     assert!(
-        took.contains("from=0.1.0 (build dev)") && took.contains("to=0.1.0 (build upgrade2)"),
+        took.contains(&format!("from={old}")) && took.contains(&format!("to={upgraded}")),
         "the new image names both versions: {took}"
     );
     let pid = c.daemon(1).pid().unwrap();
